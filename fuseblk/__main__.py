@@ -1,0 +1,5 @@
+import sys
+
+from fuseblk.cli import main
+
+sys.exit(main())

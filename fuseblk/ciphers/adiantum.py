@@ -1,0 +1,1 @@
+"""Adiantum (to be written)."""

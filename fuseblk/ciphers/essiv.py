@@ -1,0 +1,1 @@
+"""AES-128-CBC-ESSIV (to be written)."""

@@ -1,0 +1,57 @@
+"""Errors are exceptions carrying an errno; the FUSE and CLI boundaries convert them once.
+
+Every layer raises :class:`FuseblkError` (or a subclass) with the errno the kernel would return
+for the same failure, so the FUSE layer can hand ``err.errno`` to the kernel unchanged and the
+CLI can print ``err.message`` without guessing.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+
+class FuseblkError(Exception):
+    """A failure with the errno the kernel would report and a one-line human message.
+
+    Messages must never contain raw key bytes: name keys by their identifier instead.
+    """
+
+    def __init__(self, errno: int, message: str | None = None) -> None:
+        self.errno = errno
+        self.message = message or os.strerror(errno)
+        super().__init__(errno, self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+    @property
+    def errno_name(self) -> str:
+        return _errno.errorcode.get(self.errno, str(self.errno))
+
+
+class TableError(FuseblkError):
+    """A malformed table line: names the line, the field, and what was expected."""
+
+    def __init__(self, line: int, field: str, expected: str, got: str | None = None) -> None:
+        self.line = line
+        self.field = field
+        detail = f"line {line}: {field}: expected {expected}"
+        if got is not None:
+            detail += f", got {got!r}"
+        super().__init__(_errno.EINVAL, detail)
+
+
+class ImageFormatError(FuseblkError):
+    """An image header that cannot be used, with the reason."""
+
+    def __init__(self, message: str, errno: int = _errno.EINVAL) -> None:
+        super().__init__(errno, message)
+
+
+def einval(message: str) -> FuseblkError:
+    return FuseblkError(_errno.EINVAL, message)
+
+
+def eio(message: str) -> FuseblkError:
+    return FuseblkError(_errno.EIO, message)

@@ -1,0 +1,94 @@
+"""The target interface (``struct target_type``): ctr, map, status, message, iterate_devices.
+
+A target instance covers ``length`` bytes of its mapped device starting at ``begin``. The mapped
+device hands ``map`` bios already split at target boundaries (and never inside a data unit of
+their crypt context), with ``bio.offset`` relative to the **target's** start; the target performs
+the I/O itself by awaiting ``submit`` on its underlying devices.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+from fuseblk.bio import Bio
+
+if TYPE_CHECKING:
+    from fuseblk.device import BlockDevice
+    from fuseblk.stats import Counters
+
+
+class TargetArgError(Exception):
+    """A constructor argument is wrong; the table parser adds the line number.
+
+    ``field`` names the argument (e.g. ``"offset"`` or ``"option 'sector_size'"``), ``expected``
+    says what was wanted, ``got`` the offending text.
+    """
+
+    def __init__(self, field: str, expected: str, got: str | None = None, errno: int | None = None) -> None:
+        self.field = field
+        self.expected = expected
+        self.got = got
+        self.errno = errno
+        super().__init__(f"{field}: expected {expected}" + (f", got {got!r}" if got is not None else ""))
+
+
+class TargetEnv(Protocol):
+    """What a constructor may ask of the table being loaded."""
+
+    def get_device(self, ref: str) -> BlockDevice:
+        """Resolve a device argument (image path, backend name, or mapped device name).
+
+        Raises TargetArgError if it cannot be resolved (or would make a cycle).
+        """
+        ...
+
+    @property
+    def device_name(self) -> str:
+        """The mapped device this table belongs to (for messages and logs)."""
+        ...
+
+
+class Target(abc.ABC):
+    name: ClassVar[str]
+    version: ClassVar[tuple[int, int, int]] = (1, 0, 0)
+    passes_crypto: ClassVar[bool] = False  # DM_TARGET_PASSES_CRYPTO
+
+    def __init__(self, env: TargetEnv, begin: int, length: int, args: list[str]) -> None:
+        """``ctr``: parse and validate ``args`` as the kernel target does; raise TargetArgError."""
+        self.begin = begin  # bytes from the mapped device's start
+        self.length = length  # bytes
+        self.counters: Counters | None = None  # set by the mapped device
+
+    @abc.abstractmethod
+    async def map(self, bio: Bio) -> None:
+        """Perform ``bio`` (offset relative to this target's start)."""
+
+    @abc.abstractmethod
+    def table_args(self, show_keys: bool = False) -> str:
+        """The arguments as ``dmsetup table`` prints them (keys hidden unless ``show_keys``)."""
+
+    def devices(self) -> list[BlockDevice]:
+        """``iterate_devices``: the underlying devices (for crypto profiles, eviction, stacking)."""
+        return []
+
+    def status(self) -> str:
+        """``STATUSTYPE_INFO`` as ``dmsetup status`` prints it after the target name."""
+        return ""
+
+    async def message(self, args: list[str]) -> str:
+        """``dmsetup message``; unknown messages are EINVAL."""
+        import errno
+
+        from fuseblk.errors import FuseblkError
+
+        raise FuseblkError(errno.EINVAL, f"{self.name}: unrecognised message {' '.join(args)!r}")
+
+    async def presuspend(self) -> None:
+        """Called before the device suspends (e.g. raid1 stops resync)."""
+
+    async def resume(self) -> None:
+        """Called when the table becomes live."""
+
+    async def destroy(self) -> None:
+        """``dtr``: the table was replaced or the device removed."""

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set up fuseblk on a fresh Debian machine: system packages, a virtualenv in .venv, the package.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+if [ -z "${FUSEBLK_SKIP_APT:-}" ]; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv fio e2fsprogs util-linux >/dev/null
+fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e '.[test]'
+echo "fuseblk installed in $(pwd)/.venv"

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command: lint, format, types, then the test suite. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+.venv/bin/ruff check fuseblk tests tools
+.venv/bin/ruff format --check fuseblk tests tools
+.venv/bin/mypy fuseblk
+.venv/bin/pytest -q "$@"
