@@ -35,12 +35,16 @@ class Bio:
     crypt_ctx: BioCryptContext | None = None
 
     @classmethod
-    def read(cls, offset: int, buf: memoryview | bytearray, ctx: BioCryptContext | None = None) -> Bio:
+    def read(
+        cls, offset: int, buf: memoryview | bytearray, ctx: BioCryptContext | None = None
+    ) -> Bio:
         mv = memoryview(buf).cast("B")
         return cls(BioOp.READ, offset, len(mv), mv, ctx)
 
     @classmethod
-    def write(cls, offset: int, data: bytes | bytearray | memoryview, ctx: BioCryptContext | None = None) -> Bio:
+    def write(
+        cls, offset: int, data: bytes | bytearray | memoryview, ctx: BioCryptContext | None = None
+    ) -> Bio:
         mv = memoryview(data).cast("B")
         return cls(BioOp.WRITE, offset, len(mv), mv, ctx)
 

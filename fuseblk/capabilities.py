@@ -78,7 +78,9 @@ class CryptoCapabilities:
     def describe(self) -> str:
         if self.is_empty:
             return "none"
-        parts = [f"{m.sysfs_name}:{','.join(map(str, dus_list(mask)))}" for m, mask in self.modes.items()]
+        parts = [
+            f"{m.sysfs_name}:{','.join(map(str, dus_list(mask)))}" for m, mask in self.modes.items()
+        ]
         return f"{' '.join(parts)} max_dun_bytes={self.max_dun_bytes}"
 
     def to_json(self) -> dict[str, object]:

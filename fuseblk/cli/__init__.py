@@ -8,6 +8,7 @@ FuseblkError is turned into a one-line message here, once.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from collections.abc import Sequence
@@ -45,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
     except FuseblkError as err:
         print(f"fuseblk {args.command}: {err.message}", file=sys.stderr)
-        return 2 if err.errno in (22,) else 1
+        return 2 if err.errno == errno.EINVAL else 1
     except KeyboardInterrupt:
         return 130
 

@@ -13,7 +13,17 @@ from fuseblk.targets.base import Target, TargetArgError, TargetEnv
 __all__ = ["Target", "TargetArgError", "TargetEnv", "get_target", "register", "target_names"]
 
 _REGISTRY: dict[str, type[Target]] = {}
-_MODULES = ("linear", "striped", "zero", "error", "flakey", "delay", "crypt", "default_key", "raid1")
+_MODULES = (
+    "linear",
+    "striped",
+    "zero",
+    "error",
+    "flakey",
+    "delay",
+    "crypt",
+    "default_key",
+    "raid1",
+)
 _loaded = False
 
 

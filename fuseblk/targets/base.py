@@ -25,12 +25,16 @@ class TargetArgError(Exception):
     says what was wanted, ``got`` the offending text.
     """
 
-    def __init__(self, field: str, expected: str, got: str | None = None, errno: int | None = None) -> None:
+    def __init__(
+        self, field: str, expected: str, got: str | None = None, errno: int | None = None
+    ) -> None:
         self.field = field
         self.expected = expected
         self.got = got
         self.errno = errno
-        super().__init__(f"{field}: expected {expected}" + (f", got {got!r}" if got is not None else ""))
+        super().__init__(
+            f"{field}: expected {expected}" + (f", got {got!r}" if got is not None else "")
+        )
 
 
 class TargetEnv(Protocol):
