@@ -1,0 +1,111 @@
+"""Byte-granular reads and writes on a block device: the block layer's side of a file request.
+
+A mapped device only accepts I/O in whole logical blocks (``MappedDevice.block_size``: 512, or
+the ``sector_size`` of a default-key/crypt target), but files are read and written at any offset.
+Like the kernel's block-device file operations, this module clamps requests to the device
+(reads past the end are short, writes starting at the end are ``ENOSPC``) and serves unaligned
+requests by read-modify-write of the whole blocks they touch.
+
+Every write — aligned or not — holds a range lock over the whole blocks it covers, so a
+read-modify-write never interleaves with another write to the same block and no block is ever
+torn between two writers. Reads take no lock: like a real disk, a read racing a write may see
+either version of a block, but never a block that no writer wrote.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from fuseblk import SECTOR_SIZE
+from fuseblk.bio import Bio
+from fuseblk.device import BlockDevice
+from fuseblk.errors import FuseblkError
+from fuseblk.rangelock import RangeLock
+
+
+def block_size_of(device: BlockDevice) -> int:
+    """The device's logical block size; plain block devices (backends) are sector-addressed."""
+    size: int = getattr(device, "block_size", SECTOR_SIZE)
+    return size
+
+
+class BlockIO:
+    """Reads and writes any byte range of one device, in whole blocks underneath.
+
+    The block size is asked for on every request because a table reload may change it.
+    """
+
+    def __init__(self, device: BlockDevice) -> None:
+        self.device = device
+        self.locks = RangeLock()
+
+    async def read(self, offset: int, size: int) -> memoryview:
+        """Up to ``size`` bytes at ``offset``: short at the end of the device, empty past it."""
+        dev_size = self.device.size
+        if offset < 0:
+            raise FuseblkError(errno.EINVAL, f"negative offset {offset}")
+        if offset >= dev_size or size <= 0:
+            return memoryview(b"")
+        size = min(size, dev_size - offset)
+        bs = block_size_of(self.device)
+        start = offset - offset % bs
+        end = min(-(-(offset + size) // bs) * bs, dev_size)
+        buf = bytearray(end - start)
+        await self.device.submit(Bio.read(start, buf))
+        view = memoryview(buf)
+        if start == offset and end == offset + size:
+            return view
+        return view[offset - start : offset - start + size]
+
+    async def write(self, offset: int, data: bytes | bytearray | memoryview) -> int:
+        """Write ``data`` at ``offset``; the count written is short if it runs past the end.
+
+        As for a block device, a write starting at or after the end is ``ENOSPC``.
+        """
+        length = len(data)
+        dev_size = self.device.size
+        if offset < 0:
+            raise FuseblkError(errno.EINVAL, f"negative offset {offset}")
+        if length == 0:
+            return 0
+        if offset >= dev_size:
+            raise FuseblkError(
+                errno.ENOSPC,
+                f"write at {offset} is past the end of {self.device.name} ({dev_size} bytes)",
+            )
+        if offset + length > dev_size:
+            length = dev_size - offset
+            data = memoryview(data)[:length]
+        bs = block_size_of(self.device)
+        start = offset - offset % bs
+        end = min(-(-(offset + length) // bs) * bs, dev_size)
+        async with self.locks.locked(start, end):
+            if start == offset and end == offset + length:
+                await self.device.submit(Bio.write(offset, data))
+            else:
+                await self._read_modify_write(start, end, offset, data, bs)
+        return length
+
+    async def _read_modify_write(
+        self, start: int, end: int, offset: int, data: bytes | bytearray | memoryview, bs: int
+    ) -> None:
+        """Merge ``data`` into the whole blocks ``[start, end)``, reading only the partial ends."""
+        buf = bytearray(end - start)
+        view = memoryview(buf)
+        head_partial = offset != start
+        tail_partial = offset + len(data) != end
+        if head_partial:
+            head_end = min(start + bs, end)
+            await self.device.submit(Bio.read(start, view[: head_end - start]))
+        else:
+            head_end = start
+        if tail_partial:
+            tail_start = (offset + len(data) - 1) // bs * bs
+            if tail_start >= head_end:  # not already read as the head block
+                await self.device.submit(Bio.read(tail_start, view[tail_start - start :]))
+        view[offset - start : offset - start + len(data)] = data
+        await self.device.submit(Bio.write(start, buf))
+
+    async def flush(self) -> None:
+        """``REQ_PREFLUSH``: everything written so far is durable on every backend below."""
+        await self.device.submit(Bio.flush())

@@ -1,0 +1,251 @@
+"""Helpers for FUSE-layer tests: an in-memory block device, a small manager, and real mounts.
+
+``MemoryDevice`` enforces the one rule the FUSE layer must respect — I/O in whole logical blocks
+— so tests catch any unaligned bio reaching a device. ``serve_in_thread`` mounts any manager
+in-process (the FUSE server runs in its own thread with its own trio loop, the test does plain
+blocking file I/O); ``daemon_mount`` runs the real ``fuseblk mount`` in a subprocess. Both always
+unmount in teardown, even when the test failed or the daemon hung.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from fuseblk.bio import Bio, BioOp
+from fuseblk.errors import FuseblkError
+
+FUSERMOUNT = shutil.which("fusermount3") or "fusermount3"
+
+
+def have_fuse() -> bool:
+    return (
+        os.geteuid() == 0
+        and os.path.exists("/dev/fuse")
+        and shutil.which("fusermount3") is not None
+    )
+
+
+needs_fuse = pytest.mark.skipif(not have_fuse(), reason="needs root, /dev/fuse and fusermount3")
+
+
+class MemoryDevice:
+    """A BlockDevice in memory that refuses I/O not aligned to ``block_size``.
+
+    ``yield_every`` makes each bio checkpoint (so concurrent tasks interleave); ``fail`` makes
+    every data bio fail with EIO, like the error target.
+    """
+
+    def __init__(self, name: str, size: int, block_size: int = 512) -> None:
+        self.name = name
+        self.data = bytearray(size)
+        self.block_size = block_size
+        self.crypto_profile = None
+        self.fail = False
+        self.flushes = 0
+        self.bios: list[tuple[BioOp, int, int]] = []
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    async def submit(self, bio: Bio) -> None:
+        self.bios.append((bio.op, bio.offset, bio.length))
+        if bio.op is BioOp.FLUSH:
+            self.flushes += 1
+            return
+        if bio.offset % self.block_size or bio.length % self.block_size:
+            raise FuseblkError(
+                errno.EINVAL, f"unaligned bio {bio!r} on {self.block_size}-byte blocks"
+            )
+        if bio.end > self.size:
+            raise FuseblkError(errno.EIO, f"bio {bio!r} beyond the end")
+        await trio.lowlevel.checkpoint()
+        if self.fail:
+            raise FuseblkError(errno.EIO, f"{self.name}: injected failure")
+        assert bio.buf is not None
+        if bio.op is BioOp.READ:
+            bio.buf[:] = self.data[bio.offset : bio.end]
+        elif bio.op is BioOp.WRITE:
+            # Half a block at a time with checkpoints between: a concurrent writer would tear
+            # blocks if the caller did not serialize overlapping writes.
+            step = max(self.block_size // 2, 1)
+            for pos in range(0, bio.length, step):
+                self.data[bio.offset + pos : bio.offset + pos + step] = bio.buf[pos : pos + step]
+                await trio.lowlevel.checkpoint()
+
+
+class MemoryManager:
+    """The part of DeviceManager the FUSE layer uses, over MemoryDevices."""
+
+    def __init__(self) -> None:
+        self.devices: dict[str, MemoryDevice] = {}
+        self.listeners: list[Callable[..., Any]] = []
+        self.flushed = 0
+        self.closed = False
+
+    def _notify(self, event: str, name: str, *args: Any) -> None:
+        for listener in list(self.listeners):
+            listener(event, name, *args)
+
+    def add(self, device: MemoryDevice) -> MemoryDevice:
+        self.devices[device.name] = device
+        self._notify("add", device.name)
+        return device
+
+    def remove(self, name: str) -> None:
+        del self.devices[name]
+        self._notify("remove", name)
+
+    def rename(self, old: str, new: str) -> None:
+        self.devices[new] = self.devices.pop(old)
+        self.devices[new].name = new
+        self._notify("rename", old, new)
+
+    def resize(self, name: str, size: int) -> None:
+        dev = self.devices[name]
+        dev.data = dev.data[:size] + bytearray(max(0, size - len(dev.data)))
+        self._notify("resize", name)
+
+    def names(self) -> list[str]:
+        return list(self.devices)
+
+    def get(self, name: str) -> MemoryDevice:
+        try:
+            return self.devices[name]
+        except KeyError:
+            raise FuseblkError(errno.ENXIO, f"no device {name!r}") from None
+
+    async def flush_all(self) -> None:
+        self.flushed += 1
+        for dev in self.devices.values():
+            await dev.submit(Bio.flush())
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def is_mounted(path: Path) -> bool:
+    from fuseblk.daemon import is_mountpoint
+
+    return is_mountpoint(path)
+
+
+def force_unmount(path: Path) -> None:
+    """Last resort in teardown: lazy unmount, ignoring 'not mounted'."""
+    if is_mounted(path):
+        subprocess.run([FUSERMOUNT, "-uz", str(path)], check=False, capture_output=True)
+
+
+@contextlib.contextmanager
+def serve_in_thread(manager: Any, mountpoint: Path, **options: Any) -> Iterator[Path]:
+    """Mount ``manager`` at ``mountpoint`` from a thread of this process; unmount on exit."""
+    from fuseblk.daemon import MountSettings, serve
+
+    settings = MountSettings(mountpoint=mountpoint, **options)
+    ready = threading.Event()
+    state: dict[str, Any] = {}
+
+    async def run() -> None:
+        state["token"] = trio.lowlevel.current_trio_token()
+        try:
+            await serve(manager, settings, on_ready=ready.set, handle_signals=False)
+        except BaseException as exc:
+            state["error"] = exc
+            raise
+        finally:
+            ready.set()
+
+    def thread_main() -> None:
+        with contextlib.suppress(BaseException):
+            trio.run(run)
+
+    thread = threading.Thread(target=thread_main, name="fuse-server", daemon=True)
+    thread.start()
+    try:
+        if not ready.wait(timeout=20) or "error" in state:
+            raise RuntimeError(f"mount did not come up: {state.get('error')!r}")
+        yield mountpoint
+    finally:
+        token = state.get("token")
+        if token is not None and thread.is_alive():
+            from fuseblk.daemon import request_shutdown
+
+            with contextlib.suppress(trio.RunFinishedError):
+                trio.from_thread.run_sync(request_shutdown, trio_token=token)
+        thread.join(timeout=20)
+        force_unmount(mountpoint)
+        thread.join(timeout=5)
+
+
+def fuseblk_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fuseblk", *args]
+
+
+@contextlib.contextmanager
+def daemon_mount(mountpoint: Path, *args: str, timeout: float = 60) -> Iterator[int]:
+    """``fuseblk mount MOUNTPOINT ARGS`` (daemonized); yields the daemon's pid; always unmounts."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        fuseblk_cmd("mount", str(mountpoint), *args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    try:
+        if proc.returncode != 0:
+            raise RuntimeError(f"fuseblk mount failed ({proc.returncode}): {proc.stderr.strip()}")
+        yield daemon_pid(mountpoint)
+    finally:
+        pid = _maybe_pid(mountpoint)
+        if is_mounted(mountpoint):
+            subprocess.run(
+                fuseblk_cmd("umount", str(mountpoint)),
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+            )
+        force_unmount(mountpoint)
+        if pid is not None:
+            _reap(pid)
+
+
+def daemon_pid(mountpoint: Path) -> int:
+    pid = _maybe_pid(mountpoint)
+    if pid is None:
+        raise RuntimeError(f"no daemon pid recorded for {mountpoint}")
+    return pid
+
+
+def _maybe_pid(mountpoint: Path) -> int | None:
+    from fuseblk.daemon import pid_file_for
+
+    try:
+        return int(pid_file_for(mountpoint).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _reap(pid: int, timeout: float = 10) -> None:
+    """Wait for the daemon to exit; kill it if it hangs, so no test leaves one behind."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, 9)
