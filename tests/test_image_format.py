@@ -1,0 +1,344 @@
+"""The on-disk header: every field round-trips, damage is reported precisely, updates are crash-safe."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fuseblk import image_format
+from fuseblk.capabilities import CryptoCapabilities
+from fuseblk.errors import FuseblkError, ImageFormatError
+from fuseblk.hw_profiles import HardwareKind, HardwareProfile, load_profile
+from fuseblk.image_format import (
+    BACKUP_OFFSET,
+    BODY_SIZE,
+    DATA_OFFSET,
+    HEADER,
+    HEADER_SIZE,
+    ImageHeader,
+    SlotRecord,
+    SlotRecordState,
+    create_image_file,
+    read_headers,
+    write_headers,
+)
+from fuseblk.key import CryptoConfig, KeyType
+from fuseblk.modes import CryptoMode
+
+MiB = 1 << 20
+
+
+def programmed(i: int) -> SlotRecord:
+    config = CryptoConfig(CryptoMode.AES_256_XTS, 512 << (i % 4), 8)
+    return SlotRecord(SlotRecordState.PROGRAMMED, config, bytes([i]) * 16, generation=1000 + i)
+
+
+def full_header(**changes: object) -> ImageHeader:
+    hardware = HardwareProfile(
+        HardwareKind.KEYSLOTS,
+        4,
+        CryptoCapabilities(
+            {CryptoMode.AES_256_XTS: 512 | 4096, CryptoMode.ADIANTUM: 4096},
+            8,
+            KeyType.RAW | KeyType.HW_WRAPPED,
+        ),
+    )
+    header = ImageHeader(
+        hardware=hardware,
+        data_size=3 * MiB + 512,
+        uuid=uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        label="döner disk ✓",
+        sequence=(1 << 64) - 2,
+        clean_shutdown=False,
+        data_offset=2 * MiB,
+        slots=(programmed(0), SlotRecord(generation=7), programmed(2), programmed(3)),
+    )
+    return replace(header, **changes)  # type: ignore[arg-type]
+
+
+def reseal(data: bytes | bytearray) -> bytes:
+    """The copy with its checksum recomputed (to reach the checks behind the checksum)."""
+    body = bytes(data[:BODY_SIZE])
+    return body + hashlib.sha256(body).digest()
+
+
+def rebuilt(header: ImageHeader, **hardware_fields: int) -> bytes:
+    """Re-encode a header with raw hardware fields the typed classes would refuse to build."""
+    container = HEADER.parse(header.to_bytes())
+    body = container.body.value
+    for name, value in hardware_fields.items():
+        body.hardware[name] = value
+    data: bytes = HEADER.build({"body": {"value": body}})
+    return data
+
+
+# --- round trip -----------------------------------------------------------------------------
+
+
+def test_every_header_field_round_trips() -> None:
+    header = full_header()
+    data = header.to_bytes()
+    assert len(data) == HEADER_SIZE
+    parsed = ImageHeader.from_bytes(data)
+    assert parsed == header
+    assert parsed.hardware.caps.key_types == KeyType.RAW | KeyType.HW_WRAPPED
+    assert parsed.slots[0].key_id == bytes(16) and parsed.slots[3].generation == 1003
+    assert parsed.label == "döner disk ✓" and parsed.sequence == (1 << 64) - 2
+    assert parsed.to_bytes() == data
+
+
+@pytest.mark.parametrize("name", ["ufs", "emmc", "direct", "none", "tiny"])
+def test_every_shipped_hardware_round_trips(name: str) -> None:
+    header = ImageHeader(load_profile(name), 64 * MiB, label=name)
+    parsed = ImageHeader.from_bytes(header.to_bytes())
+    assert parsed == header
+    assert parsed.hardware == load_profile(name)
+    expected_slots = header.hardware.num_slots if name in ("ufs", "emmc", "tiny") else 0
+    assert len(parsed.slots) == expected_slots
+
+
+def test_clean_shutdown_flag_round_trips_both_ways() -> None:
+    for clean in (True, False):
+        assert (
+            ImageHeader.from_bytes(full_header(clean_shutdown=clean).to_bytes()).clean_shutdown
+            is clean
+        )
+
+
+def test_header_never_holds_anything_but_identifiers() -> None:
+    data = full_header().to_bytes()
+    assert data.startswith(b"FBLKIMG\x00")
+    assert data[-32:] == hashlib.sha256(data[:-32]).digest()
+
+
+def test_building_refuses_inconsistent_headers() -> None:
+    with pytest.raises(ImageFormatError, match="keyslot table has 1 entries"):
+        full_header(slots=(SlotRecord(),))
+    with pytest.raises(ImageFormatError, match="1 MiB-aligned"):
+        full_header(data_offset=DATA_OFFSET + 4096)
+    with pytest.raises(ImageFormatError, match="multiple of 512"):
+        full_header(data_size=1000)
+    with pytest.raises(ImageFormatError, match="label longer"):
+        full_header(label="x" * 65)
+
+
+# --- damage -----------------------------------------------------------------------------------
+
+
+def test_truncated_copy_is_reported() -> None:
+    data = full_header().to_bytes()
+    with pytest.raises(ImageFormatError, match="truncated"):
+        ImageHeader.from_bytes(data[:100])
+    with pytest.raises(ImageFormatError, match="truncated"):
+        ImageHeader.from_bytes(data[:5])
+
+
+def test_wrong_magic_is_reported() -> None:
+    data = bytearray(full_header().to_bytes())
+    data[0:8] = b"LUKS\xba\xbe\x00\x02"
+    with pytest.raises(ImageFormatError, match="bad magic"):
+        ImageHeader.from_bytes(reseal(data))
+
+
+def test_future_version_is_refused_with_a_clear_message() -> None:
+    data = full_header(version=2).to_bytes()
+    with pytest.raises(ImageFormatError, match="format version 2 is newer .* supports \\(1\\)"):
+        ImageHeader.from_bytes(data)
+
+
+def test_unknown_hardware_kind_is_refused() -> None:
+    data = rebuilt(full_header(), kind=9)
+    with pytest.raises(ImageFormatError, match="unknown hardware kind 9"):
+        ImageHeader.from_bytes(data)
+
+
+def test_unknown_crypto_mode_number_is_refused() -> None:
+    header = full_header()
+    container = HEADER.parse(header.to_bytes())
+    container.body.value.hardware.modes[0].mode = 42
+    data = HEADER.build({"body": {"value": container.body.value}})
+    with pytest.raises(ImageFormatError, match="unknown crypto mode number 42"):
+        ImageHeader.from_bytes(data)
+
+
+def test_bad_checksum_is_reported() -> None:
+    data = bytearray(full_header().to_bytes())
+    data[40] ^= 0x01
+    with pytest.raises(ImageFormatError, match="bad checksum"):
+        ImageHeader.from_bytes(bytes(data))
+
+
+def test_damage_in_the_reserved_space_is_caught_by_the_checksum() -> None:
+    data = bytearray(full_header().to_bytes())
+    data[BODY_SIZE - 1] = 0xFF
+    with pytest.raises(ImageFormatError, match="bad checksum"):
+        ImageHeader.from_bytes(bytes(data))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=0, max_size=HEADER_SIZE + 16))
+def test_parsing_arbitrary_bytes_raises_only_image_format_error(data: bytes) -> None:
+    try:
+        ImageHeader.from_bytes(data)
+    except ImageFormatError:
+        pass
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 700), st.integers(0, 255)), min_size=1, max_size=8),
+    st.booleans(),
+)
+def test_parsing_mutated_headers_raises_only_image_format_error(
+    edits: list[tuple[int, int]], keep_checksum_valid: bool
+) -> None:
+    """Byte edits in the meaningful part, resealed or not: parse cleanly or fail with a reason."""
+    data = bytearray(full_header().to_bytes())
+    for offset, value in edits:
+        data[offset] = value
+    blob = reseal(data) if keep_checksum_valid else bytes(data)
+    try:
+        header = ImageHeader.from_bytes(blob)
+    except ImageFormatError as exc:
+        assert exc.message
+    else:
+        assert ImageHeader.from_bytes(header.to_bytes()) == header
+
+
+# --- two copies on disk ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    path = tmp_path / "disk.img"
+    create_image_file(path, load_profile("tiny"), 8 * MiB, label="t")
+    return path
+
+
+def corrupt(path: Path, offset: int) -> None:
+    with path.open("r+b") as f:
+        f.seek(offset + 100)
+        f.write(b"\xde\xad\xbe\xef")
+
+
+def test_created_image_is_sparse_with_two_identical_copies(image: Path) -> None:
+    st_ = image.stat()
+    assert st_.st_size == DATA_OFFSET + 8 * MiB
+    assert st_.st_blocks * 512 <= 2 * HEADER_SIZE + 64 * 1024  # only the headers are allocated
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        headers = read_headers(fd)
+    finally:
+        os.close(fd)
+    assert headers.primary.valid and headers.backup.valid and headers.problems == []
+    assert headers.current.label == "t" and headers.current.clean_shutdown
+
+
+def test_creating_over_an_existing_file_needs_overwrite(image: Path) -> None:
+    with pytest.raises(FuseblkError, match="already exists"):
+        create_image_file(image, load_profile("ufs"), 8 * MiB)
+    create_image_file(image, load_profile("ufs"), 4 * MiB, overwrite=True)
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        assert read_headers(fd).current.hardware.num_slots == 32
+    finally:
+        os.close(fd)
+    assert image.stat().st_size == DATA_OFFSET + 4 * MiB
+
+
+@pytest.mark.parametrize("bad, good", [("primary", "backup"), ("backup", "primary")])
+def test_one_bad_copy_still_opens_from_the_other_and_says_so(
+    image: Path, bad: str, good: str
+) -> None:
+    corrupt(image, image_format.COPY_OFFSETS[bad])
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        headers = read_headers(fd)
+    finally:
+        os.close(fd)
+    assert headers.current.label == "t"
+    assert headers.problems == [f"{bad} header copy is damaged: bad checksum"]
+
+
+def test_both_bad_copies_name_what_is_wrong_with_each(image: Path) -> None:
+    with image.open("r+b") as f:
+        f.write(b"NOTMAGIC")
+    corrupt(image, BACKUP_OFFSET)
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        with pytest.raises(ImageFormatError) as err:
+            _ = read_headers(fd).current
+    finally:
+        os.close(fd)
+    assert "primary copy at offset 0: bad magic" in err.value.message
+    assert f"backup copy at offset {BACKUP_OFFSET}: bad checksum" in err.value.message
+
+
+def test_a_newer_version_in_either_copy_refuses_the_image(image: Path) -> None:
+    fd = os.open(image, os.O_RDWR)
+    try:
+        current = read_headers(fd).current
+        image_format.write_copy(fd, "backup", replace(current, version=3, sequence=9).to_bytes())
+        with pytest.raises(ImageFormatError, match="backup header: format version 3 is newer"):
+            read_headers(fd)
+    finally:
+        os.close(fd)
+
+
+def test_the_valid_copy_with_the_highest_sequence_wins(image: Path) -> None:
+    fd = os.open(image, os.O_RDWR)
+    try:
+        current = read_headers(fd).current
+        image_format.write_copy(
+            fd, "backup", replace(current, sequence=5, label="newer").to_bytes()
+        )
+        headers = read_headers(fd)
+        assert headers.current.label == "newer"
+        assert headers.problems == ["primary header copy is stale"]
+    finally:
+        os.close(fd)
+
+
+def test_update_interrupted_after_the_first_copy_keeps_the_new_header(
+    image: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write_copy = image_format.write_copy
+
+    def crash_before_backup(fd: int, name: str, data: bytes) -> None:
+        if name == "backup":
+            raise KeyboardInterrupt("power cut")  # after the primary was written and synced
+        real_write_copy(fd, name, data)
+
+    fd = os.open(image, os.O_RDWR)
+    try:
+        old = read_headers(fd).current
+        new = replace(old, sequence=old.sequence + 1, slots=(programmed(0), SlotRecord()))
+        monkeypatch.setattr(image_format, "write_copy", crash_before_backup)
+        with pytest.raises(KeyboardInterrupt):
+            write_headers(fd, new)
+        monkeypatch.undo()
+        headers = read_headers(fd)
+    finally:
+        os.close(fd)
+    assert headers.current == new
+    assert headers.backup.header == old
+
+
+def test_torn_write_of_the_first_copy_falls_back_to_the_old_header(image: Path) -> None:
+    fd = os.open(image, os.O_RDWR)
+    try:
+        old = read_headers(fd).current
+        new = replace(old, sequence=old.sequence + 1, label="never finished")
+        os.pwrite(fd, new.to_bytes()[:1000], 0)  # the crash tore the primary mid-write
+        headers = read_headers(fd)
+    finally:
+        os.close(fd)
+    assert headers.current == old
+    assert headers.problems == ["primary header copy is damaged: bad checksum"]
