@@ -1,0 +1,123 @@
+"""blk_crypto_bio_prep: a context goes inline when the device supports it, else to the fallback."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+
+import pytest
+from memdev import MemDevice, make_key
+
+from fuseblk.bio import Bio
+from fuseblk.blk_crypto import describe_path, submit_bio
+from fuseblk.capabilities import CryptoCapabilities, dus_mask
+from fuseblk.ciphers import get_cipher
+from fuseblk.crypt_context import BioCryptContext
+from fuseblk.crypto_profile import CryptoProfile
+from fuseblk.errors import FuseblkError
+from fuseblk.fallback import configure_fallback, get_fallback
+from fuseblk.key import KeyType
+from fuseblk.modes import CryptoMode
+
+XTS_4K = CryptoCapabilities({CryptoMode.AES_256_XTS: dus_mask(4096)}, 8, KeyType.RAW)
+KEY = make_key(1, dus=4096, dun_bytes=8)
+
+
+@pytest.fixture(autouse=True)
+def fresh_global_fallback() -> Iterator[None]:
+    configure_fallback()
+    yield
+    configure_fallback()
+
+
+def inline_device() -> MemDevice:
+    return MemDevice(profile=CryptoProfile(XTS_4K, 2, name="ufs"), name="ufs0")
+
+
+class PerTargetDevice(MemDevice):
+    """Stands in for a mapped device with ``fallback=target``: it takes every context itself."""
+
+    fallback_per_target = True
+
+    async def submit(self, bio: Bio) -> None:
+        self.bios.append(bio)
+
+
+async def test_bio_without_context_goes_straight_to_the_device() -> None:
+    dev = MemDevice()
+    await submit_bio(dev, Bio.write(0, b"x" * 512))
+    assert dev.data[:512] == b"x" * 512
+    assert get_fallback().counters.snapshot() == {}
+
+
+async def test_supported_context_goes_to_the_device_with_its_context() -> None:
+    dev = inline_device()
+    ctx = BioCryptContext.at(KEY, 3)
+    plain = os.urandom(8192)
+    await submit_bio(dev, Bio.write(0, plain, ctx))
+    assert dev.bios[0].crypt_ctx == ctx
+    assert dev.data[:8192] == get_cipher(KEY).encrypt(plain, 3)
+    assert get_fallback().counters["bios"] == 0
+
+
+async def test_unsupported_context_is_encrypted_by_the_fallback() -> None:
+    for dev in (MemDevice(), inline_device()):
+        key = make_key(2, dus=512) if dev.crypto_profile else KEY  # 512-byte units: not inline
+        ctx = BioCryptContext.at(key, 9)
+        plain = os.urandom(4096)
+        await submit_bio(dev, Bio.write(0, plain, ctx))
+        assert dev.bios[-1].crypt_ctx is None
+        assert dev.data[:4096] == get_cipher(key).encrypt(plain, 9)
+    assert get_fallback().counters["bios"] == 2
+
+
+async def test_ciphertext_is_identical_inline_and_through_the_fallback() -> None:
+    inline, legacy = inline_device(), MemDevice()
+    ctx = BioCryptContext.at(KEY, (1 << 64) - 1)
+    plain = os.urandom(3 * 4096)
+    for dev in (inline, legacy):
+        await submit_bio(dev, Bio.write(4096, plain, ctx))
+    assert inline.data[4096 : 4 * 4096] == legacy.data[4096 : 4 * 4096]
+    legacy.data[:] = inline.data
+    buf = bytearray(len(plain))
+    await submit_bio(legacy, Bio.read(4096, buf, ctx))
+    assert buf == plain
+
+
+async def test_misaligned_bio_is_einval_before_anything_is_submitted() -> None:
+    dev = inline_device()
+    with pytest.raises(FuseblkError) as err:
+        await submit_bio(dev, Bio.write(0, bytes(4096 + 512), BioCryptContext.at(KEY, 0)))
+    assert err.value.errno == errno.EINVAL and dev.bios == []
+
+
+async def test_unsupported_with_fallback_disabled_is_eopnotsupp() -> None:
+    configure_fallback(enabled=False)
+    dev = MemDevice()
+    with pytest.raises(FuseblkError) as err:
+        await submit_bio(dev, Bio.read(0, bytearray(4096), BioCryptContext.at(KEY, 0)))
+    assert err.value.errno == errno.EOPNOTSUPP and dev.bios == []
+
+
+async def test_device_that_falls_back_per_target_receives_the_context() -> None:
+    dev = PerTargetDevice()
+    ctx = BioCryptContext.at(KEY, 0)
+    await submit_bio(dev, Bio.write(0, bytes(4096), ctx))
+    assert dev.bios[0].crypt_ctx == ctx and get_fallback().counters["bios"] == 0
+
+
+async def test_flush_with_a_context_reaches_the_device() -> None:
+    dev = MemDevice()
+    await submit_bio(dev, Bio.flush().with_ctx(BioCryptContext.at(KEY, 0)))
+    assert [b.op.value for b in dev.bios] == ["flush"]
+
+
+def test_describe_path_names_where_the_crypto_happens() -> None:
+    other = make_key(3, dus=512)
+    assert describe_path(inline_device(), KEY.config) == "inline"
+    assert describe_path(inline_device(), other.config) == "fallback"
+    assert describe_path(MemDevice(), KEY.config) == "fallback"
+    configure_fallback(enabled=False)
+    assert describe_path(MemDevice(), KEY.config) == "unsupported"
+    assert describe_path(inline_device(), KEY.config) == "inline"
