@@ -1,0 +1,430 @@
+"""Backends: image files acting as inline-encryption hardware (keyslots, storage, header upkeep)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from fuseblk import backend as backend_mod
+from fuseblk import image_format
+from fuseblk.backend import Backend
+from fuseblk.bio import Bio
+from fuseblk.ciphers import get_cipher
+from fuseblk.crypt_context import BioCryptContext
+from fuseblk.device import BlockDevice
+from fuseblk.errors import FuseblkError
+from fuseblk.hw_profiles import load_profile
+from fuseblk.image_format import DATA_OFFSET, SlotRecordState, read_headers
+from fuseblk.key import BlkCryptoKey
+from fuseblk.modes import CryptoMode
+
+MiB = 1 << 20
+
+
+def new_key(
+    dus: int = 4096, mode: CryptoMode = CryptoMode.AES_256_XTS, dun_bytes: int = 8
+) -> BlkCryptoKey:
+    return BlkCryptoKey.create(mode, os.urandom(mode.key_size), dus, dun_bytes)
+
+
+def on_disk(path: Path, offset: int, length: int) -> bytes:
+    """What ``losetup -o DATA_OFFSET`` would show at ``offset`` of the data area."""
+    with path.open("rb") as f:
+        f.seek(DATA_OFFSET + offset)
+        return f.read(length)
+
+
+def headers_of(path: Path) -> image_format.HeaderSet:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return read_headers(fd)
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Backend:
+    return Backend.create(tmp_path / "tiny.img", 16 * MiB, load_profile("tiny"), label="tiny")
+
+
+# --- storage and crypto ----------------------------------------------------------------------
+
+
+async def test_backend_is_a_block_device_with_the_profile_of_its_hardware(tiny: Backend) -> None:
+    assert isinstance(tiny, BlockDevice)
+    assert tiny.size == 16 * MiB and tiny.name == str(tiny.path)
+    profile = tiny.crypto_profile
+    assert profile is not None and profile.num_slots == 2
+    assert profile.caps == load_profile("tiny").caps
+    await tiny.close()
+
+
+async def test_stored_ciphertext_is_what_the_cipher_makes_of_the_plaintext(tiny: Backend) -> None:
+    key = new_key()
+    plaintext = os.urandom(3 * 4096)
+    await tiny.submit(Bio.write(8192, plaintext, BioCryptContext.at(key, 1234)))
+    assert on_disk(tiny.path, 8192, len(plaintext)) == get_cipher(key).encrypt(plaintext, 1234)
+    back = bytearray(len(plaintext))
+    await tiny.submit(Bio.read(8192, back, BioCryptContext.at(key, 1234)))
+    assert back == plaintext
+    await tiny.close()
+
+
+async def test_writes_never_modify_the_callers_buffer(tiny: Backend) -> None:
+    data = bytearray(os.urandom(4096))
+    copy = bytes(data)
+    await tiny.submit(Bio.write(0, data, BioCryptContext.at(new_key(), 0)))
+    assert data == copy
+    await tiny.close()
+
+
+async def test_plain_bios_are_stored_as_plain_sectors_at_the_data_offset(tiny: Backend) -> None:
+    await tiny.submit(Bio.write(512, b"hello".ljust(512, b"\0")))
+    assert on_disk(tiny.path, 512, 5) == b"hello"
+    await tiny.close()
+
+
+async def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
+    key = new_key(dus=512)
+    b = Backend.create(tmp_path / "d.img", 4 * MiB, load_profile("ufs"))
+    data = os.urandom(64 * 1024)
+    await b.submit(Bio.write(MiB, data, BioCryptContext.at(key, 77)))
+    await b.close()
+    b = Backend.open(tmp_path / "d.img")
+    back = bytearray(len(data))
+    await b.submit(Bio.read(MiB, back, BioCryptContext.at(key, 77)))
+    assert back == data
+    await b.close()
+
+
+async def test_large_bios_go_through_worker_threads_and_still_round_trip(tiny: Backend) -> None:
+    key = new_key()
+    size = backend_mod.INLINE_IO_MAX * 2
+    data = os.urandom(size)
+    await tiny.submit(Bio.write(0, data, BioCryptContext.at(key, 5)))
+    back = bytearray(size)
+    await tiny.submit(Bio.read(0, back, BioCryptContext.at(key, 5)))
+    assert back == data
+    await tiny.close()
+
+
+async def test_counters_count_bios_bytes_and_inline_work(tiny: Backend) -> None:
+    key = new_key()
+    await tiny.submit(Bio.write(0, bytes(8192), BioCryptContext.at(key, 0)))
+    await tiny.submit(Bio.read(0, bytearray(4096)))
+    await tiny.submit(Bio.flush())
+    c = tiny.counters
+    assert (c["bios"], c["bytes"], c["reads"], c["writes"], c["flushes"]) == (3, 12288, 1, 1, 1)
+    assert (c["inline_bios"], c["inline_bytes"]) == (1, 8192)
+    info = tiny.info()["counters"]
+    assert info["keyslot_programs"] == 1 and info["bios"] == 3
+    await tiny.close()
+
+
+async def test_discarded_ranges_read_back_as_zeroes_and_free_space(tiny: Backend) -> None:
+    await tiny.submit(Bio.write(0, b"\xaa" * MiB))
+    await tiny.flush()
+    before = os.stat(tiny.path).st_blocks
+    await tiny.submit(Bio.discard(0, MiB))
+    back = bytearray(b"\x55" * 4096)
+    await tiny.submit(Bio.read(4096, back))
+    assert back == bytes(4096)
+    assert os.stat(tiny.path).st_blocks < before
+    await tiny.close()
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op", ["read", "write", "discard"])
+async def test_io_beyond_the_end_of_the_device_is_eio(tiny: Backend, op: str) -> None:
+    end = tiny.size
+    bio = {
+        "read": Bio.read(end - 512, bytearray(1024)),
+        "write": Bio.write(end, bytes(512)),
+        "discard": Bio.discard(end - 512, 4096),
+    }[op]
+    with pytest.raises(FuseblkError) as err:
+        await tiny.submit(bio)
+    assert err.value.errno == errno.EIO and "beyond end of device" in err.value.message
+    assert tiny.counters["errors"] == 1
+    await tiny.close()
+
+
+async def test_io_not_made_of_whole_sectors_is_einval(tiny: Backend) -> None:
+    for bio in (Bio.read(100, bytearray(512)), Bio.write(0, bytes(1000))):
+        with pytest.raises(FuseblkError) as err:
+            await tiny.submit(bio)
+        assert err.value.errno == errno.EINVAL
+    await tiny.close()
+
+
+async def test_unsupported_context_reaching_the_hardware_is_eio_and_logged(
+    tiny: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = new_key(mode=CryptoMode.ADIANTUM)  # tiny does AES-256-XTS only
+    caplog.set_level(logging.ERROR, logger="fuseblk.backend")
+    with pytest.raises(FuseblkError) as err:
+        await tiny.submit(Bio.write(0, bytes(4096), BioCryptContext.at(key, 0)))
+    assert err.value.errno == errno.EIO
+    assert "upstream bug" in caplog.text and key.key_id in caplog.text
+    assert key.raw.hex() not in caplog.text + err.value.message
+    await tiny.close()
+
+
+async def test_context_on_hardware_without_inline_encryption_is_eio(tmp_path: Path) -> None:
+    b = Backend.create(tmp_path / "n.img", MiB, load_profile("none"))
+    assert b.crypto_profile is None
+    with pytest.raises(FuseblkError) as err:
+        await b.submit(Bio.read(0, bytearray(4096), BioCryptContext.at(new_key(), 0)))
+    assert err.value.errno == errno.EIO
+    await b.close()
+
+
+async def test_misaligned_encrypted_bio_is_einval(tiny: Backend) -> None:
+    with pytest.raises(FuseblkError) as err:
+        await tiny.submit(Bio.write(0, bytes(512), BioCryptContext.at(new_key(dus=4096), 0)))
+    assert err.value.errno == errno.EINVAL
+    await tiny.close()
+
+
+# --- one owner --------------------------------------------------------------------------------
+
+
+async def test_a_second_open_of_an_attached_image_is_ebusy(tiny: Backend) -> None:
+    with pytest.raises(FuseblkError) as err:
+        Backend.open(tiny.path)
+    assert err.value.errno == errno.EBUSY and "in use" in err.value.message
+    await tiny.close()
+    again = Backend.open(tiny.path)
+    await again.close()
+
+
+def test_another_process_holding_the_image_makes_open_ebusy_until_it_is_killed(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "held.img"
+    image_format.create_image_file(path, load_profile("tiny"), MiB)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from fuseblk.backend import Backend; "
+            "b = Backend.open(sys.argv[1]); print('held', flush=True); time.sleep(60)",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        with pytest.raises(FuseblkError) as err:
+            Backend.open(path)
+        assert err.value.errno == errno.EBUSY
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    b = Backend.open(path)  # the dead holder's lock went with it
+    assert "image was not cleanly shut down" in b.warnings
+    b.abandon()
+
+
+# --- header upkeep ------------------------------------------------------------------------------
+
+
+async def test_attached_image_is_marked_unclean_and_clean_close_marks_it_clean(
+    tiny: Backend,
+) -> None:
+    assert not headers_of(tiny.path).current.clean_shutdown
+    await tiny.close()
+    assert headers_of(tiny.path).current.clean_shutdown
+    b = Backend.open(tiny.path)
+    assert b.warnings == [] and b.info()["was_clean"]
+    await b.close()
+
+
+async def test_an_image_left_attached_reports_not_cleanly_shut_down(tiny: Backend) -> None:
+    tiny.abandon()
+    b = Backend.open(tiny.path)
+    assert b.warnings == ["image was not cleanly shut down"]
+    assert not b.info()["was_clean"]
+    await b.close()
+
+
+async def test_flush_records_the_keyslot_table_with_identifiers_only(tiny: Backend) -> None:
+    key = new_key()
+    await tiny.submit(Bio.write(0, bytes(4096), BioCryptContext.at(key, 0)))
+    await tiny.flush()
+    slots = headers_of(tiny.path).current.slots
+    assert slots[0].state is SlotRecordState.PROGRAMMED and slots[0].key_id.hex() == key.key_id
+    assert slots[0].config == key.config
+    assert slots[1].state is SlotRecordState.EMPTY
+    await tiny.close()
+
+
+async def test_flush_with_an_unchanged_keyslot_table_writes_no_header(tiny: Backend) -> None:
+    key = new_key()
+    await tiny.submit(Bio.write(0, bytes(4096), BioCryptContext.at(key, 0)))
+    await tiny.flush()
+    writes, seq = tiny.counters["header_writes"], headers_of(tiny.path).current.sequence
+    await tiny.submit(Bio.write(4096, bytes(4096), BioCryptContext.at(key, 1)))  # a hit
+    await tiny.flush()
+    await tiny.flush()
+    assert tiny.counters["header_writes"] == writes
+    assert headers_of(tiny.path).current.sequence == seq
+    await tiny.close()
+
+
+async def test_attaching_is_a_hardware_reset(tiny: Backend) -> None:
+    key = new_key()
+    await tiny.submit(Bio.write(0, bytes(4096), BioCryptContext.at(key, 0)))
+    await tiny.close()
+    assert headers_of(tiny.path).current.slots[0].programmed  # recorded at clean close
+    b = Backend.open(tiny.path)
+    assert b.crypto_profile is not None
+    assert not any(s.programmed for s in b.crypto_profile.slot_table())
+    assert not any(s.programmed for s in headers_of(tiny.path).current.slots)
+    await b.close()
+
+
+async def test_one_damaged_header_copy_still_opens_and_says_so(tiny: Backend) -> None:
+    await tiny.close()
+    with tiny.path.open("r+b") as f:
+        f.seek(image_format.BACKUP_OFFSET + 50)
+        f.write(b"\xff\xff")
+    b = Backend.open(tiny.path)
+    assert b.warnings == ["backup header copy is damaged: bad checksum"]
+    assert b.info()["warnings"] == b.warnings
+    await b.close()
+    assert headers_of(tiny.path).problems == []  # attaching rewrote both copies
+
+
+async def test_both_damaged_header_copies_refuse_to_open(tiny: Backend) -> None:
+    await tiny.close()
+    with tiny.path.open("r+b") as f:
+        for offset in (0, image_format.BACKUP_OFFSET):
+            f.seek(offset + 50)
+            f.write(b"\xff\xff")
+    with pytest.raises(image_format.ImageFormatError, match="primary copy .* bad checksum; backup"):
+        Backend.open(tiny.path)
+    fd = os.open(tiny.path, os.O_RDWR)
+    image_format.lock_image(fd, tiny.path)  # a failed open leaves no lock behind
+    os.close(fd)
+
+
+async def test_header_update_interrupted_between_copies_loses_nothing(
+    tiny: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = new_key()
+    data = os.urandom(8192)
+    await tiny.submit(Bio.write(0, data, BioCryptContext.at(key, 9)))
+    real_write_copy = image_format.write_copy
+
+    def power_cut_before_backup(fd: int, name: str, blob: bytes) -> None:
+        if name == "backup":
+            raise OSError(errno.EIO, "power cut")
+        real_write_copy(fd, name, blob)
+
+    monkeypatch.setattr(image_format, "write_copy", power_cut_before_backup)
+    with pytest.raises(OSError):
+        await tiny.flush()
+    tiny.abandon()
+    monkeypatch.undo()
+    found = headers_of(tiny.path)
+    assert found.current.slots[0].key_id.hex() == key.key_id  # the newer primary won
+    assert found.problems == ["backup header copy is stale"]
+    b = Backend.open(tiny.path)
+    back = bytearray(8192)
+    await b.submit(Bio.read(0, back, BioCryptContext.at(key, 9)))
+    assert back == data
+    await b.close()
+
+
+# --- keyslots under pressure --------------------------------------------------------------------
+
+
+async def test_more_keys_than_slots_concurrently_wait_and_reuse_slots(
+    tiny: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backend_mod, "INLINE_IO_MAX", 0)  # every I/O overlaps in a worker thread
+    keys = [new_key() for _ in range(5)]
+    plaintexts = {i: os.urandom(4096) for i in range(20)}
+
+    async def writer(i: int) -> None:
+        key = keys[i % len(keys)]
+        await tiny.submit(Bio.write(i * 4096, plaintexts[i], BioCryptContext.at(key, i)))
+
+    async with trio.open_nursery() as nursery:
+        for i in plaintexts:
+            nursery.start_soon(writer, i)
+    profile = tiny.crypto_profile
+    assert profile is not None
+    c = profile.counters
+    assert c["waits"] >= 1 and c["programs"] >= len(keys) and c["evictions"] >= len(keys) - 2
+    assert c["programs"] + c["hits"] == len(plaintexts)
+    for i, plaintext in plaintexts.items():
+        key = keys[i % len(keys)]
+        assert on_disk(tiny.path, i * 4096, 4096) == get_cipher(key).encrypt(plaintext, i)
+        back = bytearray(4096)
+        await tiny.submit(Bio.read(i * 4096, back, BioCryptContext.at(key, i)))
+        assert back == plaintext
+    await tiny.close()
+
+
+async def test_a_new_key_takes_the_least_recently_released_slot(tiny: Backend) -> None:
+    a, b, c = new_key(), new_key(), new_key()
+    for key in (a, b, a, c):
+        await tiny.submit(Bio.write(0, bytes(4096), BioCryptContext.at(key, 0)))
+    profile = tiny.crypto_profile
+    assert profile is not None
+    assert profile.find_slot(a) == 0 and profile.find_slot(c) == 1 and profile.find_slot(b) is None
+    counts = profile.counters
+    assert (counts["programs"], counts["hits"], counts["evictions"]) == (3, 1, 1)
+    await tiny.close()
+
+
+async def test_no_raw_key_bytes_anywhere_in_the_image_after_heavy_use(tmp_path: Path) -> None:
+    b = Backend.create(tmp_path / "scan.img", 8 * MiB, load_profile("tiny"))
+    keys = [new_key(dus=512 << (i % 4)) for i in range(12)]
+    for round_ in range(3):
+        for i, key in enumerate(keys):
+            await b.submit(
+                Bio.write((i * 3 + round_) * 4096, os.urandom(4096), BioCryptContext.at(key, i))
+            )
+        await b.flush()
+    await b.close()
+    image = (tmp_path / "scan.img").read_bytes()
+    for key in keys:
+        half = len(key.raw) // 2
+        for needle in (key.raw, key.raw[:half], key.raw[half:]):
+            assert needle not in image
+
+
+# --- direct engines ---------------------------------------------------------------------------
+
+
+async def test_direct_engine_has_a_passthrough_profile_and_caches_expanded_keys(
+    tmp_path: Path,
+) -> None:
+    b = Backend.create(tmp_path / "direct.img", 4 * MiB, load_profile("direct"))
+    profile = b.crypto_profile
+    assert profile is not None and profile.num_slots == 0
+    key = new_key(mode=CryptoMode.SM4_XTS, dun_bytes=16)
+    data = os.urandom(8192)
+    await b.submit(Bio.write(0, data, BioCryptContext.at(key, 3)))
+    back = bytearray(8192)
+    await b.submit(Bio.read(0, back, BioCryptContext.at(key, 3)))
+    assert back == data and on_disk(b.path, 0, 8192) == get_cipher(key).encrypt(data, 3)
+    assert (b.counters["direct_cipher_expansions"], b.counters["direct_cipher_hits"]) == (1, 1)
+    await profile.evict_key(key)  # forwarded to the engine: the expanded key is forgotten
+    await b.submit(Bio.read(0, back, BioCryptContext.at(key, 3)))
+    assert b.counters["direct_cipher_expansions"] == 2
+    await b.close()
+    assert headers_of(b.path).current.slots == ()
