@@ -73,7 +73,9 @@ class BlkCryptoKey:
         """``blk_crypto_init_key``; ``dun_bytes`` defaults to the mode's IV size."""
         if isinstance(mode, str):
             mode = CryptoMode.parse(mode)
-        return cls(mode, bytes(raw), data_unit_size, dun_bytes or mode.iv_size, key_type)
+        if dun_bytes is None:  # only None means "default": 0 is invalid (EINVAL), not defaulted
+            dun_bytes = mode.iv_size
+        return cls(mode, bytes(raw), data_unit_size, dun_bytes, key_type)
 
     @property
     def config(self) -> CryptoConfig:
