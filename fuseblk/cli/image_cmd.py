@@ -1,0 +1,292 @@
+"""``fuseblk image``: make, inspect and check backend image files (emulated inline-encryption disks).
+
+``create`` writes a sparse image whose header describes the hardware (a named profile from
+backends/, a profile file, or flags); ``inspect`` prints everything in the header, both copies'
+status and the keyslot table (key identifiers only), like ``cryptsetup luksDump``; ``check``
+verifies both copies and with ``--repair`` rewrites a damaged or stale copy from the good one.
+
+Exit status: 0 fine, 1 damaged (or the operation failed), 2 the command line was wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import fcntl
+import os
+import sys
+from typing import Any
+
+from fuseblk.cli.output import to_json
+from fuseblk.errors import FuseblkError, einval
+from fuseblk.hw_profiles import (
+    HardwareKind,
+    HardwareProfile,
+    available_profiles,
+    build_profile,
+    load_profile,
+)
+from fuseblk.image_format import (
+    HeaderSet,
+    ImageHeader,
+    create_image_file,
+    lock_image,
+    read_headers,
+    write_copy,
+)
+from fuseblk.sizes import format_size, parse_size
+
+
+def add_parser(subparsers: Any) -> None:
+    image = subparsers.add_parser(
+        "image",
+        help="create, inspect and check backend image files",
+        description="Backend image files: disks with emulated inline-encryption hardware.",
+    )
+    verbs = image.add_subparsers(dest="verb", metavar="VERB")
+    verbs.required = True
+
+    create = verbs.add_parser(
+        "create",
+        help="make a new sparse image",
+        description="Make a new sparse image. The hardware comes from --profile, from flags, "
+        "or from a profile with some flags replacing parts of it.",
+    )
+    create.add_argument("path", metavar="PATH")
+    create.add_argument("--size", required=True, help="data area size (bytes, K/M/G/T suffixes)")
+    create.add_argument(
+        "--profile", metavar="NAME|FILE", help=f"hardware profile ({_profile_names()})"
+    )
+    create.add_argument("--kind", choices=[k.label for k in HardwareKind], help="hardware kind")
+    create.add_argument("--keyslots", type=int, metavar="N", help="number of keyslots")
+    create.add_argument(
+        "--mode",
+        action="append",
+        metavar="MODE:DUS[,DUS]",
+        help="a supported mode and its data unit sizes, e.g. AES-256-XTS:512,4096 (repeatable)",
+    )
+    create.add_argument(
+        "--max-dun-bytes", type=int, metavar="N", help="widest DUN the hardware takes"
+    )
+    create.add_argument("--label", default="", help="a name for the image (up to 64 bytes)")
+    create.add_argument("--force", action="store_true", help="overwrite an existing file")
+    create.set_defaults(func=cmd_create)
+
+    inspect = verbs.add_parser("inspect", help="print the header (like cryptsetup luksDump)")
+    inspect.add_argument("path", metavar="PATH")
+    inspect.add_argument("--json", action="store_true", help="print as JSON")
+    inspect.set_defaults(func=cmd_inspect)
+
+    check = verbs.add_parser("check", help="verify both header copies")
+    check.add_argument("path", metavar="PATH")
+    check.add_argument("--repair", action="store_true", help="rewrite a bad copy from the good one")
+    check.set_defaults(func=cmd_check)
+
+    profiles = verbs.add_parser("profiles", help="list the hardware profiles")
+    profiles.set_defaults(func=cmd_profiles)
+
+
+def _profile_names() -> str:
+    return ", ".join(sorted(available_profiles())) or "none installed"
+
+
+# --- create ------------------------------------------------------------------------------------
+
+
+def hardware_from_args(args: argparse.Namespace) -> HardwareProfile:
+    flags = args.kind, args.keyslots, args.mode, args.max_dun_bytes
+    base = load_profile(args.profile) if args.profile else None
+    if base is None and all(f is None for f in flags):
+        raise einval("give --profile NAME|FILE, or --kind/--keyslots/--mode/--max-dun-bytes")
+    if all(f is None for f in flags):
+        assert base is not None
+        return base
+    return build_profile(
+        base,
+        kind=args.kind,
+        keyslots=args.keyslots,
+        modes=args.mode,
+        max_dun_bytes=args.max_dun_bytes,
+    )
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    size = parse_size(args.size)
+    hardware = hardware_from_args(args)
+    header = create_image_file(args.path, hardware, size, label=args.label, overwrite=args.force)
+    print(
+        f"{args.path}: {format_size(size)} data at offset {header.data_offset}, {hardware.describe()}"
+    )
+    return 0
+
+
+# --- inspect -----------------------------------------------------------------------------------
+
+
+def _open(path: str, flags: int) -> int:
+    try:
+        return os.open(path, flags | os.O_CLOEXEC)
+    except OSError as exc:
+        raise FuseblkError(exc.errno or errno.EIO, f"cannot open {path}: {exc.strerror}") from None
+
+
+def _in_use(fd: int) -> bool:
+    """Whether some process has the image attached (holds its owner lock)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
+
+
+def header_json(h: ImageHeader) -> dict[str, Any]:
+    return {
+        "version": h.version,
+        "uuid": str(h.uuid),
+        "label": h.label,
+        "sequence": h.sequence,
+        "clean_shutdown": h.clean_shutdown,
+        "data_offset": h.data_offset,
+        "data_size": h.data_size,
+        "hardware": h.hardware.to_json(),
+        "keyslots": [dict(index=i, **s.to_json()) for i, s in enumerate(h.slots)],
+    }
+
+
+def inspect_json(path: str, headers: HeaderSet, file_size: int, in_use: bool) -> dict[str, Any]:
+    copies = [
+        {
+            "name": c.name,
+            "offset": c.offset,
+            "valid": c.valid,
+            "status": c.status(),
+            "error": c.error,
+        }
+        for c in headers.copies
+    ]
+    try:
+        current: dict[str, Any] | None = header_json(headers.current)
+    except FuseblkError:
+        current = None
+    return {
+        "path": path,
+        "file_size": file_size,
+        "in_use": in_use,
+        "copies": copies,
+        "problems": headers.problems,
+        "header": current,
+    }
+
+
+def inspect_lines(info: dict[str, Any]) -> list[str]:
+    out = [f"fuseblk image: {info['path']}", ""]
+    h = info["header"]
+    if h is not None:
+        rows = [
+            ("Version", h["version"]),
+            ("UUID", h["uuid"]),
+            ("Label", h["label"] or "(no label)"),
+            ("Sequence", h["sequence"]),
+            ("Clean shutdown", "yes" if h["clean_shutdown"] else "no"),
+            ("In use", "yes (attached)" if info["in_use"] else "no"),
+            ("Data offset", f"{h['data_offset']} [bytes]"),
+            ("Data size", f"{h['data_size']} [bytes] ({format_size(h['data_size'])})"),
+            ("File size", f"{info['file_size']} [bytes]"),
+        ]
+        out += [f"{label + ':':<16}{value}" for label, value in rows]
+        out.append("")
+    out.append("Header copies:")
+    for c in info["copies"]:
+        out.append(f"  {c['name']:<8} at {c['offset']:<8} {c['status']}")
+    if info["problems"]:
+        out += ["", "Problems:"] + [f"  {p}" for p in info["problems"]]
+    if h is None:
+        return out
+    hw = h["hardware"]
+    out += ["", "Hardware:", f"  Kind:          {hw['kind']}"]
+    if hw["kind"] == "keyslots":
+        out.append(f"  Keyslots:      {hw['keyslots']}")
+    if hw["modes"]:
+        out.append(f"  Max DUN bytes: {hw['max_dun_bytes']}")
+        out.append(f"  Key types:     {', '.join(hw['key_types'])}")
+        out.append("  Modes:")
+        out += [f"    {mode}: {' '.join(map(str, sizes))}" for mode, sizes in hw["modes"].items()]
+    if h["keyslots"]:
+        out += ["", "Keyslots (as of the last header write):"]
+        for slot in h["keyslots"]:
+            out.append(f"  {slot['index']}: {slot['state']} (generation {slot['generation']})")
+            if slot["state"] == "programmed":
+                out += [
+                    f"        Mode:           {slot['mode']}",
+                    f"        Data unit size: {slot['data_unit_size']}",
+                    f"        DUN bytes:      {slot['dun_bytes']}",
+                    f"        Key identifier: {slot['key_id']}",
+                ]
+    return out
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    fd = _open(args.path, os.O_RDONLY)
+    try:
+        headers = read_headers(fd)
+        info = inspect_json(args.path, headers, os.fstat(fd).st_size, _in_use(fd))
+    finally:
+        os.close(fd)
+    print(to_json(info) if args.json else "\n".join(inspect_lines(info)))
+    return 0 if info["header"] is not None else 1
+
+
+# --- check -------------------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    fd = _open(args.path, os.O_RDWR if args.repair else os.O_RDONLY)
+    try:
+        if args.repair:
+            lock_image(fd, args.path)  # never repair an image someone has attached
+        headers = read_headers(fd)
+        for copy in headers.copies:
+            print(f"{copy.name} header at {copy.offset}: {copy.status()}")
+        try:
+            current = headers.current
+        except FuseblkError as err:
+            print(f"{args.path}: {err.message}; cannot repair", file=sys.stderr)
+            return 1
+        problems = list(headers.problems)
+        file_size = os.fstat(fd).st_size
+        if file_size < current.image_size:
+            problems.append(
+                f"file is truncated: {file_size} bytes, header needs {current.image_size}"
+            )
+        if not current.clean_shutdown:
+            print("note: image was not cleanly shut down (or is attached now)")
+        if not problems:
+            print(f"{args.path}: ok")
+            return 0
+        for problem in problems:
+            print(f"problem: {problem}")
+        if not args.repair:
+            print(f"{args.path}: damaged (run with --repair to fix)")
+            return 1
+        good = current.to_bytes()
+        for copy in headers.copies:
+            if copy.header is None or copy.header.to_bytes() != good:
+                write_copy(fd, copy.name, good)
+                print(f"repaired: rewrote the {copy.name} header from sequence {current.sequence}")
+        if file_size < current.image_size:
+            os.ftruncate(fd, current.image_size)
+            print(f"repaired: extended the file to {current.image_size} bytes (sparse)")
+        print(f"{args.path}: repaired")
+        return 0
+    finally:
+        os.close(fd)
+
+
+def cmd_profiles(args: argparse.Namespace) -> int:
+    for name, path in sorted(available_profiles().items()):
+        profile = load_profile(str(path))
+        print(f"{name:<8} {profile.describe()}")
+        if profile.description:
+            print(f"{'':<8} {profile.description}")
+    return 0
