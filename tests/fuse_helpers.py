@@ -161,7 +161,7 @@ def serve_in_thread(manager: Any, mountpoint: Path, **options: Any) -> Iterator[
     async def run() -> None:
         state["token"] = trio.lowlevel.current_trio_token()
         try:
-            await serve(manager, settings, on_ready=ready.set, handle_signals=False)
+            await serve(manager, settings, on_ready=ready.set, handle_signals=False, control=False)
         except BaseException as exc:
             state["error"] = exc
             raise

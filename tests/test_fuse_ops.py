@@ -1,0 +1,257 @@
+"""The FUSE layer on a real mount, over in-memory devices: files, sizes, errors, alignment.
+
+The server runs in a thread of the test process (``serve_in_thread``); the test does ordinary
+blocking file I/O on the mount, exactly as dd or fio would.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import random
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fuse_helpers import MemoryDevice, MemoryManager, is_mounted, needs_fuse, serve_in_thread
+
+pytestmark = [needs_fuse, pytest.mark.integration]
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def manager() -> MemoryManager:
+    mgr = MemoryManager()
+    mgr.add(MemoryDevice("small", 64 * 1024, block_size=512))
+    mgr.add(MemoryDevice("big4k", 4 * MiB, block_size=4096))
+    return mgr
+
+
+@pytest.fixture
+def mnt(tmp_path: Path, manager: MemoryManager) -> Iterator[Path]:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    with serve_in_thread(manager, mountpoint):
+        yield mountpoint
+
+
+def test_each_device_is_a_0600_regular_file_sized_to_its_table(mnt: Path) -> None:
+    assert sorted(os.listdir(mnt)) == ["big4k", "small"]
+    st = os.stat(mnt / "big4k")
+    assert stat.S_ISREG(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    assert st.st_size == 4 * MiB
+    assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())
+    assert os.stat(mnt / "small").st_size == 64 * 1024
+
+
+def test_inode_numbers_are_stable_per_device(mnt: Path) -> None:
+    first = os.stat(mnt / "small").st_ino
+    assert os.stat(mnt / "small").st_ino == first
+    assert os.stat(mnt / "big4k").st_ino != first
+
+
+def test_buffered_write_then_read_round_trips(mnt: Path, manager: MemoryManager) -> None:
+    data = random.randbytes(200_000)
+    with open(mnt / "big4k", "r+b") as f:
+        f.seek(12345)
+        f.write(data)
+    with open(mnt / "big4k", "rb") as f:
+        f.seek(12345)
+        assert f.read(len(data)) == data
+    assert manager.devices["big4k"].data[12345 : 12345 + len(data)] == data
+
+
+def test_o_direct_write_and_read_round_trip(mnt: Path, manager: MemoryManager) -> None:
+    buf = mmap.mmap(-1, MiB)  # page-aligned, as O_DIRECT wants
+    pattern = random.randbytes(MiB)
+    buf[:] = pattern
+    fd = os.open(mnt / "big4k", os.O_RDWR | os.O_DIRECT)
+    try:
+        assert os.pwrite(fd, buf, MiB) == MiB
+        out = mmap.mmap(-1, MiB)
+        assert os.preadv(fd, [out], MiB) == MiB
+        assert out[:] == pattern
+    finally:
+        os.close(fd)
+    assert manager.devices["big4k"].data[MiB : 2 * MiB] == pattern
+
+
+def test_unaligned_writes_read_modify_write_whole_blocks(mnt: Path, manager: MemoryManager) -> None:
+    dev = manager.devices["big4k"]
+    dev.data[:] = random.randbytes(dev.size)
+    expected = bytearray(dev.data)
+    rng = random.Random(7)
+    fd = os.open(mnt / "big4k", os.O_RDWR)
+    try:
+        for _ in range(50):
+            off = rng.randrange(0, dev.size - 10_000)
+            chunk = rng.randbytes(rng.randrange(1, 10_000))
+            assert os.pwrite(fd, chunk, off) == len(chunk)
+            expected[off : off + len(chunk)] = chunk
+    finally:
+        os.close(fd)
+    assert dev.data == expected
+    # MemoryDevice rejects unaligned bios, so none reached it.
+    assert all(o % 4096 == 0 and n % 4096 == 0 for _, o, n in dev.bios if n)
+
+
+def test_read_at_end_is_eof_and_past_end_is_short(mnt: Path) -> None:
+    fd = os.open(mnt / "small", os.O_RDONLY)
+    try:
+        assert os.pread(fd, 4096, 64 * 1024) == b""
+        assert len(os.pread(fd, 4096, 64 * 1024 - 100)) == 100
+    finally:
+        os.close(fd)
+
+
+def test_write_at_end_is_enospc(mnt: Path) -> None:
+    fd = os.open(mnt / "small", os.O_WRONLY)
+    try:
+        with pytest.raises(OSError) as info:
+            os.pwrite(fd, b"x" * 512, 64 * 1024)
+        assert info.value.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+
+
+def test_truncate_to_another_size_is_eperm_and_same_size_is_allowed(mnt: Path) -> None:
+    with pytest.raises(PermissionError):
+        os.truncate(mnt / "small", 512)
+    os.truncate(mnt / "small", 64 * 1024)
+    with pytest.raises(PermissionError):
+        open(mnt / "small", "wb").close()  # O_TRUNC
+
+
+def test_create_unlink_mkdir_rename_are_eperm(mnt: Path) -> None:
+    with pytest.raises(PermissionError):
+        open(mnt / "new", "xb").close()
+    with pytest.raises(PermissionError):
+        os.unlink(mnt / "small")
+    with pytest.raises(PermissionError):
+        os.mkdir(mnt / "dir")
+    with pytest.raises(PermissionError):
+        os.rename(mnt / "small", mnt / "other")
+
+
+def test_device_errors_reach_the_caller_as_eio(mnt: Path, manager: MemoryManager) -> None:
+    manager.devices["small"].fail = True
+    fd = os.open(mnt / "small", os.O_RDONLY)
+    try:
+        with pytest.raises(OSError) as info:
+            os.pread(fd, 512, 0)
+        assert info.value.errno == errno.EIO
+    finally:
+        os.close(fd)
+
+
+def test_fsync_and_close_flush_the_device(mnt: Path, manager: MemoryManager) -> None:
+    dev = manager.devices["small"]
+    fd = os.open(mnt / "small", os.O_RDWR)
+    os.pwrite(fd, b"a" * 512, 0)
+    os.fsync(fd)
+    assert dev.flushes == 1
+    os.close(fd)
+    assert dev.flushes == 2
+
+
+def test_devices_added_and_removed_while_mounted_appear_and_disappear(
+    mnt: Path, manager: MemoryManager
+) -> None:
+    assert not (mnt / "late").exists()
+    manager.add(MemoryDevice("late", 8192))
+    assert os.stat(mnt / "late").st_size == 8192
+    assert "late" in os.listdir(mnt)
+    manager.remove("late")
+    _eventually(lambda: not (mnt / "late").exists())
+    assert "late" not in os.listdir(mnt)
+
+
+def test_renamed_device_keeps_its_inode(mnt: Path, manager: MemoryManager) -> None:
+    inode = os.stat(mnt / "small").st_ino
+    manager.rename("small", "tiny")
+    _eventually(lambda: not (mnt / "small").exists())
+    assert os.stat(mnt / "tiny").st_ino == inode
+
+
+def test_resized_device_shows_its_new_size(mnt: Path, manager: MemoryManager) -> None:
+    assert os.stat(mnt / "small").st_size == 64 * 1024
+    manager.resize("small", 128 * 1024)
+    assert os.stat(mnt / "small").st_size == 128 * 1024
+
+
+def test_concurrent_overlapping_unaligned_writers_never_tear_a_block(
+    mnt: Path, manager: MemoryManager
+) -> None:
+    dev = manager.devices["big4k"]
+    region = 64 * 1024
+    errors: list[BaseException] = []
+
+    def writer(i: int) -> None:
+        rng = random.Random(i)
+        try:
+            fd = os.open(mnt / "big4k", os.O_WRONLY)
+            try:
+                for _ in range(60):
+                    start = rng.randrange(0, region - 8192) // 4096 * 4096 + 1000
+                    os.pwrite(fd, bytes([i + 1]) * 4096, start)
+            finally:
+                os.close(fd)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    # Each write covers [b+1000, b+5096): the bytes of one block before and after offset 1000
+    # must each come from a single write.
+    for b in range(0, region, 4096):
+        assert len(set(dev.data[b : b + 1000])) == 1
+        assert len(set(dev.data[b + 1000 : b + 4096])) == 1
+
+
+def test_statfs_reports_the_devices(mnt: Path) -> None:
+    st = os.statvfs(mnt)
+    assert st.f_blocks * st.f_frsize == 4 * MiB + 64 * 1024
+
+
+def test_a_second_mount_on_the_same_mountpoint_is_refused(mnt: Path) -> None:
+    from fuseblk.daemon import MountSettings, run_foreground
+    from fuseblk.errors import FuseblkError
+
+    async def build() -> MemoryManager:
+        raise AssertionError("must refuse before building devices")
+
+    with pytest.raises(FuseblkError) as info:
+        run_foreground(build, MountSettings(mnt))
+    assert info.value.errno == errno.EBUSY
+    assert "already a mount point" in info.value.message
+
+
+def test_shutdown_unmounts_and_closes_the_manager(tmp_path: Path) -> None:
+    mgr = MemoryManager()
+    mgr.add(MemoryDevice("d", 8192))
+    mountpoint = tmp_path / "m"
+    mountpoint.mkdir()
+    with serve_in_thread(mgr, mountpoint):
+        assert is_mounted(mountpoint)
+    assert not is_mounted(mountpoint)
+    assert mgr.closed and mgr.flushed
+
+
+def _eventually(check: object, timeout: float = 5.0) -> None:
+    """Kernel entry invalidation is asynchronous (pyfuse3's notify thread)."""
+    assert callable(check)
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.02)
