@@ -1,0 +1,284 @@
+"""dm-crypt: table parsing, IV sector math, software encryption with bounce buffers."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from memdev import MemDevice, make_key
+
+from fuseblk.bio import Bio, BioOp
+from fuseblk.crypt_context import BioCryptContext
+from fuseblk.device import BlockDevice
+from fuseblk.errors import FuseblkError
+from fuseblk.targets import get_target
+from fuseblk.targets.base import TargetArgError
+from fuseblk.targets.cipher_spec import parse_crypt_cipher
+from fuseblk.targets.crypt import CryptTarget, iv_runs
+
+KEY64 = bytes(range(64))
+HEX64 = KEY64.hex()
+DEV_SIZE = 1 << 20
+
+
+class Env:
+    """The part of a table load a target constructor sees: device lookup by name."""
+
+    def __init__(self, **devices: BlockDevice) -> None:
+        self.devices = devices
+        self.device_name = "test"
+
+    def get_device(self, ref: str) -> BlockDevice:
+        try:
+            return self.devices[ref]
+        except KeyError:
+            raise TargetArgError("device", "a known device", ref) from None
+
+
+def crypt(table: str, length: int = DEV_SIZE // 2, mem: MemDevice | None = None) -> CryptTarget:
+    env = Env(mem=mem or MemDevice(DEV_SIZE))
+    return CryptTarget(env, 0, length, table.split())
+
+
+def xts_oracle(key: bytes, plaintext: bytes, tweak_sector: int) -> bytes:
+    """AES-XTS straight from OpenSSL: dm-crypt's plain64 IV is the sector, little-endian."""
+    enc = Cipher(algorithms.AES(key), modes.XTS(tweak_sector.to_bytes(16, "little"))).encryptor()
+    return enc.update(plaintext) + enc.finalize()
+
+
+def test_crypt_is_registered_and_does_not_pass_crypto() -> None:
+    assert get_target("crypt") is CryptTarget
+    assert CryptTarget.passes_crypto is False
+
+
+@pytest.mark.parametrize(
+    ("spec", "mode_name", "iv_bits"),
+    [
+        ("aes-xts-plain64", "AES-256-XTS", 64),
+        ("aes-xts-plain", "AES-256-XTS", 32),
+        ("capi:xts(aes)-plain64", "AES-256-XTS", 64),
+        ("capi:xts(aes)-plain", "AES-256-XTS", 32),
+        ("aes-cbc-essiv:sha256", "AES-128-CBC-ESSIV", 64),
+        ("capi:cbc(aes)-essiv:sha256", "AES-128-CBC-ESSIV", 64),
+        ("xchacha12,aes-adiantum-plain64", "Adiantum", 64),
+        ("capi:adiantum(xchacha12,aes)-plain64", "Adiantum", 64),
+        ("aes:1-xts-plain64", "AES-256-XTS", 64),
+    ],
+)
+def test_cipher_specs_map_onto_blk_crypto_modes(spec: str, mode_name: str, iv_bits: int) -> None:
+    parsed = parse_crypt_cipher(spec)
+    assert (parsed.mode.sysfs_name, parsed.iv_bits, parsed.text) == (mode_name, iv_bits, spec)
+
+
+BAD_TABLES = [
+    ("", "cipher"),
+    ("aes-xts-plain64", "key"),
+    (f"aes-xts-plain64 {HEX64}", "iv_offset"),
+    (f"aes-xts-plain64 {HEX64} 0", "device"),
+    (f"aes-xts-plain64 {HEX64} 0 mem", "offset"),
+    (f"aes-ecb {HEX64} 0 mem 0", "cipher"),
+    (f"aes-xts-benbi {HEX64} 0 mem 0", "cipher"),
+    (f"aes:2-xts-plain64 {HEX64} 0 mem 0", "cipher"),
+    (f"aes-xts {HEX64} 0 mem 0", "cipher"),
+    (f"capi:xts(aes) {HEX64} 0 mem 0", "cipher"),
+    (f"aes-cbc-essiv {'00' * 16} 0 mem 0", "cipher"),
+    (f"aes-xts-plain64 {HEX64[:-1]} 0 mem 0", "key"),
+    (f"aes-xts-plain64 {'zz' * 64} 0 mem 0", "key"),
+    (f"aes-xts-plain64 {'00' * 32} 0 mem 0", "key"),
+    (f"aes-cbc-essiv:sha256 {'00' * 32} 0 mem 0", "key"),
+    ("aes-xts-plain64 - 0 mem 0", "key"),
+    (f"aes-xts-plain64 {HEX64} -1 mem 0", "iv_offset"),
+    (f"aes-xts-plain64 {HEX64} x 0 mem 0", "iv_offset"),
+    (f"aes-xts-plain64 {HEX64} {1 << 64} mem 0", "iv_offset"),
+    (f"aes-xts-plain64 {HEX64} 1 mem 0 2 sector_size:4096 iv_large_sectors", "iv_offset"),
+    (f"aes-xts-plain64 {HEX64} 0 nosuchdev 0", "device"),
+    (f"aes-xts-plain64 {HEX64} 0 mem 0x10", "offset"),
+    (f"aes-xts-plain64 {HEX64} 0 mem 1025", "offset"),
+    (f"aes-xts-plain64 {HEX64} 0 mem 0 x", "#opt_params"),
+    (f"aes-xts-plain64 {HEX64} 0 mem 0 2 allow_discards", "#opt_params"),
+    (f"aes-xts-plain64 {HEX64} 0 mem 0 1 allow_discards extra", "#opt_params"),
+    (f"aes-xts-plain64 {HEX64} 0 mem 0 7 a b c d e f g", "#opt_params"),
+    (f"aes-xts-plain64 {HEX64} 0 mem 0 1 sector_size:1000", "option 'sector_size:1000'"),
+    (f"aes-xts-plain64 {HEX64} 0 mem 0 1 sector_size:8192", "option 'sector_size:8192'"),
+    (f"aes-xts-plain64 {HEX64} 0 mem 0 1 sector_size:256", "option 'sector_size:256'"),
+    (f"aes-xts-plain64 {HEX64} 0 mem 0 1 integrity:28:aead", "option 'integrity:28:aead'"),
+    (f"aes-xts-plain64 {HEX64} 0 mem 0 1 integrity_key_size:32", "option 'integrity_key_size:32'"),
+    (f"aes-xts-plain64 {HEX64} 0 mem 0 1 frobnicate", "option 'frobnicate'"),
+]
+
+
+@pytest.mark.parametrize(("table", "field"), BAD_TABLES)
+def test_every_malformed_table_names_the_field(table: str, field: str) -> None:
+    with pytest.raises(TargetArgError) as info:
+        crypt(table)
+    assert info.value.field == field
+    assert HEX64 not in str(info.value) and HEX64[:-1] not in str(info.value)
+
+
+def test_length_not_a_multiple_of_sector_size_is_refused() -> None:
+    with pytest.raises(TargetArgError) as info:
+        crypt(f"aes-xts-plain64 {HEX64} 0 mem 0 1 sector_size:4096", length=4096 + 512)
+    assert info.value.field == "option 'sector_size:4096'"
+
+
+def test_keyring_keys_are_refused_by_name() -> None:
+    with pytest.raises(TargetArgError, match="keyring keys are not supported"):
+        crypt("aes-xts-plain64 :64:logon:cryptsetup:vol 0 mem 0")
+
+
+def test_wrong_key_size_says_what_is_supported() -> None:
+    with pytest.raises(TargetArgError) as info:
+        crypt(f"aes-xts-plain64 {'00' * 32} 0 mem 0")
+    message = str(info.value)
+    assert "64 bytes" in message and "AES-256-XTS" in message and "AES-128-CBC-ESSIV" in message
+
+
+def test_table_hides_the_key_unless_asked() -> None:
+    target = crypt(
+        f"aes-xts-plain64 {HEX64} 8 mem 16 3 allow_discards sector_size:4096 iv_large_sectors"
+    )
+    assert (
+        target.table_args()
+        == "aes-xts-plain64 - 8 mem0 16 3 allow_discards sector_size:4096 iv_large_sectors"
+    )
+    assert target.table_args(show_keys=True) == (
+        f"aes-xts-plain64 {HEX64} 8 mem0 16 3 allow_discards sector_size:4096 iv_large_sectors"
+    )
+    assert HEX64 not in repr(target.key)
+
+
+def test_performance_hints_are_accepted_and_echoed() -> None:
+    target = crypt(f"aes-xts-plain64 {HEX64} 0 mem 0 2 no_read_workqueue same_cpu_crypt")
+    assert target.table_args() == "aes-xts-plain64 - 0 mem0 0 2 same_cpu_crypt no_read_workqueue"
+
+
+def test_sector_size_sets_io_granularity_and_data_unit() -> None:
+    target = crypt(f"aes-xts-plain64 {HEX64} 0 mem 0 1 sector_size:4096")
+    assert target.io_granularity == 4096
+    assert target.key.data_unit_size == 4096
+
+
+def test_iv_runs_split_where_plain_wraps_at_2_32() -> None:
+    first = (1 << 32) - 2
+    assert list(iv_runs(first, 1, 5, 32)) == [(0, 2, (1 << 32) - 2), (2, 3, 0)]
+    assert list(iv_runs(first, 1, 5, 64)) == [(0, 5, first)]
+
+
+def test_iv_runs_go_unit_by_unit_when_the_step_is_not_one() -> None:
+    assert list(iv_runs(16, 8, 3, 64)) == [(0, 1, 16), (1, 1, 24), (2, 1, 32)]
+
+
+async def test_write_encrypts_with_plain64_sector_ivs_matching_openssl() -> None:
+    mem = MemDevice(DEV_SIZE)
+    target = crypt(f"aes-xts-plain64 {HEX64} 100 mem 64", mem=mem)
+    data = os.urandom(3 * 512)
+    await target.map(Bio.write(1024, data))
+    stored = bytes(mem.data[64 * 512 + 1024 : 64 * 512 + 1024 + len(data)])
+    # target offset 1024 is sector 2; iv_offset 100 => IV sectors 102, 103, 104
+    expected = b"".join(xts_oracle(KEY64, data[i * 512 : (i + 1) * 512], 102 + i) for i in range(3))
+    assert stored == expected
+
+
+@pytest.mark.parametrize(
+    ("options", "expected_ivs"),
+    [
+        # sector 16 + iv_offset 16 = 32, then +8 per 4096-byte unit (512-byte IV sectors)
+        ("1 sector_size:4096", [32, 40]),
+        # with iv_large_sectors the IV counts 4096-byte sectors: 32 / 8 = 4, then 5
+        ("2 sector_size:4096 iv_large_sectors", [4, 5]),
+    ],
+)
+async def test_sector_size_and_iv_large_sectors_dun_math(
+    options: str, expected_ivs: list[int]
+) -> None:
+    mem = MemDevice(DEV_SIZE)
+    target = crypt(f"aes-xts-plain64 {HEX64} 16 mem 0 {options}", mem=mem)
+    data = os.urandom(2 * 4096)
+    await target.map(Bio.write(8192, data))
+    expected = b"".join(
+        xts_oracle(KEY64, data[i * 4096 : (i + 1) * 4096], iv) for i, iv in enumerate(expected_ivs)
+    )
+    assert bytes(mem.data[8192 : 8192 + len(data)]) == expected
+    back = bytearray(len(data))
+    await target.map(Bio.read(8192, back))
+    assert back == data
+
+
+@pytest.mark.parametrize(
+    ("cipher", "second_iv"), [("aes-xts-plain", 0), ("aes-xts-plain64", 1 << 32)]
+)
+async def test_plain_wraps_at_2_32_and_plain64_does_not(cipher: str, second_iv: int) -> None:
+    mem = MemDevice(DEV_SIZE)
+    target = crypt(f"{cipher} {HEX64} {(1 << 32) - 1} mem 0", mem=mem)
+    data = os.urandom(1024)
+    await target.map(Bio.write(0, data))
+    expected = xts_oracle(KEY64, data[:512], (1 << 32) - 1) + xts_oracle(
+        KEY64, data[512:], second_iv
+    )
+    assert bytes(mem.data[:1024]) == expected
+    back = bytearray(1024)
+    await target.map(Bio.read(0, back))
+    assert back == data
+
+
+async def test_write_uses_a_bounce_buffer_and_sends_no_context_down() -> None:
+    mem = MemDevice(DEV_SIZE)
+    target = crypt(f"aes-xts-plain64 {HEX64} 0 mem 0", mem=mem)
+    data = bytearray(os.urandom(4096))
+    original = bytes(data)
+    await target.map(Bio.write(0, data))
+    assert data == original
+    assert bytes(mem.data[:4096]) != original
+    back = bytearray(4096)
+    await target.map(Bio.read(0, back))
+    assert back == original
+    assert [b.crypt_ctx for b in mem.bios] == [None, None]
+
+
+async def test_failed_read_is_not_decrypted() -> None:
+    mem = MemDevice(DEV_SIZE)
+    target = crypt(f"aes-xts-plain64 {HEX64} 0 mem 0", mem=mem)
+    mem.fail_next = errno.EIO
+    buf = bytearray(b"\xaa" * 512)
+    with pytest.raises(FuseblkError) as info:
+        await target.map(Bio.read(0, buf))
+    assert info.value.errno == errno.EIO
+    assert buf == b"\xaa" * 512
+
+
+async def test_bio_arriving_with_a_context_fails_with_eio() -> None:
+    target = crypt(f"aes-xts-plain64 {HEX64} 0 mem 0")
+    ctx = BioCryptContext.at(make_key(3), 0)
+    with pytest.raises(FuseblkError) as info:
+        await target.map(Bio.write(0, bytes(512), ctx))
+    assert info.value.errno == errno.EIO
+
+
+async def test_io_not_aligned_to_sector_size_fails_with_eio() -> None:
+    target = crypt(f"aes-xts-plain64 {HEX64} 0 mem 0 1 sector_size:4096")
+    with pytest.raises(FuseblkError) as info:
+        await target.map(Bio.write(512, bytes(4096)))
+    assert info.value.errno == errno.EIO
+
+
+async def test_discards_need_allow_discards() -> None:
+    target = crypt(f"aes-xts-plain64 {HEX64} 0 mem 0")
+    with pytest.raises(FuseblkError) as info:
+        await target.map(Bio.discard(0, 4096))
+    assert info.value.errno == errno.EOPNOTSUPP
+
+
+async def test_allowed_discards_are_remapped_down() -> None:
+    mem = MemDevice(DEV_SIZE)
+    target = crypt(f"aes-xts-plain64 {HEX64} 0 mem 8 1 allow_discards", mem=mem)
+    await target.map(Bio.discard(4096, 8192))
+    assert [(b.op, b.offset, b.length) for b in mem.bios] == [(BioOp.DISCARD, 8 * 512 + 4096, 8192)]
+
+
+async def test_flush_reaches_the_device() -> None:
+    mem = MemDevice(DEV_SIZE)
+    target = crypt(f"aes-xts-plain64 {HEX64} 0 mem 0", mem=mem)
+    await target.map(Bio.flush())
+    assert [b.op for b in mem.bios] == [BioOp.FLUSH]
