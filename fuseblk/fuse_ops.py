@@ -73,6 +73,12 @@ def _fuse_errors(op: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Corouti
     return wrapper
 
 
+def _adjust_open_count(device: BlockDevice, delta: int) -> None:
+    """Mapped devices count their openers (``dm remove`` is EBUSY while open); others don't."""
+    if hasattr(device, "open_count"):
+        device.open_count = max(0, device.open_count + delta)
+
+
 def _eperm(what: str) -> FuseblkError:
     return FuseblkError(
         errno.EPERM, f"{what}: the directory lists mapped devices; use 'fuseblk dm'"
@@ -115,6 +121,8 @@ class DeviceFiles(pyfuse3.Operations):
         self._files: dict[int, DeviceFile] = {}
         self._by_name: dict[str, DeviceFile] = {}
         self._next_inode = pyfuse3.ROOT_INODE + 1
+        self._handles: dict[int, DeviceFile] = {}  # open files: a handle keeps its device
+        self._next_fh = 1
         self._root_time_ns = time.time_ns()
         for name in manager.names():
             self._add(name)
@@ -305,21 +313,32 @@ class DeviceFiles(pyfuse3.Operations):
 
     @_fuse_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        """A handle pins the device it opened (``open_count``: dm refuses to remove it)."""
         if inode == pyfuse3.ROOT_INODE:
             raise FuseblkError(errno.EISDIR, "is a directory")
+        entry = self._entry(inode)
         if flags & os.O_TRUNC:
-            raise FuseblkError(errno.EPERM, f"{self._entry(inode).name}: cannot truncate a device")
-        self._entry(inode)
-        return pyfuse3.FileInfo(fh=inode, direct_io=True, keep_cache=False)
+            raise FuseblkError(errno.EPERM, f"{entry.name}: cannot truncate a device")
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = entry
+        _adjust_open_count(entry.device, +1)
+        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+
+    def _handle(self, fh: int) -> DeviceFile:
+        try:
+            return self._handles[fh]
+        except KeyError:
+            raise FuseblkError(errno.EBADF, f"no open file with handle {fh}") from None
 
     @_fuse_errors
     async def read(self, fh: int, off: int, size: int) -> memoryview:  # type: ignore[override]
         # pyfuse3 replies with any contiguous buffer; a view avoids copying the block buffer.
-        return await self._entry(fh).io.read(off, size)
+        return await self._handle(fh).io.read(off, size)
 
     @_fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        entry = self._entry(fh)
+        entry = self._handle(fh)
         written = await entry.io.write(off, buf)
         entry.mtime_ns = time.time_ns()
         return written
@@ -327,15 +346,16 @@ class DeviceFiles(pyfuse3.Operations):
     @_fuse_errors
     async def flush(self, fh: int) -> None:
         """close(2): like closing a block device, make what was written durable."""
-        if fh in self._files:
-            await self._files[fh].io.flush()
+        await self._handle(fh).io.flush()
 
     @_fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
-        await self._entry(fh).io.flush()
+        await self._handle(fh).io.flush()
 
     async def release(self, fh: int) -> None:
-        pass
+        entry = self._handles.pop(fh, None)
+        if entry is not None:
+            _adjust_open_count(entry.device, -1)
 
     # -- the namespace is the device manager's ----------------------------------------------------
 
