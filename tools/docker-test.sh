@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Build the image and run the integration suite in a container; exit with the container's status.
+#
+# Starts a Docker engine if none answers (Debian's docker.io, no bridge network: builds use the
+# host network, test runs have none), makes the base image locally (tools/docker-base.sh), passes
+# the host's extra CA certificates to the build stage only, and hands the container /dev/fuse and
+# the loop devices. Extra arguments replace the container's command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+IMAGE="${FUSEBLK_IMAGE:-fuseblk}"
+
+stage() { printf '[docker-test] %s: %s\n' "$(date -u +%H:%M:%S)" "$*"; }
+
+ensure_engine() {
+    docker info >/dev/null 2>&1 && return 0
+    if ! command -v dockerd >/dev/null; then
+        stage "installing docker.io"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io >/dev/null
+    fi
+    stage "starting dockerd"
+    setsid nohup dockerd --bridge=none --iptables=false >/var/log/fuseblk-dockerd.log 2>&1 </dev/null &
+    for _ in $(seq 60); do
+        docker info >/dev/null 2>&1 && return 0
+        sleep 1
+    done
+    echo "dockerd did not come up; see /var/log/fuseblk-dockerd.log" >&2
+    return 1
+}
+
+# PEM certificates this machine added to its trust store (a TLS-inspecting proxy's CA, say):
+# pip inside the build needs them exactly as pip outside does.
+extra_ca_certs() {
+    local f
+    for f in /usr/local/share/ca-certificates/*.crt; do
+        [ -f "$f" ] && cat "$f"
+    done
+    return 0
+}
+
+build_args=(--build-arg "EXTRA_CA_CERTS=$(extra_ca_certs)")
+[ -n "${PIP_INDEX_URL:-}" ] && build_args+=(--build-arg "PIP_INDEX_URL=$PIP_INDEX_URL")
+
+device_args=(--device /dev/fuse)
+if [ -e /dev/loop-control ]; then
+    device_args+=(--device /dev/loop-control)
+    for dev in /dev/loop[0-9]*; do
+        [ -b "$dev" ] && device_args+=(--device "$dev")
+    done
+fi
+
+ensure_engine
+stage "base image"
+bash tools/docker-base.sh
+stage "build $IMAGE"
+# The legacy builder is all a 20.10 engine without buildx offers; it handles this Dockerfile.
+DOCKER_BUILDKIT=0 docker build -q --network host "${build_args[@]}" -t "$IMAGE" . >/dev/null
+stage "run the suite in $IMAGE"
+status=0
+docker run --rm --network none --cap-add SYS_ADMIN "${device_args[@]}" "$IMAGE" "$@" || status=$?
+stage "container exited with $status"
+exit "$status"
