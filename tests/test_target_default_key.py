@@ -1,0 +1,214 @@
+"""dm-default-key: attaching (key, DUN) to bios, passing others' contexts through, eviction."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Iterator
+
+import pytest
+from memdev import MemDevice, MemKeyslotHardware, make_key
+
+from fuseblk.bio import Bio, BioOp
+from fuseblk.capabilities import CryptoCapabilities, dus_mask
+from fuseblk.ciphers import get_cipher
+from fuseblk.crypt_context import BioCryptContext
+from fuseblk.crypto_profile import CryptoProfile
+from fuseblk.device import BlockDevice
+from fuseblk.errors import FuseblkError
+from fuseblk.fallback import configure_fallback, get_fallback
+from fuseblk.key import BlkCryptoKey, KeyType
+from fuseblk.modes import CryptoMode
+from fuseblk.targets import get_target
+from fuseblk.targets.base import TargetArgError
+from fuseblk.targets.default_key import DefaultKeyTarget
+
+KEY64 = bytes(range(100, 164))
+HEX64 = KEY64.hex()
+DEV_SIZE = 1 << 20
+
+
+@pytest.fixture(autouse=True)
+def fresh_global_fallback() -> Iterator[None]:
+    configure_fallback()
+    yield
+    configure_fallback()
+
+
+class Env:
+    def __init__(self, **devices: BlockDevice) -> None:
+        self.devices = devices
+        self.device_name = "test"
+
+    def get_device(self, ref: str) -> BlockDevice:
+        try:
+            return self.devices[ref]
+        except KeyError:
+            raise TargetArgError("device", "a known device", ref) from None
+
+
+def xts_hardware() -> CryptoProfile:
+    caps = CryptoCapabilities({CryptoMode.AES_256_XTS: dus_mask(512, 4096)}, 8, KeyType.RAW)
+    return CryptoProfile(caps, 4, MemKeyslotHardware(4), name="memhw")
+
+
+def default_key(
+    table: str, mem: MemDevice | None = None, length: int = DEV_SIZE // 2
+) -> DefaultKeyTarget:
+    return DefaultKeyTarget(Env(mem=mem or MemDevice(DEV_SIZE)), 0, length, table.split())
+
+
+def test_default_key_is_registered_and_passes_crypto() -> None:
+    assert get_target("default-key") is DefaultKeyTarget
+    assert DefaultKeyTarget.passes_crypto is True
+
+
+@pytest.mark.parametrize(
+    ("table", "field"),
+    [
+        ("", "cipher"),
+        ("aes-xts-plain64", "key"),
+        (f"aes-xts-plain64 {HEX64} 0 mem", "offset"),
+        (f"aes-cbc-essiv:sha256 {'00' * 16} 0 mem 0", "cipher"),
+        (f"capi:xts(aes)-plain64 {HEX64} 0 mem 0", "cipher"),
+        (f"aes-xts-plain {HEX64} 0 mem 0", "cipher"),
+        (f"aes-xts-plain64 {'00' * 32} 0 mem 0", "key"),
+        (f"xchacha12,aes-adiantum-plain64 {HEX64} 0 mem 0", "key"),
+        (f"aes-xts-plain64 :64:logon:desc 0 mem 0", "key"),
+        (f"aes-xts-plain64 {HEX64} z mem 0", "iv_offset"),
+        (f"aes-xts-plain64 {HEX64} 4 mem 0 2 sector_size:4096 iv_large_sectors", "iv_offset"),
+        (f"aes-xts-plain64 {HEX64} 0 other 0", "device"),
+        (f"aes-xts-plain64 {HEX64} 0 mem 2000", "offset"),
+        (f"aes-xts-plain64 {HEX64} 0 mem 0 5 a b c d e", "#opt_params"),
+        (f"aes-xts-plain64 {HEX64} 0 mem 0 1 sector_size:4096", "option 'iv_large_sectors'"),
+        (
+            f"aes-xts-plain64 {HEX64} 0 mem 0 2 sector_size:3000 iv_large_sectors",
+            "option 'sector_size:3000'",
+        ),
+        (f"aes-xts-plain64 {HEX64} 0 mem 0 1 wrappedkey_v0", "option 'wrappedkey_v0'"),
+        (f"aes-xts-plain64 {HEX64} 0 mem 0 1 same_cpu_crypt", "option 'same_cpu_crypt'"),
+    ],
+)
+def test_every_malformed_table_names_the_field(table: str, field: str) -> None:
+    with pytest.raises(TargetArgError) as info:
+        default_key(table)
+    assert info.value.field == field
+    assert HEX64 not in str(info.value)
+
+
+def test_wrong_cipher_lists_the_supported_ones() -> None:
+    with pytest.raises(TargetArgError, match="xchacha12,aes-adiantum-plain64"):
+        default_key(f"aes-cbc-essiv:sha256 {'00' * 16} 0 mem 0")
+
+
+def test_key_is_raw_with_sector_size_data_units_and_8_dun_bytes() -> None:
+    target = default_key(f"aes-xts-plain64 {HEX64} 0 mem 0 2 sector_size:4096 iv_large_sectors")
+    assert target.key == BlkCryptoKey.create(CryptoMode.AES_256_XTS, KEY64, 4096, 8)
+    assert target.io_granularity == 4096
+
+
+def test_table_hides_the_key_unless_asked() -> None:
+    target = default_key(
+        f"aes-xts-plain64 {HEX64} 8 mem 16 3 iv_large_sectors allow_discards sector_size:4096"
+    )
+    assert (
+        target.table_args()
+        == "aes-xts-plain64 - 8 mem0 16 3 allow_discards sector_size:4096 iv_large_sectors"
+    )
+    assert target.table_args(show_keys=True).split()[1] == HEX64
+
+
+async def test_bios_get_the_key_and_the_android_dun() -> None:
+    mem = MemDevice(DEV_SIZE, xts_hardware())
+    target = default_key(
+        f"aes-xts-plain64 {HEX64} 8 mem 64 2 sector_size:4096 iv_large_sectors", mem
+    )
+    data = os.urandom(2 * 4096)
+    await target.map(Bio.write(3 * 4096, data))
+    (sent,) = mem.bios
+    assert sent.offset == 64 * 512 + 3 * 4096
+    assert sent.crypt_ctx is not None and sent.crypt_ctx.key == target.key
+    # dun = (iv_offset + sector_in_target) >> (log2(4096) - 9) = (8 + 24) >> 3
+    assert sent.crypt_ctx.dun_int == 4
+    cipher = get_cipher(target.key)
+    assert bytes(mem.data[sent.offset : sent.offset + len(data)]) == cipher.encrypt(data, 4)
+    back = bytearray(len(data))
+    await target.map(Bio.read(3 * 4096, back))
+    assert back == data
+
+
+async def test_512_byte_sectors_use_the_sector_number_as_dun() -> None:
+    mem = MemDevice(DEV_SIZE, xts_hardware())
+    target = default_key(f"aes-xts-plain64 {HEX64} 1000 mem 0", mem)
+    await target.map(Bio.write(7 * 512, bytes(1024)))
+    assert mem.bios[0].crypt_ctx is not None and mem.bios[0].crypt_ctx.dun_int == 1007
+
+
+async def test_bio_with_a_context_from_above_passes_through_untouched() -> None:
+    mem = MemDevice(DEV_SIZE, xts_hardware())
+    target = default_key(f"aes-xts-plain64 {HEX64} 0 mem 8", mem)
+    upper = BioCryptContext.at(make_key(5, dun_bytes=8), 12345)
+    await target.map(Bio.write(4096, bytes(4096), upper))
+    (sent,) = mem.bios
+    assert sent.crypt_ctx is upper
+    assert sent.offset == 8 * 512 + 4096
+    assert bytes(mem.data[sent.offset : sent.offset + 4096]) == get_cipher(upper.key).encrypt(
+        bytes(4096), 12345
+    )
+
+
+async def test_device_without_support_gets_plain_bios_from_the_fallback() -> None:
+    plain_mem = MemDevice(DEV_SIZE, None)
+    hw_mem = MemDevice(DEV_SIZE, xts_hardware())
+    table = f"aes-xts-plain64 {HEX64} 0 mem 0 2 sector_size:4096 iv_large_sectors"
+    data = os.urandom(8192)
+    for mem in (plain_mem, hw_mem):
+        await default_key(table, mem).map(Bio.write(4096, data))
+    assert [b.crypt_ctx for b in plain_mem.bios] == [None]
+    assert plain_mem.data[4096 : 4096 + 8192] == hw_mem.data[4096 : 4096 + 8192]
+
+
+async def test_start_not_on_a_data_unit_fails_with_eio() -> None:
+    target = default_key(f"aes-xts-plain64 {HEX64} 0 mem 0 2 sector_size:4096 iv_large_sectors")
+    with pytest.raises(FuseblkError) as info:
+        await target.map(Bio.write(512, bytes(4096)))
+    assert info.value.errno == errno.EIO
+
+
+async def test_discards_need_allow_discards_and_carry_no_context() -> None:
+    mem = MemDevice(DEV_SIZE)
+    with pytest.raises(FuseblkError) as info:
+        await default_key(f"aes-xts-plain64 {HEX64} 0 mem 0", mem).map(Bio.discard(0, 4096))
+    assert info.value.errno == errno.EOPNOTSUPP
+    await default_key(f"aes-xts-plain64 {HEX64} 0 mem 2 1 allow_discards", mem).map(
+        Bio.discard(0, 4096)
+    )
+    assert [(b.op, b.offset, b.crypt_ctx) for b in mem.bios] == [(BioOp.DISCARD, 1024, None)]
+
+
+async def test_destroy_evicts_the_key_from_the_hardware_and_the_fallback() -> None:
+    hw = xts_hardware()
+    hw_target = default_key(f"aes-xts-plain64 {HEX64} 0 mem 0", MemDevice(DEV_SIZE, hw))
+    await hw_target.map(Bio.write(0, bytes(512)))
+    assert hw.find_slot(hw_target.key) is not None
+    await hw_target.destroy()
+    assert hw.find_slot(hw_target.key) is None
+
+    sw_target = default_key(f"aes-xts-plain64 {HEX64} 0 mem 0", MemDevice(DEV_SIZE, None))
+    await sw_target.map(Bio.write(0, bytes(512)))
+    assert get_fallback().profile.find_slot(sw_target.key) is not None
+    await sw_target.destroy()
+    assert get_fallback().profile.find_slot(sw_target.key) is None
+
+
+async def test_destroy_with_the_key_in_use_logs_and_keeps_going(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hw = xts_hardware()
+    target = default_key(f"aes-xts-plain64 {HEX64} 0 mem 0", MemDevice(DEV_SIZE, hw))
+    async with hw.keyslot(target.key):
+        with caplog.at_level(logging.WARNING):
+            await target.destroy()
+    assert "still in use" in caplog.text
+    assert HEX64 not in caplog.text
