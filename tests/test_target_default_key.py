@@ -75,7 +75,7 @@ def test_default_key_is_registered_and_passes_crypto() -> None:
         (f"aes-xts-plain {HEX64} 0 mem 0", "cipher"),
         (f"aes-xts-plain64 {'00' * 32} 0 mem 0", "key"),
         (f"xchacha12,aes-adiantum-plain64 {HEX64} 0 mem 0", "key"),
-        (f"aes-xts-plain64 :64:logon:desc 0 mem 0", "key"),
+        ("aes-xts-plain64 :64:logon:desc 0 mem 0", "key"),
         (f"aes-xts-plain64 {HEX64} z mem 0", "iv_offset"),
         (f"aes-xts-plain64 {HEX64} 4 mem 0 2 sector_size:4096 iv_large_sectors", "iv_offset"),
         (f"aes-xts-plain64 {HEX64} 0 other 0", "device"),
