@@ -5,12 +5,12 @@ from __future__ import annotations
 import errno
 
 import pytest
+from dm_helpers import MemDisk, MiB, manager_over
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fuseblk.errors import FuseblkError, TableError
 from fuseblk.table import Table
-from dm_helpers import MiB, MemDisk, manager_over
 
 
 class Env:
@@ -71,8 +71,16 @@ async def test_empty_text_is_an_empty_table():
         ("0 8 flakey a 0 1 1 2 drop_writes", 1, "flakey #features"),
         ("0 8 flakey a 0 1 1 5 corrupt_bio_byte 1 x 0 0", 1, "flakey corrupt_bio_byte direction"),
         ("0 8 flakey a 0 1 1 5 corrupt_bio_byte 1 r 256 0", 1, "flakey corrupt_bio_byte value"),
-        ("0 8 flakey a 0 1 1 6 drop_writes corrupt_bio_byte 1 w 0 0", 1, "flakey feature drop_writes"),
-        ("0 8 flakey a 0 1 1 2 random_read_corrupt 1000000001", 1, "flakey random_read_corrupt probability"),
+        (
+            "0 8 flakey a 0 1 1 6 drop_writes corrupt_bio_byte 1 w 0 0",
+            1,
+            "flakey feature drop_writes",
+        ),
+        (
+            "0 8 flakey a 0 1 1 2 random_read_corrupt 1000000001",
+            1,
+            "flakey random_read_corrupt probability",
+        ),
         ("0 8 delay a 0", 1, "delay arguments"),
         ("0 8 delay a 0 x", 1, "delay read delay"),
     ],
