@@ -1,0 +1,302 @@
+"""raid1: mirrored writes, degraded operation, hot-add with resync under a range lock."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+
+import pytest
+import trio
+import trio.testing
+from memdev import MemDevice, MemKeyslotHardware, make_key
+
+from fuseblk.bio import Bio, BioOp
+from fuseblk.capabilities import CryptoCapabilities, dus_mask
+from fuseblk.crypt_context import BioCryptContext
+from fuseblk.crypto_profile import CryptoProfile
+from fuseblk.device import BlockDevice
+from fuseblk.errors import FuseblkError
+from fuseblk.fallback import configure_fallback
+from fuseblk.key import KeyType
+from fuseblk.modes import CryptoMode
+from fuseblk.stats import Counters
+from fuseblk.targets import get_target, raid1
+from fuseblk.targets.base import TargetArgError
+from fuseblk.targets.raid1 import Raid1Target
+
+DEV_SIZE = 1 << 20
+LENGTH = 512 * 1024
+
+
+@pytest.fixture(autouse=True)
+def fresh_global_fallback() -> Iterator[None]:
+    configure_fallback()
+    yield
+    configure_fallback()
+
+
+class Leg(MemDevice):
+    """A RAM leg that can die (every later I/O fails) and can hold its reads at a gate."""
+
+    def __init__(self, name: str, profile: CryptoProfile | None = None) -> None:
+        super().__init__(DEV_SIZE, profile, name)
+        self.dead_errno: int | None = None
+        self.die_after: int | None = None  # data bios still served before dying
+        self.read_gate: trio.Event | None = None
+
+    async def submit(self, bio: Bio) -> None:
+        if self.die_after is not None and bio.op.has_data:
+            if self.die_after == 0:
+                self.dead_errno = errno.EIO
+            self.die_after -= 1
+        if self.dead_errno is not None:
+            await trio.lowlevel.checkpoint()
+            raise FuseblkError(self.dead_errno, f"{self.name}: dead")
+        if bio.op is BioOp.READ and self.read_gate is not None:
+            await self.read_gate.wait()
+        await super().submit(bio)
+
+
+class Env:
+    def __init__(self, *devices: BlockDevice) -> None:
+        self.devices = {d.name: d for d in devices}
+        self.device_name = "mirror"
+
+    def get_device(self, ref: str) -> BlockDevice:
+        try:
+            return self.devices[ref]
+        except KeyError:
+            raise TargetArgError("device", "a known device", ref) from None
+
+
+def mirror(table: str, *legs: BlockDevice) -> Raid1Target:
+    target = Raid1Target(Env(*legs), 0, LENGTH, table.split())
+    target.counters = Counters()
+    return target
+
+
+def xts_profile() -> CryptoProfile:
+    caps = CryptoCapabilities({CryptoMode.AES_256_XTS: dus_mask(512, 4096)}, 8, KeyType.RAW)
+    return CryptoProfile(caps, 4, MemKeyslotHardware(4))
+
+
+def region(leg: MemDevice, offset: int = 0, length: int = LENGTH) -> bytes:
+    return bytes(leg.data[offset : offset + length])
+
+
+async def read(target: Raid1Target, offset: int, length: int) -> bytes:
+    buf = bytearray(length)
+    await target.map(Bio.read(offset, buf))
+    return bytes(buf)
+
+
+def test_raid1_is_registered_and_passes_crypto() -> None:
+    assert get_target("raid1") is Raid1Target
+    assert Raid1Target.passes_crypto is True
+
+
+@pytest.mark.parametrize(
+    ("table", "field"),
+    [
+        ("", "#legs"),
+        ("0", "#legs"),
+        ("two l0 0 l1 0", "#legs"),
+        ("2 l0 0 l1", "leg 1 offset"),
+        ("2 l0 0", "leg 1 device"),
+        ("2 l0 0 nosuch 0", "device"),
+        ("2 l0 0 l1 x", "leg 1 offset"),
+        ("2 l0 0 l1 1500", "leg 1 offset"),
+        ("2 l0 0 l1 0 2 nosync", "#features"),
+        ("2 l0 0 l1 0 1 fast", "feature 'fast'"),
+    ],
+)
+def test_every_malformed_table_names_the_field(table: str, field: str) -> None:
+    with pytest.raises(TargetArgError) as info:
+        mirror(table, Leg("l0"), Leg("l1"))
+    assert info.value.field == field
+
+
+def test_table_and_status_describe_the_legs() -> None:
+    target = mirror("2 l0 8 l1 0 1 nosync", Leg("l0"), Leg("l1"))
+    assert target.table_args() == "2 l0 8 l1 0 1 nosync"
+    assert target.status() == "2 AA 1024/1024 idle"
+
+
+async def test_writes_reach_every_leg_and_reads_alternate() -> None:
+    l0, l1 = Leg("l0"), Leg("l1")
+    target = mirror("2 l0 0 l1 16 1 nosync", l0, l1)
+    data = os.urandom(8192)
+    await target.map(Bio.write(4096, data))
+    assert region(l0, 4096, 8192) == data and region(l1, 16 * 512 + 4096, 8192) == data
+    for _ in range(4):
+        assert await read(target, 4096, 8192) == data
+    reads = [len([b for b in leg.bios if b.op is BioOp.READ]) for leg in (l0, l1)]
+    assert reads == [2, 2]
+
+
+async def test_leg_failure_during_concurrent_writes_loses_nothing() -> None:
+    l0, l1 = Leg("l0"), Leg("l1")
+    target = mirror("2 l0 0 l1 0 1 nosync", l0, l1)
+    l1.die_after = 10
+    writes = {i * 4096: os.urandom(4096) for i in range(64)}
+    async with trio.open_nursery() as nursery:
+        for offset, data in writes.items():
+            nursery.start_soon(target.map, Bio.write(offset, data))
+    assert target.status().split()[1] == "AD"
+    assert target.counters is not None and target.counters["leg_failures"] == 1
+    assert target.counters["degraded_writes"] >= 1
+    for offset, data in writes.items():
+        assert await read(target, offset, 4096) == data
+    assert target.devices() == [l0]
+
+
+async def test_read_error_fails_the_leg_and_retries_on_another() -> None:
+    l0, l1 = Leg("l0"), Leg("l1")
+    target = mirror("2 l0 0 l1 0 1 nosync", l0, l1)
+    data = os.urandom(4096)
+    await target.map(Bio.write(0, data))
+    l0.fail_next = errno.EIO
+    assert await read(target, 0, 4096) == data
+    assert target.status().split()[1] == "DA"
+    assert target.counters is not None and target.counters["leg_failures"] == 1
+
+
+async def test_non_media_errors_are_the_bios_fault_not_the_legs() -> None:
+    l0, l1 = Leg("l0"), Leg("l1")
+    target = mirror("2 l0 0 l1 0 1 nosync", l0, l1)
+    l0.fail_next = errno.EINVAL
+    with pytest.raises(FuseblkError) as info:
+        await read(target, 0, 512)
+    assert info.value.errno == errno.EINVAL
+    assert target.status().split()[1] == "AA"
+
+
+async def test_all_legs_failed_means_eio() -> None:
+    l0, l1 = Leg("l0"), Leg("l1")
+    target = mirror("2 l0 0 l1 0 1 nosync", l0, l1)
+    l0.dead_errno = l1.dead_errno = errno.EIO
+    with pytest.raises(FuseblkError) as info:
+        await target.map(Bio.write(0, bytes(512)))
+    assert info.value.errno == errno.EIO
+    with pytest.raises(FuseblkError) as info:
+        await read(target, 0, 512)
+    assert info.value.errno == errno.EIO
+    assert target.status() == "2 DD 1024/1024 idle"
+
+
+async def test_fail_and_remove_messages() -> None:
+    l0, l1 = Leg("l0"), Leg("l1")
+    target = mirror("2 l0 0 l1 0 1 nosync", l0, l1)
+    with pytest.raises(FuseblkError) as info:
+        await target.message(["remove", "1"])
+    assert info.value.errno == errno.EBUSY
+    await target.message(["fail", "1"])
+    assert target.status().split()[1] == "AD"
+    await target.message(["remove", "1"])
+    assert target.table_args() == "1 l0 0 1 nosync"
+    for bad in (["fail", "1"], ["fail"], ["frobnicate"]):
+        with pytest.raises(FuseblkError) as info:
+            await target.message(bad)
+        assert info.value.errno == errno.EINVAL
+
+
+async def test_initial_resync_copies_the_first_leg_to_the_others() -> None:
+    l0, l1 = Leg("l0"), Leg("l1")
+    target = mirror("2 l0 0 l1 0", l0, l1)
+    assert target.status() == "2 Aa 0/1024 frozen"
+    await target.resume()
+    await target.wait_resync()
+    assert region(l1) == region(l0)
+    assert target.status() == "2 AA 1024/1024 idle"
+    assert target.counters is not None and target.counters["resync_bytes"] == LENGTH
+
+
+async def test_hot_add_with_concurrent_writes_produces_identical_legs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(raid1, "REGION_SIZE", 16 * 1024)
+    l0, l1, l2 = Leg("l0"), Leg("l1"), Leg("l2")
+    target = mirror("2 l0 0 l1 0 1 nosync", l0, l1)
+    target._env.devices["l2"] = l2  # type: ignore[attr-defined]
+    await target.resume()
+    await target.map(Bio.write(0, os.urandom(LENGTH)))
+    await target.message(["add", "l2", "0"])
+    assert target.status().split()[1] == "AAa"
+    written_during_resync = 0
+    i = 0
+    while "resync" in target.status():
+        offset = (i * 7 % (LENGTH // 4096)) * 4096
+        await target.map(Bio.write(offset, os.urandom(4096)))
+        written_during_resync += 1
+        i += 1
+    await target.wait_resync()
+    assert written_during_resync > 1
+    assert region(l0) == region(l1) == region(l2)
+    assert target.status() == "3 AAA 1024/1024 idle"
+    assert target.table_args() == "3 l0 0 l1 0 l2 0 1 nosync"
+
+
+async def test_resync_never_overwrites_a_newer_write() -> None:
+    l0, l1, l2 = Leg("l0"), Leg("l1"), Leg("l2")
+    target = mirror("2 l0 0 l1 0 1 nosync", l0, l1)
+    target._env.devices["l2"] = l2  # type: ignore[attr-defined]
+    await target.resume()
+    await target.map(Bio.write(0, b"old!" * 1024))
+    gate = trio.Event()
+    l0.read_gate = l1.read_gate = gate
+    await target.message(["add", "l2", "0"])
+    async with trio.open_nursery() as nursery:
+        await trio.testing.wait_all_tasks_blocked()  # resync holds region 0, waiting to read it
+        nursery.start_soon(target.map, Bio.write(0, b"new!" * 1024))
+        await trio.testing.wait_all_tasks_blocked()  # the write waits for the region
+        assert region(l0, 0, 4096) == b"old!" * 1024
+        gate.set()
+    await target.wait_resync()
+    assert region(l2, 0, 4096) == region(l0, 0, 4096) == b"new!" * 1024
+
+
+async def test_suspend_freezes_resync_and_resume_continues_it() -> None:
+    l0, l1 = Leg("l0"), Leg("l1")
+    target = mirror("2 l0 0 l1 0", l0, l1)
+    l0.read_gate = trio.Event()
+    await target.resume()
+    await trio.testing.wait_all_tasks_blocked()
+    await target.presuspend()
+    assert target.status() == "2 Aa 0/1024 frozen"
+    l0.read_gate.set()
+    await target.resume()
+    await target.wait_resync()
+    assert region(l1) == region(l0)
+
+
+async def test_hot_add_needs_a_superset_of_the_crypto_capabilities() -> None:
+    l0, l1 = Leg("l0", xts_profile()), Leg("l1", xts_profile())
+    weak, strong = Leg("weak"), Leg("strong", xts_profile())
+    target = mirror("2 l0 0 l1 0 1 nosync", l0, l1, weak, strong)
+    await target.resume()
+    with pytest.raises(FuseblkError, match="more restrictive") as info:
+        await target.message(["add", "weak", "0"])
+    assert info.value.errno == errno.EINVAL
+    assert len(target.legs) == 2
+    await target.message(["add", "strong", "0"])
+    await target.wait_resync()
+    assert target.status().split()[1] == "AAA"
+
+
+async def test_contexts_pass_through_and_every_leg_stores_the_same_ciphertext() -> None:
+    capable, incapable = Leg("hw", xts_profile()), Leg("plain")
+    target = mirror("2 hw 0 plain 0 1 nosync", capable, incapable)
+    ctx = BioCryptContext.at(make_key(9, dus=4096, dun_bytes=8), 77)
+    data = os.urandom(8192)
+    await target.map(Bio.write(4096, data, ctx))
+    assert region(capable, 4096, 8192) == region(incapable, 4096, 8192) != data
+    assert [b.crypt_ctx for b in incapable.bios] == [None]
+    for _ in range(2):  # one read from each leg
+        assert await read_ctx(target, 4096, 8192, ctx) == data
+
+
+async def read_ctx(target: Raid1Target, offset: int, length: int, ctx: BioCryptContext) -> bytes:
+    buf = bytearray(length)
+    await target.map(Bio.read(offset, buf, ctx))
+    return bytes(buf)
