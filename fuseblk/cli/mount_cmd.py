@@ -1,0 +1,172 @@
+"""``fuseblk mount MOUNTPOINT`` starts the daemon; ``fuseblk umount MOUNTPOINT`` stops it cleanly.
+
+``mount`` validates the configuration before forking, so most mistakes are reported at once;
+errors while building devices come back from the daemon through its readiness pipe. It returns
+only once the mount answers requests.
+
+``umount`` asks the daemon (over its control socket) to shut down — in-flight I/O completes,
+every backend is flushed and its header written, then the mount goes — and waits until the
+mountpoint is no longer a mount. If the daemon is gone or hangs it falls back to
+``fusermount3 -u`` (then ``-uz``) and says so, since data may then not have been flushed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fuseblk.errors import FuseblkError
+
+UMOUNT_TIMEOUT = 60.0
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "mount",
+        help="mount the mapped devices as files (starts the daemon)",
+        description="Start the fuseblk daemon: each mapped device becomes a file in MOUNTPOINT. "
+        "Without --config, serves the built-in default setup (base, secure, plain).",
+    )
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an empty directory")
+    p.add_argument(
+        "--config", metavar="FILE", help="TOML file with backends and devices (docs/config.md)"
+    )
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where the default setup keeps its images and key (default: $XDG_DATA_HOME/fuseblk)",
+    )
+    p.add_argument(
+        "-f", "--foreground", action="store_true", help="stay in the foreground, log to stderr"
+    )
+    p.add_argument(
+        "--log-file", metavar="F", help="log here (default when daemonized: STATE_DIR/fuseblk.log)"
+    )
+    p.add_argument(
+        "--log-level",
+        metavar="L",
+        default="info",
+        help="debug, info, warning or error (default info)",
+    )
+    p.add_argument(
+        "--fallback-slots", metavar="N", type=int, help="keyslots of the software fallback"
+    )
+    p.add_argument(
+        "--no-fallback", action="store_true", help="disable the software fallback (EOPNOTSUPP)"
+    )
+    p.add_argument("--allow-other", action="store_true", help="let other users access the mount")
+    p.set_defaults(func=run_mount)
+
+    u = subparsers.add_parser(
+        "umount",
+        help="unmount cleanly (flush, write headers, stop the daemon)",
+        description="Ask the daemon serving MOUNTPOINT to shut down and wait until it is unmounted.",
+    )
+    u.add_argument("mountpoint", metavar="MOUNTPOINT")
+    u.add_argument(
+        "--timeout",
+        type=float,
+        default=UMOUNT_TIMEOUT,
+        metavar="S",
+        help="seconds to wait (default 60)",
+    )
+    u.set_defaults(func=run_umount)
+
+
+def run_mount(args: argparse.Namespace) -> int:
+    from fuseblk.config import build_devices, load_config
+    from fuseblk.daemon import MountSettings, run_daemon, run_foreground
+    from fuseblk.default_setup import default_config, default_state_dir
+    from fuseblk.logs import parse_level, setup_logging
+
+    parse_level(args.log_level)
+    if args.fallback_slots is not None and args.fallback_slots < 1:
+        raise FuseblkError(
+            errno.EINVAL, f"--fallback-slots must be at least 1, got {args.fallback_slots}"
+        )
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+    config = load_config(args.config) if args.config else default_config(state_dir)
+    config = config.with_overrides(
+        fallback_slots=args.fallback_slots, fallback_enabled=False if args.no_fallback else None
+    )
+    settings = MountSettings(Path(os.path.abspath(args.mountpoint)), allow_other=args.allow_other)
+    build = functools.partial(build_devices, config)
+    if args.foreground:
+        setup_logging(args.log_level, args.log_file)
+        return run_foreground(build, settings)
+    log_file = Path(args.log_file) if args.log_file else state_dir / "fuseblk.log"
+    return run_daemon(
+        build, settings, setup_child=functools.partial(setup_logging, args.log_level, log_file)
+    )
+
+
+def run_umount(args: argparse.Namespace) -> int:
+    from fuseblk.daemon import is_mountpoint
+
+    mountpoint = os.path.abspath(args.mountpoint)
+    if not is_mountpoint(mountpoint):
+        raise FuseblkError(errno.EINVAL, f"{mountpoint} is not mounted")
+    problem = _ask_daemon_to_shut_down(mountpoint, args.timeout)
+    if problem is None and _wait_unmounted(mountpoint, args.timeout):
+        return 0
+    print(f"fuseblk umount: {problem or 'the daemon did not unmount in time'}", file=sys.stderr)
+    for flags in ("-u", "-uz"):
+        print(f"fuseblk umount: falling back to fusermount3 {flags} {mountpoint}", file=sys.stderr)
+        _fusermount(flags, mountpoint)
+        if _wait_unmounted(mountpoint, 5.0):
+            print("fuseblk umount: unmounted; devices may not have been flushed", file=sys.stderr)
+            return 1
+    raise FuseblkError(errno.EBUSY, f"{mountpoint} is still mounted")
+
+
+def _ask_daemon_to_shut_down(mountpoint: str, timeout: float) -> str | None:
+    """None once the daemon accepted; otherwise why it could not be asked.
+
+    The daemon is found by its record (the mountpoint as given at mount), not by resolving the
+    path: resolving stats the mount, which would hang on a hung daemon.
+    """
+    try:
+        from fuseblk.control import find_daemons
+        from fuseblk.control_client import ControlClient
+    except ImportError:
+        return "no control plane in this installation"
+    daemons = [d for d in find_daemons() if d.mountpoint == mountpoint]
+    if not daemons:
+        return f"no fuseblk daemon is registered for {mountpoint}"
+    try:
+        with ControlClient(daemons[0].socket, timeout=timeout) as client:
+            client.call("shutdown")
+    except FuseblkError as err:
+        return f"the daemon did not answer: {err.message}"
+    return None
+
+
+def _wait_unmounted(mountpoint: str, timeout: float) -> bool:
+    from fuseblk.daemon import is_mountpoint
+
+    deadline = time.monotonic() + timeout
+    while is_mountpoint(mountpoint):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _fusermount(flags: str, mountpoint: str) -> None:
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    if tool is None:
+        umount = shutil.which("umount")
+        if umount is None:
+            return
+        cmd = [umount, "-l" if "z" in flags else "", mountpoint]
+    else:
+        cmd = [tool, flags, mountpoint]
+    subprocess.run([c for c in cmd if c], check=False, capture_output=True, timeout=30)
