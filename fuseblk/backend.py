@@ -82,7 +82,13 @@ class Backend:
     """An attached image: a :class:`fuseblk.device.BlockDevice` and the keyslot ops of its profile."""
 
     def __init__(
-        self, path: Path, fd: int, header: ImageHeader, name: str, warnings: list[str]
+        self,
+        path: Path,
+        fd: int,
+        header: ImageHeader,
+        name: str,
+        warnings: list[str],
+        was_clean: bool,
     ) -> None:
         self.path = path
         self._fd = fd
@@ -91,7 +97,8 @@ class Backend:
         self._data_offset = header.data_offset
         self._size = header.data_size
         self.hardware: HardwareProfile = header.hardware
-        self.warnings = warnings
+        self.warnings = warnings  # what was wrong with the image when it was attached
+        self.was_clean = was_clean  # its clean-shutdown flag was set when attached
         self.counters = Counters()
         self._closed = False
         self._header_lock = trio.Lock()
@@ -142,7 +149,7 @@ class Backend:
         except BaseException:
             os.close(fd)
             raise
-        return cls(path, fd, attached, name or str(path), warnings)
+        return cls(path, fd, attached, name or str(path), warnings, current.clean_shutdown)
 
     @classmethod
     def create(
@@ -405,13 +412,6 @@ class Backend:
             self._closed = True
             os.close(self._fd)
 
-    def __enter__(self) -> Backend:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        """Detach without a clean shutdown (for error paths and tests of unclean detach)."""
-        self.abandon()
-
     def abandon(self) -> None:
         """Drop the image as a crash would: no sync, no header update, lock released."""
         if not self._closed:
@@ -439,7 +439,7 @@ class Backend:
             "format_version": h.version,
             "sequence": h.sequence,
             "hardware": self.hardware.to_json(),
-            "was_clean": not any("cleanly" in w for w in self.warnings),
+            "was_clean": self.was_clean,
             "warnings": list(self.warnings),
             "keyslots": [s.to_json() for s in self.slot_records()],
             "counters": counters,

@@ -455,7 +455,18 @@ def create_image_file(
         write_headers(fd, header)
     finally:
         os.close(fd)
+    _fsync_parent(path)
     return header
+
+
+def _fsync_parent(path: str | os.PathLike[str]) -> None:
+    """Make the new file's directory entry durable too (a crash must not lose the whole image)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def lock_image(fd: int, path: str | os.PathLike[str]) -> None:

@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import errno
 import fcntl
+import json
 import os
 import sys
 from typing import Any
 
-from fuseblk.cli.output import to_json
 from fuseblk.errors import FuseblkError, einval
 from fuseblk.hw_profiles import (
     HardwareKind,
@@ -233,7 +233,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         info = inspect_json(args.path, headers, os.fstat(fd).st_size, _in_use(fd))
     finally:
         os.close(fd)
-    print(to_json(info) if args.json else "\n".join(inspect_lines(info)))
+    print(json.dumps(info, indent=2) if args.json else "\n".join(inspect_lines(info)))
     return 0 if info["header"] is not None else 1
 
 
