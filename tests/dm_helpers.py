@@ -44,7 +44,7 @@ def caps(modes: dict[CryptoMode, tuple[int, ...]], max_dun_bytes: int = 8) -> Cr
 
 
 def make_key(
-    seed: int, mode: CryptoMode = XTS, dus: int = 4096, dun_bytes: int | None = None
+    seed: int, mode: CryptoMode = XTS, dus: int = 4096, dun_bytes: int | None = 8
 ) -> BlkCryptoKey:
     raw = bytes((seed * 31 + i * 7 + 3) % 256 for i in range(mode.key_size))
     return BlkCryptoKey.create(mode, raw, dus, dun_bytes)
@@ -69,11 +69,14 @@ class MemDisk:
             CryptoProfile(caps, num_slots, name=name) if caps is not None else None
         )
         self.seen: list[Bio] = []
+        self.hold: trio.Event | None = None  # when set to an unset Event, bios wait on it
 
     async def submit(self, bio: Bio) -> None:
         self.seen.append(bio)
         self.counters.add("bios")
         await trio.lowlevel.checkpoint()
+        if self.hold is not None:
+            await self.hold.wait()
         if bio.op is BioOp.FLUSH:
             self.counters.add("flushes")
             return
@@ -151,16 +154,30 @@ async def image_manager(
 
 
 async def write(
-    dev: BlockDevice, offset: int, data: bytes, ctx: BioCryptContext | None = None
+    dev: BlockDevice,
+    offset: int,
+    data: bytes,
+    ctx: BioCryptContext | None = None,
+    *,
+    prep: bool = False,
 ) -> None:
-    await submit_bio(dev, Bio.write(offset, data, ctx))
+    """Write as the FUSE layer does (``dev.submit``), or with ``prep`` as a layer above would
+    (``blk_crypto.submit_bio``, which falls back *before* a device that lacks support)."""
+    bio = Bio.write(offset, data, ctx)
+    await (submit_bio(dev, bio) if prep else dev.submit(bio))
 
 
 async def read(
-    dev: BlockDevice, offset: int, length: int, ctx: BioCryptContext | None = None
+    dev: BlockDevice,
+    offset: int,
+    length: int,
+    ctx: BioCryptContext | None = None,
+    *,
+    prep: bool = False,
 ) -> bytes:
     buf = bytearray(length)
-    await submit_bio(dev, Bio.read(offset, buf, ctx))
+    bio = Bio.read(offset, buf, ctx)
+    await (submit_bio(dev, bio) if prep else dev.submit(bio))
     return bytes(buf)
 
 
