@@ -17,11 +17,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from fuseblk import SECTOR_SHIFT, SECTOR_SIZE
+from fuseblk import SECTOR_SIZE
 from fuseblk.modes import CryptoMode
 from fuseblk.targets.base import TargetArgError
 
-U64_MAX = (1 << 64) - 1
 MAX_SECTOR_SIZE = 4096
 
 
@@ -146,13 +145,6 @@ def parse_hex_key(text: str, spec: CipherSpec, supported: str) -> bytes:
     return raw
 
 
-def parse_u64(field: str, text: str) -> int:
-    """An unsigned decimal that fits 64 bits (``sscanf("%llu%c")`` accepting nothing after it)."""
-    if not text.isdecimal() or not text.isascii() or int(text) > U64_MAX:
-        raise TargetArgError(field, "an unsigned 64-bit decimal number", text)
-    return int(text)
-
-
 def parse_sector_size(option: str, value: str) -> int:
     """``sector_size:N``: a power of two from 512 to 4096."""
     n = int(value) if value.isdecimal() and value.isascii() else 0
@@ -181,17 +173,6 @@ def split_optional(args: list[str], max_count: int) -> list[str]:
             "#opt_params", f"exactly {count} optional parameters to follow", " ".join(rest)
         )
     return rest
-
-
-def check_device_range(field: str, dev_size: int, offset: int, length: int, dev_name: str) -> None:
-    """The mapped range ``[offset, offset+length)`` (bytes) must lie inside the device."""
-    if offset + length > dev_size:
-        raise TargetArgError(
-            field,
-            f"a start leaving {length >> SECTOR_SHIFT} sectors inside {dev_name} "
-            f"({dev_size >> SECTOR_SHIFT} sectors)",
-            str(offset >> SECTOR_SHIFT),
-        )
 
 
 def format_optional(params: list[str]) -> str:

@@ -38,15 +38,14 @@ from fuseblk.targets import register
 from fuseblk.targets.base import Target, TargetArgError, TargetEnv
 from fuseblk.targets.cipher_spec import (
     CRYPT_SUPPORTED,
-    check_device_range,
     format_optional,
     parse_crypt_cipher,
     parse_hex_key,
     parse_sector_size,
-    parse_u64,
     positional,
     split_optional,
 )
+from fuseblk.targets.ctr_args import get_device_area, parse_sector
 
 if TYPE_CHECKING:
     from fuseblk.device import BlockDevice
@@ -104,7 +103,7 @@ class CryptTarget(Target):
 
         self.spec = parse_crypt_cipher(cipher_text)
         raw = parse_hex_key(key_text, self.spec, CRYPT_SUPPORTED)
-        self.iv_offset = parse_u64("iv_offset", iv_offset_text)
+        self.iv_offset = parse_sector(iv_offset_text, "iv_offset")
         sectors_per_unit = self.sector_size >> SECTOR_SHIFT
         if self.iv_offset % sectors_per_unit:
             raise TargetArgError(
@@ -115,9 +114,9 @@ class CryptTarget(Target):
                 f"option 'sector_size:{self.sector_size}'",
                 f"a divisor of the target length ({length >> SECTOR_SHIFT} sectors)",
             )
-        self.dev = env.get_device(self.dev_ref)
-        self.offset = parse_u64("offset", offset_text) << SECTOR_SHIFT
-        check_device_range("offset", self.dev.size, self.offset, length, self.dev_ref)
+        start = parse_sector(offset_text, "offset")
+        self.dev = get_device_area(env, self.dev_ref, start, length, "offset")
+        self.offset = start << SECTOR_SHIFT
         self.key = BlkCryptoKey.create(self.spec.mode, raw, self.sector_size)
         self._cipher = get_cipher(self.key)
         self.io_granularity = self.sector_size

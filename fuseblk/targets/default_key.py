@@ -41,15 +41,14 @@ from fuseblk.targets import register
 from fuseblk.targets.base import Target, TargetArgError, TargetEnv
 from fuseblk.targets.cipher_spec import (
     DEFAULT_KEY_SUPPORTED,
-    check_device_range,
     format_optional,
     parse_default_key_cipher,
     parse_hex_key,
     parse_sector_size,
-    parse_u64,
     positional,
     split_optional,
 )
+from fuseblk.targets.ctr_args import get_device_area, parse_sector
 
 if TYPE_CHECKING:
     from fuseblk.device import BlockDevice
@@ -74,7 +73,7 @@ class DefaultKeyTarget(Target):
         )
         self.spec = parse_default_key_cipher(cipher_text)
         raw = parse_hex_key(key_text, self.spec, DEFAULT_KEY_SUPPORTED)
-        self.iv_offset = parse_u64("iv_offset", iv_offset_text)
+        self.iv_offset = parse_sector(iv_offset_text, "iv_offset")
         self.allow_discards = False
         self.sector_size = SECTOR_SIZE
         iv_large_sectors = False
@@ -108,9 +107,9 @@ class DefaultKeyTarget(Target):
                 f"option 'sector_size:{self.sector_size}'",
                 f"a divisor of the target length ({length >> SECTOR_SHIFT} sectors)",
             )
-        self.dev = env.get_device(self.dev_ref)
-        self.offset = parse_u64("offset", offset_text) << SECTOR_SHIFT
-        check_device_range("offset", self.dev.size, self.offset, length, self.dev_ref)
+        start = parse_sector(offset_text, "offset")
+        self.dev = get_device_area(env, self.dev_ref, start, length, "offset")
+        self.offset = start << SECTOR_SHIFT
         self.key = BlkCryptoKey.create(self.spec.mode, raw, self.sector_size, DUN_BYTES)
         self.io_granularity = self.sector_size
 

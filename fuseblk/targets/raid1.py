@@ -54,7 +54,7 @@ from fuseblk.errors import FuseblkError
 from fuseblk.rangelock import RangeLock
 from fuseblk.targets import register
 from fuseblk.targets.base import Target, TargetArgError, TargetEnv
-from fuseblk.targets.cipher_spec import check_device_range, parse_u64
+from fuseblk.targets.ctr_args import get_device_area, parse_sector
 
 if TYPE_CHECKING:
     from fuseblk.device import BlockDevice
@@ -140,10 +140,10 @@ class Raid1Target(Target):
         return len(rest) > 1
 
     def _open_leg(self, ref: str, offset_text: str, field: str) -> tuple[BlockDevice, int]:
-        dev = self._env.get_device(ref)
-        offset = parse_u64(f"{field} offset", offset_text) << SECTOR_SHIFT
-        check_device_range(f"{field} offset", dev.size, offset, self.length, ref)
-        return dev, offset
+        start = parse_sector(offset_text, f"{field} offset")
+        return get_device_area(
+            self._env, ref, start, self.length, f"{field} offset"
+        ), start << SECTOR_SHIFT
 
     # ---- dmsetup interface -------------------------------------------------------------------
 
