@@ -40,7 +40,7 @@ import trio
 from fuseblk import SECTOR_SIZE
 from fuseblk.bio import Bio, BioOp
 from fuseblk.ciphers import DataUnitCipher, get_cipher
-from fuseblk.crypto_profile import CryptoProfile
+from fuseblk.crypto_profile import CryptoProfile, Keyslot
 from fuseblk.errors import FuseblkError, ImageFormatError
 from fuseblk.hw_profiles import HardwareKind, HardwareProfile
 from fuseblk.image_format import (
@@ -226,21 +226,38 @@ class Backend:
                 f"({bio.op.value} {bio.offset}+{bio.length} > {self._size})",
             )
 
-    def _cipher_check(self, bio: Bio) -> None:
+    async def _get_keyslot(self, bio: Bio) -> tuple[CryptoProfile, Keyslot | None]:
+        """The profile and a slot for ``bio``'s key (None for a direct engine), or EIO/EINVAL.
+
+        The profile checks support itself (EOPNOTSUPP); checking again here would double the
+        cost of the capability lookup on the hot path, so its refusal is translated instead.
+        """
         ctx = bio.crypt_ctx
         assert ctx is not None
         profile = self._profile
-        if profile is None or not profile.supports(ctx.key.config):
-            log.error(
-                "%s: bio with unsupported crypto context %r reached the hardware (upstream bug)",
-                self._name,
-                ctx.key,
-            )
-            raise FuseblkError(
-                errno.EIO,
-                f"{self._name}: hardware cannot serve {ctx.key!r} (should have fallen back above)",
-            )
+        if profile is None:
+            raise self._unsupported(bio)
         ctx.check_aligned(0, bio.length)
+        try:
+            return profile, await profile.get_keyslot(ctx.key)
+        except FuseblkError as err:
+            if err.errno == errno.EOPNOTSUPP:
+                raise self._unsupported(bio) from None
+            raise
+
+    def _unsupported(self, bio: Bio) -> FuseblkError:
+        """A context this engine cannot serve got here: blk-crypto should have fallen back above."""
+        assert bio.crypt_ctx is not None
+        key = bio.crypt_ctx.key
+        log.error(
+            "%s: bio with unsupported crypto context %r reached the hardware (upstream bug)",
+            self._name,
+            key,
+        )
+        return FuseblkError(
+            errno.EIO,
+            f"{self._name}: hardware cannot serve {key!r} (should have fallen back above)",
+        )
 
     async def _write(self, bio: Bio) -> None:
         assert bio.buf is not None
@@ -248,10 +265,7 @@ class Backend:
         if ctx is None:
             await self._pwrite(bio.buf, bio.offset)
             return
-        self._cipher_check(bio)
-        profile = self._profile
-        assert profile is not None
-        slot = await profile.get_keyslot(ctx.key)
+        profile, slot = await self._get_keyslot(bio)
         try:  # the slot stays in use while the request is in flight, as in hardware
             cipher = slot.cipher if slot is not None else self._direct_cipher(ctx.key)
             data = cipher.encrypt(bio.buf, ctx.dun_int)
@@ -267,10 +281,7 @@ class Backend:
         if ctx is None:
             await self._pread(bio.buf, bio.offset)
             return
-        self._cipher_check(bio)
-        profile = self._profile
-        assert profile is not None
-        slot = await profile.get_keyslot(ctx.key)
+        profile, slot = await self._get_keyslot(bio)
         try:
             await self._pread(bio.buf, bio.offset)
             cipher = slot.cipher if slot is not None else self._direct_cipher(ctx.key)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -428,3 +429,28 @@ async def test_direct_engine_has_a_passthrough_profile_and_caches_expanded_keys(
     assert b.counters["direct_cipher_expansions"] == 2
     await b.close()
     assert headers_of(b.path).current.slots == ()
+
+
+# --- the data area as a loop device sees it -------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("losetup") is None, reason="needs root and losetup"
+)
+async def test_losetup_at_the_data_offset_shows_the_stored_ciphertext(tiny: Backend) -> None:
+    key = new_key()
+    plaintext = os.urandom(4 * 4096)
+    await tiny.submit(Bio.write(64 * 1024, plaintext, BioCryptContext.at(key, 42)))
+    await tiny.close()
+    loop = subprocess.run(
+        ["losetup", "--find", "--show", "--read-only", "-o", str(DATA_OFFSET),
+         "--sizelimit", str(tiny.size), str(tiny.path)],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    try:
+        with open(loop, "rb") as dev:
+            assert dev.seek(0, os.SEEK_END) == tiny.size
+            dev.seek(64 * 1024)
+            assert dev.read(len(plaintext)) == get_cipher(key).encrypt(plaintext, 42)
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=True)
