@@ -1,0 +1,157 @@
+"""DeviceManager: names, lifecycle verbs, holders, cycles, inspection and listeners."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+from dm_helpers import MemDisk, manager_over, pattern, read, write
+
+from fuseblk.errors import FuseblkError, TableError
+
+
+def events_of(dm) -> list[tuple]:
+    events: list[tuple] = []
+    dm.listeners.append(lambda *e: events.append(e))
+    return events
+
+
+async def test_create_load_resume_rename_remove_notify_listeners():
+    dm = manager_over(MemDisk("a"))
+    events = events_of(dm)
+    await dm.create("d", "")
+    assert dm.info("d")["size"] == 0
+    await dm.load("d", "0 16 linear a 0")
+    assert dm.info("d")["tables"] == ["INACTIVE"] and dm.get("d").size == 0
+    await dm.resume("d")
+    assert dm.info("d")["tables"] == ["LIVE"] and dm.get("d").size == 16 * 512
+    dm.rename("d", "e")
+    assert dm.names() == ["e"] and dm.get("e").name == "e"
+    await dm.remove("e")
+    assert dm.names() == []
+    assert events == [("add", "d"), ("resize", "d", 8192), ("rename", "d", "e"), ("remove", "e")]
+
+
+async def test_info_reports_state_tables_and_events():
+    dm = manager_over(MemDisk("a"))
+    await dm.create("d", "0 16 linear a 0")
+    await dm.load("d", "0 8 linear a 0\n8 8 zero")
+    info = dm.info("d")
+    assert info["state"] == "ACTIVE" and info["tables"] == ["LIVE", "INACTIVE"]
+    await dm.suspend("d")
+    assert dm.info("d")["state"] == "SUSPENDED"
+    await dm.resume("d")
+    info = dm.info("d")
+    assert info["state"] == "ACTIVE" and info["tables"] == ["LIVE"] and info["event_nr"] == 2
+    assert info["block_size"] == 512 and info["crypto"] is None and info["open_count"] == 0
+
+
+@pytest.mark.parametrize("name", ["", "a/b", ".", ".."])
+async def test_invalid_names_are_einval(name: str):
+    dm = manager_over(MemDisk("a"))
+    with pytest.raises(FuseblkError) as info:
+        await dm.create(name, "")
+    assert info.value.errno == errno.EINVAL
+
+
+async def test_existing_names_are_eexist_and_unknown_names_enxio():
+    dm = manager_over(MemDisk("a"))
+    await dm.create("d", "")
+    for name in ("d", "a"):
+        with pytest.raises(FuseblkError) as info:
+            await dm.create(name, "")
+        assert info.value.errno == errno.EEXIST
+    with pytest.raises(FuseblkError) as info:
+        dm.rename("d", "a")
+    assert info.value.errno == errno.EEXIST
+    with pytest.raises(FuseblkError) as info:
+        await dm.resume("nope")
+    assert info.value.errno == errno.ENXIO
+
+
+async def test_unknown_fallback_policy_is_einval():
+    with pytest.raises(FuseblkError) as info:
+        await manager_over(MemDisk("a")).create("d", "0 8 zero", fallback="sometimes")
+    assert info.value.errno == errno.EINVAL
+
+
+async def test_remove_is_ebusy_while_a_live_or_inactive_table_stacks_on_it():
+    dm = manager_over(MemDisk("a"))
+    await dm.create("lower", "0 16 linear a 0")
+    await dm.create("upper", "0 16 linear lower 0")
+    with pytest.raises(FuseblkError) as info:
+        await dm.remove("lower")
+    assert info.value.errno == errno.EBUSY and "upper" in info.value.message
+    await dm.create("other", "0 8 zero")
+    await dm.load("other", "0 8 linear lower 8")
+    await dm.load("upper", "0 16 zero")
+    await dm.resume("upper")
+    with pytest.raises(FuseblkError) as info:
+        await dm.remove("lower")
+    assert "other" in info.value.message
+    await dm.clear("other")
+    await dm.remove("lower")
+
+
+async def test_remove_is_ebusy_while_open():
+    dm = manager_over(MemDisk("a"))
+    md = await dm.create("d", "0 8 zero")
+    md.open_count = 1
+    with pytest.raises(FuseblkError) as info:
+        await dm.remove("d")
+    assert info.value.errno == errno.EBUSY
+
+
+async def test_table_that_reaches_its_own_device_is_refused():
+    dm = manager_over(MemDisk("a"))
+    await dm.create("x", "0 16 linear a 0")
+    await dm.create("y", "0 16 linear x 0")
+    await dm.create("z", "0 16 linear y 0")
+    for table in ("0 16 linear x 0", "0 16 linear z 0", "0 8 linear a 0\n8 8 striped 1 8 y 0"):
+        with pytest.raises(TableError) as info:
+            await dm.load("x", table)
+        assert "cycles" in info.value.message
+    with pytest.raises(TableError):
+        await dm.create("w", "0 8 linear w 0")
+    assert dm.info("x")["tables"] == ["LIVE"]
+
+
+async def test_status_and_table_lines_per_target():
+    dm = manager_over(MemDisk("a"), MemDisk("b"))
+    await dm.create("d", "0 16 striped 2 4 a 0 b 0\n16 8 delay a 64 0\n24 8 error")
+    assert dm.table("d") == "0 16 striped 2 4 a 0 b 0\n16 8 delay a 64 0\n24 8 error\n"
+    assert dm.status("d") == "0 16 striped 2 a b 1 AA\n16 8 delay 0 0 0\n24 8 error\n"
+
+
+async def test_message_goes_to_the_target_at_that_sector():
+    dm = manager_over(MemDisk("a"))
+    await dm.create("d", "0 8 linear a 0\n8 8 zero")
+    with pytest.raises(FuseblkError) as info:
+        await dm.message("d", 9, ["hello"])
+    assert info.value.errno == errno.EINVAL and "zero" in info.value.message
+    with pytest.raises(FuseblkError) as info:
+        await dm.message("d", 16, ["hello"])
+    assert info.value.errno == errno.EINVAL
+
+
+async def test_stats_count_per_device_and_per_backend():
+    a = MemDisk("a")
+    dm = manager_over(a)
+    md = await dm.create("d", "0 16 linear a 0\n16 16 linear a 16")
+    await write(md, 0, pattern(32 * 512))
+    assert await read(md, 0, 32 * 512) == pattern(32 * 512)
+    stats = dm.stats()
+    d = stats["devices"]["d"]
+    assert (d["bios"], d["reads"], d["writes"], d["bytes"], d["splits"]) == (2, 1, 1, 32768, 2)
+    assert stats["backends"]["a"]["bios"] == 4
+    assert "fallback" in stats
+    assert set(dm.stats("a")["backends"]) == {"a"} and dm.stats("a")["devices"] == {}
+
+
+async def test_close_removes_devices_top_down():
+    dm = manager_over(MemDisk("a"))
+    events = events_of(dm)
+    await dm.create("lower", "0 16 linear a 0")
+    await dm.create("upper", "0 16 linear lower 0")
+    await dm.close()
+    assert [e for e in events if e[0] == "remove"] == [("remove", "upper"), ("remove", "lower")]
