@@ -208,13 +208,17 @@ async def test_failing_program_fails_the_get_and_leaves_the_slot_empty_and_usabl
 
 async def test_cancelled_program_leaves_the_slot_empty_and_usable() -> None:
     profile, hw = profile_with(1)
+    profile.put_keyslot(await profile.get_keyslot(K1))
     hw.gate = trio.Event()
-    with trio.move_on_after(0) as scope:
-        await profile.get_keyslot(K1)
-    assert scope.cancelled_caught
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(profile.get_keyslot, K2)
+        await trio.testing.wait_all_tasks_blocked()
+        assert hw.programming == 1  # cancelled in the middle of programming K2
+        nursery.cancel_scope.cancel()
     assert not profile.slot_table()[0].programmed and profile.idle_order() == [0]
+    assert profile.find_slot(K1) is None and profile.find_slot(K2) is None
     hw.gate = None
-    async with profile.keyslot(K2) as slot:
+    async with profile.keyslot(K3) as slot:
         assert slot is not None and slot.index == 0
 
 
@@ -371,3 +375,18 @@ async def test_keyslot_context_releases_the_slot_when_the_body_fails() -> None:
         async with profile.keyslot(K1):
             raise ValueError("bio failed")
     assert profile.slot_table()[0].refs == 0 and profile.idle_order() == [0]
+
+
+async def test_eviction_is_not_held_up_by_a_bio_waiting_for_a_slot() -> None:
+    profile, _ = profile_with(1)
+    held = await profile.get_keyslot(K1)
+    with trio.fail_after(10):  # a deadlock guard
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(profile.get_keyslot, K2)
+            await trio.testing.wait_all_tasks_blocked()
+            await profile.evict_key(K3)  # absent: returns at once
+            with pytest.raises(FuseblkError) as err:
+                await profile.evict_key(K1)
+            assert err.value.errno == errno.EBUSY
+            nursery.cancel_scope.cancel()
+    profile.put_keyslot(held)
