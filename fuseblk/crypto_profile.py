@@ -195,7 +195,7 @@ class CryptoProfile:
                     return self._grab(slot)
                 self._claiming = True
                 if not self._idle:
-                    # Every slot is in use: wait for a put (or an eviction, or a reset).
+                    # Every slot is in use: wait for a put (or a reset) to make one idle.
                     self.counters.add("waits")
                     await self._idle_wait.park()
                     continue
