@@ -240,8 +240,12 @@ class ImageHeader:
         return _from_container(parsed)
 
 
-def _newer_version(version: int) -> ImageFormatError:
-    return ImageFormatError(
+class NewerFormatError(ImageFormatError):
+    """A copy written by a newer fuseblk: never to be overwritten by this one."""
+
+
+def _newer_version(version: int) -> NewerFormatError:
+    return NewerFormatError(
         f"format version {version} is newer than this fuseblk supports ({FORMAT_VERSION}); "
         "upgrade fuseblk to use this image"
     )
@@ -346,6 +350,7 @@ class HeaderCopy:
     offset: int
     header: ImageHeader | None
     error: str | None = None
+    newer: bool = False  # written by a newer format version
 
     @property
     def valid(self) -> bool:
@@ -397,15 +402,15 @@ def read_copy(fd: int, name: str) -> HeaderCopy:
     try:
         return HeaderCopy(name, offset, ImageHeader.from_bytes(data))
     except ImageFormatError as exc:
-        return HeaderCopy(name, offset, None, exc.message)
+        return HeaderCopy(name, offset, None, exc.message, isinstance(exc, NewerFormatError))
 
 
 def read_headers(fd: int) -> HeaderSet:
     """Both copies; refuses (ImageFormatError) if either is from a newer format version."""
     headers = HeaderSet(read_copy(fd, "primary"), read_copy(fd, "backup"))
     for copy in headers.copies:
-        if copy.error and "newer than this fuseblk" in copy.error:
-            raise ImageFormatError(f"{copy.name} header: {copy.error}")
+        if copy.newer:
+            raise NewerFormatError(f"{copy.name} header: {copy.error}")
     return headers
 
 

@@ -454,3 +454,26 @@ async def test_losetup_at_the_data_offset_shows_the_stored_ciphertext(tiny: Back
             assert dev.read(len(plaintext)) == get_cipher(key).encrypt(plaintext, 42)
     finally:
         subprocess.run(["losetup", "-d", loop], check=True)
+
+
+async def test_create_with_overwrite_refuses_an_attached_image_and_keeps_it(tiny: Backend) -> None:
+    await tiny.submit(Bio.write(0, b"\x77" * 4096))
+    with pytest.raises(FuseblkError) as err:
+        Backend.create(tiny.path, MiB, load_profile("ufs"), overwrite=True)
+    assert err.value.errno == errno.EBUSY
+    assert on_disk(tiny.path, 0, 4096) == b"\x77" * 4096
+    assert headers_of(tiny.path).current.hardware == load_profile("tiny")
+    await tiny.close()
+
+
+async def test_evicting_a_key_shows_in_the_keyslot_table_at_the_next_flush(tiny: Backend) -> None:
+    key = new_key()
+    await tiny.submit(Bio.write(0, bytes(4096), BioCryptContext.at(key, 0)))
+    await tiny.flush()
+    assert headers_of(tiny.path).current.slots[0].programmed
+    assert tiny.crypto_profile is not None
+    await tiny.crypto_profile.evict_key(key)
+    await tiny.flush()
+    slot = headers_of(tiny.path).current.slots[0]
+    assert not slot.programmed and slot.generation == 2
+    await tiny.close()

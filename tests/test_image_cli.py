@@ -186,3 +186,12 @@ def test_check_refuses_to_repair_an_attached_image(tmp_path: Path) -> None:
         assert result.returncode == 1 and "in use" in result.stderr
     finally:
         backend.abandon()
+
+
+def test_profiles_lists_every_shipped_profile() -> None:
+    result = fuseblk("profiles")
+    assert result.returncode == 0
+    names = {
+        line.split()[0] for line in result.stdout.splitlines() if line and not line[0].isspace()
+    }
+    assert {"ufs", "emmc", "direct", "none", "tiny"} <= names
