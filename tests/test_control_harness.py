@@ -102,6 +102,10 @@ class DaemonThread:
         if self._error is not None:
             raise self._error
 
+    def run(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Run ``await fn(*args)`` in the daemon's trio loop (e.g. I/O on its devices)."""
+        return trio.from_thread.run(fn, *args, trio_token=self._token)
+
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
