@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from memdev import MemDevice, make_key
 
+from fuseblk.backend import Backend
 from fuseblk.bio import Bio, BioOp
 from fuseblk.crypt_context import BioCryptContext
 from fuseblk.device import BlockDevice
-from fuseblk.errors import FuseblkError
+from fuseblk.dm import DeviceManager
+from fuseblk.errors import FuseblkError, TableError
+from fuseblk.hw_profiles import load_profile
 from fuseblk.targets import get_target
 from fuseblk.targets.base import TargetArgError
 from fuseblk.targets.cipher_spec import parse_crypt_cipher
@@ -282,3 +287,55 @@ async def test_flush_reaches_the_device() -> None:
     target = crypt(f"aes-xts-plain64 {HEX64} 0 mem 0", mem=mem)
     await target.map(Bio.flush())
     assert [b.op for b in mem.bios] == [BioOp.FLUSH]
+
+
+# ---- end to end: DeviceManager over image files -------------------------------------------------
+
+
+@pytest.fixture
+async def manager() -> AsyncIterator[DeviceManager]:
+    dm = DeviceManager()
+    try:
+        yield dm
+    finally:
+        await dm.close()
+
+
+async def test_crypt_device_over_an_image(manager: DeviceManager, tmp_path: Path) -> None:
+    disk = Backend.create(tmp_path / "disk.img", 2 << 20, load_profile("ufs"), name="disk")
+    manager.add_device(disk)
+    line = f"0 2048 crypt aes-xts-plain64 {HEX64} 0 disk 2048 2 sector_size:4096 iv_large_sectors"
+    vol = await manager.create("vol", line)
+    assert vol.crypto_profile is None  # crypt does not pass crypto through
+    assert vol.block_size == 4096
+    assert manager.table("vol") == line.replace(HEX64, "-") + "\n"
+    assert manager.table("vol", show_keys=True) == line + "\n"
+    assert manager.status("vol") == "0 2048 crypt\n"
+
+    data = os.urandom(64 * 1024)
+    await vol.submit(Bio.write(8192, data))
+    stored = bytearray(len(data))
+    await disk.submit(Bio.read(1 << 20 | 8192, stored))
+    expected = b"".join(
+        xts_oracle(KEY64, data[i : i + 4096], 2 + i // 4096) for i in range(0, len(data), 4096)
+    )
+    assert stored == expected
+    assert disk.crypto_profile is not None and disk.crypto_profile.counters["programs"] == 0
+    back = bytearray(len(data))
+    await vol.submit(Bio.read(8192, back))
+    assert back == data
+
+
+async def test_malformed_table_names_line_target_and_field(
+    manager: DeviceManager, tmp_path: Path
+) -> None:
+    manager.add_device(
+        Backend.create(tmp_path / "d.img", 1 << 20, load_profile("none"), name="disk")
+    )
+    with pytest.raises(TableError) as info:
+        await manager.create(
+            "bad", f"0 1024 linear disk 0\n1024 8 crypt aes-xts-plain64 {HEX64[:-2]} 0 disk 0"
+        )
+    assert info.value.errno == errno.EINVAL
+    assert info.value.message.startswith("line 2: crypt key: expected 64 bytes")
+    assert HEX64[:-2] not in info.value.message

@@ -5,19 +5,23 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from memdev import MemDevice, MemKeyslotHardware, make_key
 
+from fuseblk.backend import Backend
 from fuseblk.bio import Bio, BioOp
 from fuseblk.capabilities import CryptoCapabilities, dus_mask
 from fuseblk.ciphers import get_cipher
 from fuseblk.crypt_context import BioCryptContext
 from fuseblk.crypto_profile import CryptoProfile
 from fuseblk.device import BlockDevice
-from fuseblk.errors import FuseblkError
+from fuseblk.dm import DeviceManager
+from fuseblk.errors import FuseblkError, TableError
 from fuseblk.fallback import configure_fallback, get_fallback
+from fuseblk.hw_profiles import load_profile
 from fuseblk.key import BlkCryptoKey, KeyType
 from fuseblk.modes import CryptoMode
 from fuseblk.targets import get_target
@@ -212,3 +216,70 @@ async def test_destroy_with_the_key_in_use_logs_and_keeps_going(
             await target.destroy()
     assert "still in use" in caplog.text
     assert HEX64 not in caplog.text
+
+
+# ---- end to end: DeviceManager over image files -------------------------------------------------
+
+
+@pytest.fixture
+async def manager() -> AsyncIterator[DeviceManager]:
+    dm = DeviceManager()
+    try:
+        yield dm
+    finally:
+        await dm.close()
+
+
+async def test_default_setup_stack_encrypts_inline_and_in_the_fallback(
+    manager: DeviceManager, tmp_path: Path
+) -> None:
+    """secure = default-key over base = linear(inline.img) + linear(legacy.img), fallback=target."""
+    inline = Backend.create(tmp_path / "inline.img", 1 << 20, load_profile("ufs"), name="inline")
+    legacy = Backend.create(tmp_path / "legacy.img", 1 << 20, load_profile("none"), name="legacy")
+    manager.add_device(inline)
+    manager.add_device(legacy)
+    await manager.create(
+        "base", "0 1024 linear inline 0\n1024 1024 linear legacy 0", fallback="target"
+    )
+    secure_table = (
+        f"0 2048 default-key aes-xts-plain64 {HEX64} 0 base 0 2 sector_size:4096 iv_large_sectors"
+    )
+    secure = await manager.create("secure", secure_table)
+    assert secure.block_size == 4096
+    assert manager.table("secure") == (
+        "0 2048 default-key aes-xts-plain64 - 0 base 0 2 sector_size:4096 iv_large_sectors\n"
+    )
+    assert HEX64 in manager.table("secure", show_keys=True)
+
+    data = os.urandom(256 * 1024)  # straddles the inline/legacy boundary at 512 KiB
+    await secure.submit(Bio.write(384 * 1024, data))
+    key = BlkCryptoKey.create(CryptoMode.AES_256_XTS, KEY64, 4096, 8)
+    expected = get_cipher(key).encrypt(data, 384 * 1024 // 4096)
+    stored = bytearray(256 * 1024)
+    await inline.submit(Bio.read(384 * 1024, memoryview(stored)[: 128 * 1024]))
+    await legacy.submit(Bio.read(0, memoryview(stored)[128 * 1024 :]))
+    assert stored == expected
+    assert inline.crypto_profile is not None and inline.crypto_profile.find_slot(key) is not None
+    assert get_fallback().profile.find_slot(key) is not None
+    back = bytearray(len(data))
+    await secure.submit(Bio.read(384 * 1024, back))
+    assert back == data
+
+    await manager.remove("secure")
+    assert inline.crypto_profile.find_slot(key) is None
+    assert get_fallback().profile.find_slot(key) is None
+
+
+async def test_malformed_table_names_line_target_and_field(
+    manager: DeviceManager, tmp_path: Path
+) -> None:
+    manager.add_device(
+        Backend.create(tmp_path / "d.img", 1 << 20, load_profile("ufs"), name="disk")
+    )
+    with pytest.raises(TableError) as info:
+        await manager.create(
+            "bad", f"0 2048 default-key aes-xts-plain64 {HEX64} 0 disk 0 1 sector_size:4096"
+        )
+    assert info.value.errno == errno.EINVAL
+    assert info.value.field == "default-key option 'iv_large_sectors'"
+    assert HEX64 not in info.value.message

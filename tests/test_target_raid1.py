@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 from memdev import MemDevice, MemKeyslotHardware, make_key
 
+from fuseblk.backend import Backend
 from fuseblk.bio import Bio, BioOp
 from fuseblk.capabilities import CryptoCapabilities, dus_mask
 from fuseblk.crypt_context import BioCryptContext
 from fuseblk.crypto_profile import CryptoProfile
 from fuseblk.device import BlockDevice
+from fuseblk.dm import DeviceManager
 from fuseblk.errors import FuseblkError
 from fuseblk.fallback import configure_fallback
+from fuseblk.hw_profiles import load_profile
 from fuseblk.key import KeyType
 from fuseblk.modes import CryptoMode
 from fuseblk.stats import Counters
@@ -300,3 +304,68 @@ async def read_ctx(target: Raid1Target, offset: int, length: int, ctx: BioCryptC
     buf = bytearray(length)
     await target.map(Bio.read(offset, buf, ctx))
     return bytes(buf)
+
+
+# ---- end to end: DeviceManager over image files -------------------------------------------------
+
+
+@pytest.fixture
+async def manager() -> AsyncIterator[DeviceManager]:
+    dm = DeviceManager()
+    try:
+        yield dm
+    finally:
+        await dm.close()
+
+
+async def raw_bytes(dev: BlockDevice, length: int) -> bytes:
+    buf = bytearray(length)
+    await dev.submit(Bio.read(0, buf))
+    return bytes(buf)
+
+
+async def test_encrypted_mirror_over_images_survives_a_leg_and_hot_adds_another(
+    manager: DeviceManager, tmp_path: Path
+) -> None:
+    """default-key over raid1 over inline-encryption images: contexts reach every leg's hardware."""
+    ufs = load_profile("ufs")
+    images = {
+        n: Backend.create(tmp_path / f"{n}.img", 1 << 20, ufs, name=n) for n in ("a", "b", "c")
+    }
+    plain = Backend.create(tmp_path / "plain.img", 1 << 20, load_profile("none"), name="plain")
+    for dev in (*images.values(), plain):
+        manager.add_device(dev)
+    mirror_md = await manager.create("mirror", "0 2048 raid1 2 a 0 b 0 1 nosync")
+    assert mirror_md.crypto_profile is not None  # raid1 passes crypto: the legs' common profile
+    secure = await manager.create(
+        "secure", f"0 2048 default-key aes-xts-plain64 {'ab' * 64} 0 mirror 0"
+    )
+
+    data = os.urandom(256 * 1024)
+    await secure.submit(Bio.write(0, data))
+    assert (
+        await raw_bytes(images["a"], len(data)) == await raw_bytes(images["b"], len(data)) != data
+    )
+    for name in ("a", "b"):
+        profile = images[name].crypto_profile
+        assert profile is not None and profile.counters["programs"] == 1
+
+    await manager.message("mirror", 0, ["fail", "0"])
+    assert manager.status("mirror") == "0 2048 raid1 2 DA 2048/2048 idle\n"
+    back = bytearray(len(data))
+    await secure.submit(Bio.read(0, back))
+    assert back == data
+
+    with pytest.raises(FuseblkError, match="more restrictive") as info:
+        await manager.message("mirror", 0, ["add", "plain", "0"])
+    assert info.value.errno == errno.EINVAL
+    await manager.message("mirror", 0, ["add", "c", "0"])
+    assert mirror_md.live is not None
+    target = mirror_md.live.targets[0]
+    assert isinstance(target, Raid1Target)
+    await target.wait_resync()
+    assert manager.status("mirror") == "0 2048 raid1 3 DAA 2048/2048 idle\n"
+    assert await raw_bytes(images["c"], len(data)) == await raw_bytes(images["b"], len(data))
+    assert manager.stats("mirror")["devices"]["mirror"]["resync_bytes"] == 1 << 20
+    await manager.message("mirror", 0, ["remove", "0"])
+    assert manager.table("mirror") == "0 2048 raid1 2 b 0 c 0 1 nosync\n"

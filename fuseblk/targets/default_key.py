@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from fuseblk import SECTOR_SHIFT, SECTOR_SIZE
@@ -37,6 +38,7 @@ from fuseblk.crypt_context import BioCryptContext
 from fuseblk.errors import FuseblkError
 from fuseblk.fallback import get_fallback
 from fuseblk.key import BlkCryptoKey
+from fuseblk.mapped_device import evict_from_device
 from fuseblk.targets import register
 from fuseblk.targets.base import Target, TargetArgError, TargetEnv
 from fuseblk.targets.cipher_spec import (
@@ -158,13 +160,12 @@ class DefaultKeyTarget(Target):
     async def destroy(self) -> None:
         """``default_key_dtr``: evict the key below so no keyslot keeps it after the table goes.
 
-        Android evicts from the device's profile only; the fallback is asked too, because the
-        device below may have sent some of our bios there (DESIGN: evict from every device the
-        key touched). A key still in use (EBUSY) is logged and left: the table is going anyway.
+        Android evicts from the device's profile only. Here a mapped device below passes the
+        eviction to every device it ever reached, and the fallback is asked too, because the
+        devices below may have sent some of our bios there (evict from every device the key
+        touched). A key still in use (EBUSY) is logged and left: the table is going anyway.
         """
-        profile = self.dev.crypto_profile
-        if profile is not None and profile.supports(self.key.config):
-            await self._evict(profile.evict_key, self.dev_ref)
+        await self._evict(partial(evict_from_device, self.dev), self.dev.name)
         await self._evict(get_fallback().evict_key, "the crypto fallback")
 
     async def _evict(self, evict: Callable[[BlkCryptoKey], Awaitable[None]], where: str) -> None:
