@@ -1,0 +1,85 @@
+"""Key eviction through mapped devices: every device ever touched, the fallback too; EBUSY propagates."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+from dm_helpers import XTS, MemDisk, caps, fallback, make_key, manager_over, pattern, write
+
+from fuseblk.crypt_context import BioCryptContext
+from fuseblk.errors import FuseblkError
+from fuseblk.fallback import CryptoFallback
+
+__all__ = ["fallback"]
+
+UFS = caps({XTS: (512, 4096)}, 8)
+
+
+async def test_evict_walks_the_stack_down_to_the_hardware(fallback: CryptoFallback):
+    a, b = MemDisk("a", caps=UFS), MemDisk("b", caps=UFS)
+    dm = manager_over(a, b)
+    await dm.create("lower", "0 32 striped 2 8 a 0 b 0")
+    upper = await dm.create("upper", "0 32 linear lower 0")
+    key = make_key(1)
+    await write(upper, 0, pattern(16384), BioCryptContext.at(key, 0))
+    assert (
+        a.crypto_profile.find_slot(key) is not None and b.crypto_profile.find_slot(key) is not None
+    )
+    await dm.evict_key("upper", key)
+    assert a.crypto_profile.find_slot(key) is None and b.crypto_profile.find_slot(key) is None
+
+
+async def test_evict_through_the_device_profile_forwards_like_the_kernel():
+    a = MemDisk("a", caps=UFS)
+    dm = manager_over(a)
+    md = await dm.create("d", "0 32 linear a 0")
+    key = make_key(2)
+    await write(md, 0, pattern(4096), BioCryptContext.at(key, 0))
+    await md.crypto_profile.evict_key(key)  # the passthrough profile's ops walk the devices
+    assert a.crypto_profile.find_slot(key) is None
+
+
+async def test_evict_reaches_devices_of_tables_that_are_no_longer_live(fallback: CryptoFallback):
+    a, b = MemDisk("a", caps=UFS), MemDisk("b", caps=UFS)
+    dm = manager_over(a, b)
+    md = await dm.create("d", "0 32 linear a 0")
+    key = make_key(3)
+    await write(md, 0, pattern(4096), BioCryptContext.at(key, 0))
+    await dm.load("d", "0 32 linear b 0")
+    await dm.resume("d")
+    await dm.evict_key("d", key)
+    assert a.crypto_profile.find_slot(key) is None  # beyond the kernel: every device ever touched
+
+
+async def test_evict_also_drops_the_key_from_the_fallback(fallback: CryptoFallback):
+    plain = MemDisk("plain")
+    dm = manager_over(plain)
+    md = await dm.create("d", "0 32 linear plain 0")
+    key = make_key(4)
+    await write(md, 0, pattern(4096), BioCryptContext.at(key, 0))
+    assert fallback.profile.find_slot(key) is not None
+    await dm.evict_key("d", key)
+    assert fallback.profile.find_slot(key) is None
+
+
+async def test_evicting_a_key_in_use_below_is_ebusy_and_other_devices_are_still_evicted():
+    a, b = MemDisk("a", caps=UFS), MemDisk("b", caps=UFS)
+    dm = manager_over(a, b)
+    md = await dm.create("d", "0 16 linear a 0\n16 16 linear b 0")
+    key = make_key(5)
+    await write(md, 0, pattern(16384), BioCryptContext.at(key, 0))
+    held = await a.crypto_profile.get_keyslot(key)  # a bio in flight on a holds the slot
+    with pytest.raises(FuseblkError) as info:
+        await dm.evict_key("d", key)
+    assert info.value.errno == errno.EBUSY
+    assert b.crypto_profile.find_slot(key) is None and a.crypto_profile.find_slot(key) is not None
+    a.crypto_profile.put_keyslot(held)
+    await dm.evict_key("d", key)
+    assert a.crypto_profile.find_slot(key) is None
+
+
+async def test_evicting_a_key_never_used_succeeds():
+    dm = manager_over(MemDisk("a", caps=UFS))
+    await dm.create("d", "0 16 linear a 0")
+    await dm.evict_key("d", make_key(6))
