@@ -130,10 +130,10 @@ def parse_hex_key(text: str, spec: CipherSpec, supported: str) -> bytes:
         raise TargetArgError("key", "a hex key: keyring keys are not supported", text)
     if text == "-":
         raise TargetArgError("key", "a hex key (an empty key, '-', is only for cipher_null)", text)
-    if len(text) % 2 or not _HEX_RE.match(text):
-        raise TargetArgError(
-            "key", "an even number of hex digits", f"{len(text)} characters, not all hex"
-        )
+    if not _HEX_RE.match(text):
+        raise TargetArgError("key", "hex digits only", f"{len(text)} characters, not all hex")
+    if len(text) % 2:
+        raise TargetArgError("key", "an even number of hex digits", f"{len(text)} hex digits")
     raw = bytes.fromhex(text)
     want = spec.mode.key_size
     if len(raw) != want:
