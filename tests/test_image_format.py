@@ -342,3 +342,58 @@ def test_torn_write_of_the_first_copy_falls_back_to_the_old_header(image: Path) 
         os.close(fd)
     assert headers.current == old
     assert headers.problems == ["primary header copy is damaged: bad checksum"]
+
+
+# --- property: any valid header survives build and parse --------------------------------------
+
+MODES = st.sampled_from(list(CryptoMode))
+DUS_MASKS = st.integers(1, (1 << 17) - 1).map(lambda m: m & ~0xF or 512)
+
+
+@st.composite
+def hardware_profiles(draw: st.DrawFn) -> HardwareProfile:
+    kind = draw(st.sampled_from(list(HardwareKind)))
+    if kind is HardwareKind.NONE:
+        return HardwareProfile.none()
+    modes = draw(st.dictionaries(MODES, DUS_MASKS, min_size=1))
+    key_types = draw(
+        st.sampled_from([KeyType.RAW, KeyType.HW_WRAPPED, KeyType.RAW | KeyType.HW_WRAPPED])
+    )
+    caps = CryptoCapabilities(modes, draw(st.integers(1, 32)), key_types)
+    slots = draw(st.integers(1, 255)) if kind is HardwareKind.KEYSLOTS else 0
+    return HardwareProfile(kind, slots, caps)
+
+
+@st.composite
+def slot_records(draw: st.DrawFn) -> SlotRecord:
+    generation = draw(st.integers(0, (1 << 64) - 1))
+    if not draw(st.booleans()):
+        return SlotRecord(generation=generation)
+    config = CryptoConfig(draw(MODES), 1 << draw(st.integers(4, 16)), draw(st.integers(1, 32)))
+    return SlotRecord(
+        SlotRecordState.PROGRAMMED, config, draw(st.binary(min_size=16, max_size=16)), generation
+    )
+
+
+@st.composite
+def image_headers(draw: st.DrawFn) -> ImageHeader:
+    hardware = draw(hardware_profiles())
+    n = hardware.num_slots if hardware.kind is HardwareKind.KEYSLOTS else 0
+    return ImageHeader(
+        hardware=hardware,
+        data_size=draw(st.integers(1, 1 << 40)) * 512,
+        uuid=uuid.UUID(bytes=draw(st.binary(min_size=16, max_size=16))),
+        label=draw(st.text(st.characters(blacklist_characters="\x00"), max_size=16)),
+        sequence=draw(st.integers(0, (1 << 64) - 1)),
+        clean_shutdown=draw(st.booleans()),
+        data_offset=draw(st.integers(1, 1 << 20)) * MiB,
+        slots=tuple(draw(st.lists(slot_records(), min_size=n, max_size=n))),
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(image_headers())
+def test_any_valid_header_round_trips_exactly(header: ImageHeader) -> None:
+    data = header.to_bytes()
+    assert len(data) == HEADER_SIZE
+    assert ImageHeader.from_bytes(data) == header
