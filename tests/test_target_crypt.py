@@ -8,7 +8,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import trio
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from memdev import MemDevice, make_key
 
 from fuseblk.backend import Backend
@@ -339,3 +342,36 @@ async def test_malformed_table_names_line_target_and_field(
     assert info.value.errno == errno.EINVAL
     assert info.value.message.startswith("line 2: crypt key: expected 64 bytes")
     assert HEX64[:-2] not in info.value.message
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sector_size=st.sampled_from([512, 1024, 2048, 4096]),
+    large=st.booleans(),
+    cipher=st.sampled_from(["aes-xts-plain", "aes-xts-plain64"]),
+    iv_units=st.integers(0, (1 << 40)),
+    first_unit=st.integers(0, 31),
+    units=st.integers(1, 8),
+)
+def test_every_data_unit_uses_the_hand_computed_iv(
+    sector_size: int, large: bool, cipher: str, iv_units: int, first_unit: int, units: int
+) -> None:
+    per_unit = sector_size // 512
+    iv_offset = iv_units * per_unit
+    opts = [f"sector_size:{sector_size}"] + (["iv_large_sectors"] if large else [])
+    mem = MemDevice(DEV_SIZE)
+    target = crypt(f"{cipher} {HEX64} {iv_offset} mem 0 {len(opts)} {' '.join(opts)}", mem=mem)
+    data = os.urandom(units * sector_size)
+    offset = first_unit * sector_size
+    trio.run(target.map, Bio.write(offset, data))
+    for i in range(units):
+        sector = iv_offset + (offset + i * sector_size) // 512
+        iv = sector // per_unit if large else sector
+        iv &= 0xFFFFFFFF if cipher == "aes-xts-plain" else (1 << 64) - 1
+        unit = slice(offset + i * sector_size, offset + (i + 1) * sector_size)
+        assert bytes(mem.data[unit]) == xts_oracle(
+            KEY64, data[i * sector_size : (i + 1) * sector_size], iv
+        )
+    back = bytearray(len(data))
+    trio.run(target.map, Bio.read(offset, back))
+    assert back == data
