@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+from pathlib import Path
 
 import pytest
 
@@ -107,3 +108,14 @@ def test_every_documented_command_has_a_schema() -> None:
         "message", "evict_key", "discard", "stats", "shutdown", "ping", "version",
     }  # fmt: skip
     assert set(COMMANDS) == documented
+
+
+def test_every_command_is_documented_in_the_protocol_page() -> None:
+    page = (Path(__file__).parent.parent / "docs" / "control-protocol.md").read_text()
+    headings = {
+        h.strip()
+        for line in page.splitlines()
+        if line.startswith("### ")
+        for h in line[4:].split(",")
+    }
+    assert {f"`{cmd}`" for cmd in COMMANDS} <= headings

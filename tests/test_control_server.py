@@ -174,6 +174,16 @@ async def test_load_is_inactive_until_resume(conn: Conn) -> None:
     ]
 
 
+async def test_loading_a_table_with_less_inline_crypto_is_einval(conn: Conn) -> None:
+    await conn.ok("create", name="fast", table="0 64 linear inline 0\n")
+    err = await conn.fails("load", name="fast", table="0 64 linear legacy 0\n")
+    assert (
+        err["errno"] == errno.EINVAL and "more restrictive than the old table's" in err["message"]
+    )
+    (info,) = await conn.ok("info", name="fast")
+    assert info["tables"] == ["LIVE"] and "AES-256-XTS" in info["crypto"]["modes"]
+
+
 async def test_rename_and_remove(conn: Conn) -> None:
     await conn.ok("create", name="old", table="0 8 linear legacy 0\n")
     await conn.ok("rename", old="old", new="new")
