@@ -1,0 +1,169 @@
+"""The DM core over real backends (image files as emulated inline-encryption hardware)."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+from dm_helpers import (
+    XTS,
+    MiB,
+    caps,
+    ciphertext,
+    fallback,
+    image_manager,
+    make_image,
+    make_key,
+    pattern,
+    read,
+    write,
+)
+
+from fuseblk.bio import Bio
+from fuseblk.crypt_context import BioCryptContext
+from fuseblk.dm import DeviceManager
+from fuseblk.errors import FuseblkError
+from fuseblk.fallback import CryptoFallback, configure_fallback
+
+__all__ = ["fallback"]
+SZ = 2 * MiB // 512
+
+
+async def raw(dm: DeviceManager, backend: str, offset: int, length: int) -> bytes:
+    """Read a backend directly, below every mapping and without any context: what is stored."""
+    buf = bytearray(length)
+    await dm.backends()[backend].submit(Bio.read(offset, buf))
+    return bytes(buf)
+
+
+async def test_tables_reference_backends_by_name_and_images_by_path(tmp_path: Path):
+    dm = await image_manager(tmp_path, {"inline": (2 * MiB, "ufs")})
+    legacy = await make_image(tmp_path, "legacy", 2 * MiB, "none")
+    try:
+        md = await dm.create("d", f"0 {SZ} linear inline 0\n{SZ} {SZ} linear {legacy} 0")
+        assert md.size == 4 * MiB
+        assert dm.table("d") == f"0 {SZ} linear inline 0\n{SZ} {SZ} linear {legacy.resolve()} 0\n"
+        await dm.load("d", dm.table("d"))  # the printed table loads again: same devices
+        await dm.resume("d")
+        assert set(dm.backends()) == {"inline", str(legacy.resolve())}
+        await write(md, SZ * 512, pattern(4096))
+        assert await raw(dm, str(legacy.resolve()), 0, 4096) == pattern(4096)
+    finally:
+        await dm.close()
+
+
+async def test_missing_image_is_a_table_error(tmp_path: Path):
+    dm = DeviceManager()
+    with pytest.raises(FuseblkError) as info:
+        await dm.create("d", f"0 8 linear {tmp_path}/nope.img 0")
+    assert info.value.errno == errno.ENOENT and "line 1" in info.value.message
+
+
+async def test_capabilities_intersect_across_hardware_profiles(tmp_path: Path):
+    dm = await image_manager(tmp_path, {"ufs": (2 * MiB, "ufs"), "emmc": (2 * MiB, "emmc")})
+    try:
+        await dm.create("lower", f"0 {SZ} striped 2 8 ufs 0 emmc 0")
+        await dm.create("upper", f"0 {SZ} linear lower 0")
+        assert dm.info("upper")["crypto"] == caps({XTS: (512, 4096)}, 4).to_json()
+    finally:
+        await dm.close()
+
+
+async def test_striped_over_backends_stores_chunks_on_each_leg(tmp_path: Path):
+    dm = await image_manager(tmp_path, {"a": (MiB, "none"), "b": (MiB, "none")})
+    try:
+        md = await dm.create("d", "0 2048 striped 2 16 a 0 b 0")
+        data = pattern(64 * 1024)
+        await write(md, 0, data)
+        for i in range(8):
+            leg = "ab"[i % 2]
+            assert await raw(dm, leg, (i // 2) * 8192, 8192) == data[i * 8192 : (i + 1) * 8192]
+    finally:
+        await dm.close()
+
+
+async def test_xfstests_flakey_and_delay_tables(tmp_path: Path):
+    dm = await image_manager(tmp_path, {"dev": (2 * MiB, "none")})
+    try:
+        md = await dm.create("f", f"0 {SZ} flakey dev 0 180 0")
+        await write(md, 0, pattern(4096, 1))
+        await dm.load("f", f"0 {SZ} flakey dev 0 0 180 1 drop_writes")
+        await dm.resume("f")
+        await write(md, 0, pattern(4096, 2))
+        assert await read(md, 0, 4096) == pattern(4096, 1)  # dropped, and reads still work
+        await dm.load("f", f"0 {SZ} delay dev 0 0")
+        await dm.resume("f")
+        await write(md, 0, pattern(4096, 3))
+        assert await raw(dm, "dev", 0, 4096) == pattern(4096, 3)
+    finally:
+        await dm.close()
+
+
+async def test_error_table_swap_over_a_plain_disk_and_refusal_over_inline_hardware(tmp_path: Path):
+    dm = await image_manager(tmp_path, {"plain": (MiB, "none"), "inline": (MiB, "ufs")})
+    try:
+        md = await dm.create("p", "0 2048 linear plain 0")
+        await dm.load("p", "0 2048 error")
+        await dm.resume("p")
+        with pytest.raises(FuseblkError) as info:
+            await read(md, 0, 4096)
+        assert info.value.errno == errno.EIO
+        # Over inline-encryption hardware the kernel refuses the error table: it offers less.
+        await dm.create("i", "0 2048 linear inline 0")
+        with pytest.raises(FuseblkError) as info:
+            await dm.load("i", "0 2048 error")
+        assert info.value.errno == errno.EINVAL and dm.info("i")["tables"] == ["LIVE"]
+    finally:
+        await dm.close()
+
+
+async def mixed(tmp_path: Path, policy: str) -> tuple[bytes, bytes, dict, dict, CryptoFallback]:
+    fb = configure_fallback()
+    sub = tmp_path / policy
+    sub.mkdir()
+    dm = await image_manager(sub, {"inline": (MiB, "ufs"), "legacy": (MiB, "none")})
+    try:
+        md = await dm.create(
+            "d", "0 2048 linear inline 0\n2048 2048 linear legacy 0", fallback=policy
+        )
+        key = make_key(9, dus=4096)
+        data = pattern(2 * MiB, 9)
+        for off in range(0, 2 * MiB, 256 * 1024):  # none of these crosses the target boundary
+            await write(
+                md,
+                off + 4096,
+                data[off : off + 256 * 1024 - 8192],
+                BioCryptContext.at(key, off // 4096 + 1),
+            )
+        for off in range(0, 2 * MiB, 256 * 1024):
+            got = await read(
+                md, off + 4096, 256 * 1024 - 8192, BioCryptContext.at(key, off // 4096 + 1)
+            )
+            assert got == data[off : off + 256 * 1024 - 8192]
+        await write(md, MiB - 8192, data[:16384], BioCryptContext.at(key, 5000))  # this one does
+        stats = dm.stats()
+        return (
+            await raw(dm, "inline", 0, MiB),
+            await raw(dm, "legacy", 0, MiB),
+            stats,
+            md.counters.snapshot(),
+            fb,
+        )
+    finally:
+        await dm.close()
+
+
+async def test_fallback_at_device_and_per_target_store_byte_identical_data(tmp_path: Path):
+    d_inline, d_legacy, d_stats, d_md, d_fb = await mixed(tmp_path, "device")
+    t_inline, t_legacy, t_stats, t_md, t_fb = await mixed(tmp_path, "target")
+    assert d_inline == t_inline and d_legacy == t_legacy
+    key = make_key(9, dus=4096)
+    assert t_inline[4096:8192] == ciphertext(key, pattern(2 * MiB, 9)[:4096], 1)
+    # fallback=device: the inline hardware never saw a key; everything went through the fallback
+    assert d_stats["backends"]["inline"]["profile"].get("programs", 0) == 0
+    assert d_md["fallback_bios"] == 17 and d_fb.counters["bytes"] == d_md["fallback_bytes"]
+    # fallback=target: the inline half was encrypted by the hardware, the legacy half in software
+    assert t_stats["backends"]["inline"]["profile"]["programs"] == 1
+    assert t_md.get("fallback_bios", 0) == 0 and t_md["passthrough_bios"] == 18
+    assert t_fb.counters["bytes"] == d_fb.counters["bytes"] // 2
