@@ -47,8 +47,8 @@ from fuseblk.image_format import (
     ImageHeader,
     SlotRecord,
     SlotRecordState,
-    create_image_file,
     lock_image,
+    open_new_image,
     read_headers,
     write_headers,
 )
@@ -125,6 +125,30 @@ class Backend:
             ) from None
         try:
             lock_image(fd, path)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls._attach(path, fd, name)
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        size: int,
+        hardware: HardwareProfile,
+        label: str = "",
+        *,
+        overwrite: bool = False,
+        name: str | None = None,
+    ) -> Backend:
+        """Make a new sparse image (refusing an existing file unless ``overwrite``) and attach it."""
+        fd, _ = open_new_image(path, hardware, size, label=label, overwrite=overwrite)
+        return cls._attach(Path(path), fd, name)
+
+    @classmethod
+    def _attach(cls, path: Path, fd: int, name: str | None) -> Backend:
+        """With the image's lock held: check the headers, then reset the hardware (``fd`` is ours)."""
+        try:
             headers = read_headers(fd)
             try:
                 current = headers.current
@@ -151,21 +175,6 @@ class Backend:
             os.close(fd)
             raise
         return cls(path, fd, attached, name or str(path), warnings, current.clean_shutdown)
-
-    @classmethod
-    def create(
-        cls,
-        path: str | os.PathLike[str],
-        size: int,
-        hardware: HardwareProfile,
-        label: str = "",
-        *,
-        overwrite: bool = False,
-        name: str | None = None,
-    ) -> Backend:
-        """Make a new sparse image (refusing an existing file unless ``overwrite``) and attach it."""
-        create_image_file(path, hardware, size, label=label, overwrite=overwrite)
-        return cls.open(path, name)
 
     # --- BlockDevice ------------------------------------------------------------------------
 

@@ -441,6 +441,20 @@ def create_image_file(
 
     Refuses an existing file unless ``overwrite``; never writes zeroes into the data area.
     """
+    fd, header = open_new_image(path, hardware, data_size, label, overwrite)
+    os.close(fd)
+    return header
+
+
+def open_new_image(
+    path: str | os.PathLike[str],
+    hardware: HardwareProfile,
+    data_size: int,
+    label: str = "",
+    overwrite: bool = False,
+) -> tuple[int, ImageHeader]:
+    """:func:`create_image_file`, returning the file still open and locked (no window between
+    creating an image and attaching it in which another process could take it)."""
     header = ImageHeader(hardware, data_size, label=label, sequence=1, clean_shutdown=True)
     flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | (0 if overwrite else os.O_EXCL)
     try:
@@ -454,14 +468,15 @@ def create_image_file(
             exc.errno or EIO, f"cannot create {os.fspath(path)}: {exc.strerror}"
         ) from None
     try:
-        lock_image(fd, path)
+        lock_image(fd, path)  # before truncating: never clobber an attached image
         os.ftruncate(fd, 0)
         os.ftruncate(fd, header.image_size)
         write_headers(fd, header)
-    finally:
+        _fsync_parent(path)
+    except BaseException:
         os.close(fd)
-    _fsync_parent(path)
-    return header
+        raise
+    return fd, header
 
 
 def _fsync_parent(path: str | os.PathLike[str]) -> None:
