@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,8 +53,10 @@ def headers_of(path: Path) -> image_format.HeaderSet:
 
 
 @pytest.fixture
-def tiny(tmp_path: Path) -> Backend:
-    return Backend.create(tmp_path / "tiny.img", 16 * MiB, load_profile("tiny"), label="tiny")
+def tiny(tmp_path: Path) -> Iterator[Backend]:
+    backend = Backend.create(tmp_path / "tiny.img", 16 * MiB, load_profile("tiny"), label="tiny")
+    yield backend
+    backend.abandon()  # a no-op after close(); releases the lock if a test failed midway
 
 
 # --- storage and crypto ----------------------------------------------------------------------
@@ -477,3 +480,31 @@ async def test_evicting_a_key_shows_in_the_keyslot_table_at_the_next_flush(tiny:
     slot = headers_of(tiny.path).current.slots[0]
     assert not slot.programmed and slot.generation == 2
     await tiny.close()
+
+
+@pytest.mark.parametrize(
+    "change, complaint",
+    [
+        ({"version": 2}, "format version 2 is newer than this fuseblk supports"),
+        ({"kind": 9}, "unknown hardware kind 9"),
+    ],
+)
+async def test_images_from_a_newer_fuseblk_are_refused_clearly(
+    tiny: Backend, change: dict[str, int], complaint: str
+) -> None:
+    await tiny.close()
+    current = headers_of(tiny.path).current
+    container = image_format.HEADER.parse(current.to_bytes()).body.value
+    if "version" in change:
+        container.version = change["version"]
+    else:
+        container.hardware.kind = change["kind"]
+    blob = image_format.HEADER.build({"body": {"value": container}})
+    fd = os.open(tiny.path, os.O_RDWR)
+    try:
+        image_format.write_copy(fd, "primary", blob)
+        image_format.write_copy(fd, "backup", blob)
+    finally:
+        os.close(fd)
+    with pytest.raises(image_format.ImageFormatError, match=complaint):
+        Backend.open(tiny.path)
