@@ -6,7 +6,9 @@ rest call ``fuseblk.cli.main`` in-process against the same kind of daemon, which
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,8 +17,10 @@ from pathlib import Path
 import pytest
 from test_control_harness import DaemonThread, cli_env, manager_factory, private_runtime_dir
 
+from fuseblk.backend import punch_hole
 from fuseblk.bio import Bio
 from fuseblk.cli import main
+from fuseblk.control import find_daemons
 
 KEY = bytes(range(64))
 KEY_HEX = KEY.hex()
@@ -371,3 +375,47 @@ def test_mount_chooses_between_daemons(
     finally:
         first.stop()
         second.stop()
+
+
+# --- against a real mount --------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_against_a_real_mount_discard_is_offered_by_the_cli_not_the_file(
+    rundir: Path, tmp_path: Path
+) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    started = fuseblk(rundir, "mount", str(mnt), "--state-dir", str(tmp_path / "state"))
+    try:
+        assert started.returncode == 0, started.stderr
+        listed = fuseblk(rundir, "dm", "ls")
+        assert listed.stdout == "base\t(1G)\nplain\t(768M)\nsecure\t(1G)\n"
+        plain = mnt / "plain"
+        with open(plain, "r+b", buffering=0) as f:
+            f.write(b"\xee" * 16384)
+            # pyfuse3 has no fallocate handler: the kernel answers EOPNOTSUPP for punch-hole
+            with pytest.raises(OSError) as info:
+                punch_hole(f.fileno(), 0, 4096)
+            assert info.value.errno == errno.EOPNOTSUPP
+        discarded = fuseblk(rundir, "dm", "discard", "plain", "4K", "8K", "--mount", str(mnt))
+        assert discarded.returncode == 0, discarded.stderr
+        data = _read(plain, 16384)
+        assert (
+            data[:4096] == b"\xee" * 4096
+            and data[4096:12288] == bytes(8192)
+            and data[12288:] == b"\xee" * 4096
+        )
+        stats = json.loads(fuseblk(rundir, "stats", "plain", "--json").stdout)
+        assert stats["devices"]["plain"]["discards"] == 1
+    finally:
+        fuseblk(rundir, "umount", str(mnt))
+        if os.path.ismount(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+    assert not os.path.ismount(mnt)
+    assert find_daemons() == []
+
+
+def _read(path: Path, n: int) -> bytes:
+    with open(path, "rb", buffering=0) as f:
+        return f.read(n)
