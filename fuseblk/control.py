@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import socket as _stdsocket
+import stat
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,24 @@ def socket_path_for(mountpoint: str | os.PathLike[str]) -> Path:
     return runtime_dir() / f"{_mount_key(mountpoint)}.sock"
 
 
+def check_private(directory: Path) -> None:
+    """EPERM unless ``directory`` is ours and closed to others.
+
+    The /tmp fallback could have been created by another user beforehand; a client trusting
+    records there could be sent to an impostor's socket (and hand it a key).
+    """
+    try:
+        st = directory.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise FuseblkError(
+            errno.EPERM,
+            f"runtime directory {directory} must be a directory owned by uid {os.geteuid()} "
+            "with mode 0700",
+        )
+
+
 def _record_path(socket_path: Path) -> Path:
     return socket_path.with_suffix(".json")
 
@@ -111,6 +130,7 @@ def _unlink(path: Path) -> None:
 def find_daemons() -> list[DaemonInfo]:
     """Live daemons of this user, by mountpoint; records of dead ones are removed on the way."""
     directory = runtime_dir()
+    check_private(directory)
     found: list[DaemonInfo] = []
     try:
         records = sorted(directory.glob("*.json"))
@@ -360,6 +380,7 @@ async def _bind(socket_path: Path) -> trio.socket.SocketType:
     if len(os.fsencode(socket_path)) > _SUN_PATH_MAX:
         raise FuseblkError(errno.ENAMETOOLONG, f"control socket path too long: {socket_path}")
     socket_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_private(socket_path.parent)
     if socket_path.exists() or socket_path.is_symlink():
         if await _answers(socket_path):
             raise FuseblkError(errno.EADDRINUSE, f"another fuseblk daemon serves {socket_path}")

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from fuseblk.control import find_daemons, socket_path_for
+from fuseblk.control import check_private, find_daemons, socket_path_for
 from fuseblk.control_protocol import MAX_LINE, decode_response, encode_request, response_result
 from fuseblk.errors import FuseblkError
 
@@ -123,6 +123,7 @@ def resolve_socket(mountpoint: str | os.PathLike[str] | None) -> Path:
     """The socket for ``--mount MP``, or that of the single running daemon; clear errors otherwise."""
     if mountpoint is not None:
         path = socket_path_for(mountpoint)
+        check_private(path.parent)
         if not path.exists():
             raise FuseblkError(errno.ENOENT, f"no fuseblk daemon serves {os.fspath(mountpoint)}")
         return path

@@ -184,3 +184,21 @@ async def test_socket_path_too_long_is_enametoolong(tmp_path: Path) -> None:
             DeviceManager(), tmp_path / ("x" * 120 + ".sock"), on_shutdown=lambda: None
         )
     assert info.value.errno == errno.ENAMETOOLONG
+
+
+def test_a_runtime_dir_open_to_others_is_refused(rundir: Path) -> None:
+    rundir.chmod(0o755)
+    with pytest.raises(FuseblkError) as info:
+        find_daemons()
+    assert info.value.errno == errno.EPERM and "0700" in info.value.message
+    with pytest.raises(FuseblkError) as info:
+        resolve_socket("/mnt/somewhere")
+    assert info.value.errno == errno.EPERM
+
+
+async def test_a_server_will_not_listen_in_a_directory_open_to_others(rundir: Path) -> None:
+    rundir.chmod(0o777)
+    with pytest.raises(FuseblkError) as info:
+        await serve_control(DeviceManager(), socket_path_for("/mnt/z"), on_shutdown=lambda: None)
+    assert info.value.errno == errno.EPERM
+    assert not socket_path_for("/mnt/z").exists()
