@@ -184,9 +184,7 @@ class DeviceManager:
         md = self.get(old)
         self._check_new_name(new)
         del self._devices[old]
-        md._name = new
-        if md.crypto_profile is not None:
-            md.crypto_profile.name = new
+        md.rename(new)
         self._devices[new] = md
         self._notify("rename", old, new)
 

@@ -14,13 +14,24 @@ import trio
 
 from fuseblk.errors import FuseblkError
 
+# Below this many bytes a bio's pieces run one after the other: a nursery and its tasks cost
+# about 50 us (tools/bench_dm_overhead.py), more than small pieces gain from overlapping.
+CONCURRENT_MIN_BYTES = 128 * 1024
 
-async def fan_out(calls: Sequence[Callable[[], Awaitable[None]]]) -> None:
-    """Await every call concurrently; raise the first FuseblkError after all have finished."""
-    if len(calls) == 1:
-        await calls[0]()
-        return
+
+async def fan_out(calls: Sequence[Callable[[], Awaitable[None]]], concurrent: bool = True) -> None:
+    """Await every call (concurrently unless told not to); raise the first FuseblkError after
+    all have finished."""
     failures: list[FuseblkError] = []
+    if len(calls) == 1 or not concurrent:
+        for call in calls:
+            try:
+                await call()
+            except FuseblkError as err:
+                failures.append(err)
+        if failures:
+            raise failures[0]
+        return
 
     async def run(call: Callable[[], Awaitable[None]]) -> None:
         try:

@@ -31,7 +31,7 @@ from fuseblk.capabilities import CryptoCapabilities, has_capabilities
 from fuseblk.crypto_profile import CryptoProfile
 from fuseblk.errors import FuseblkError
 from fuseblk.fallback import get_fallback
-from fuseblk.fanout import fan_out
+from fuseblk.fanout import CONCURRENT_MIN_BYTES, fan_out
 from fuseblk.stats import Counters
 from fuseblk.suspend_gate import SuspendGate
 from fuseblk.table import DEFAULT_BLOCK_SIZE, Table
@@ -64,6 +64,9 @@ class MappedDevice:
         self._lock = trio.Lock()  # md->suspend_lock: one suspend/resume/swap at a time
         self._touched: dict[int, BlockDevice] = {}  # every device a live table ever reached
         self._unprepared = _Unprepared(self)
+        # key -> does the live profile support it: a config check costs more than the rest of
+        # the hot path. Cleared whenever the profile's capabilities change.
+        self._supported: dict[BlkCryptoKey, bool] = {}
         self.removed = False
 
     # -- BlockDevice ----------------------------------------------------------------------------
@@ -71,6 +74,12 @@ class MappedDevice:
     @property
     def name(self) -> str:
         return self._name
+
+    def rename(self, new: str) -> None:
+        """Called by the manager, which owns the names (``dm_hash_rename``)."""
+        self._name = new
+        if self._profile is not None:
+            self._profile.name = new
 
     @property
     def size(self) -> int:
@@ -121,8 +130,14 @@ class MappedDevice:
                 return
             if op.has_data:
                 ctx.check_aligned(0, bio.length)
-            profile = self._profile
-            if profile is not None and profile.supports(ctx.key.config):
+            supported = self._supported.get(ctx.key)
+            if supported is None:
+                profile = self._profile
+                supported = profile is not None and profile.supports(ctx.key.config)
+                if len(self._supported) >= 4096:  # many short-lived keys: start over
+                    self._supported.clear()
+                self._supported[ctx.key] = supported
+            if supported:
                 c.add("inline_bios")
                 c.add("inline_bytes", bio.length)
                 await self._map(bio)
@@ -156,7 +171,8 @@ class MappedDevice:
         i = table.index_at(bio.offset)
         target = targets[i]
         if bio.end <= target.begin + target.length:
-            await self._map_piece(target, bio.remap(bio.offset - target.begin), per_target_fallback)
+            piece = Bio(bio.op, bio.offset - target.begin, bio.length, bio.buf, bio.crypt_ctx)
+            await self._map_piece(target, piece, per_target_fallback)
             return
         dus = bio.crypt_ctx.key.data_unit_size if bio.crypt_ctx is not None else SECTOR_SIZE
         calls: list[Callable[[], Awaitable[None]]] = []
@@ -175,7 +191,7 @@ class MappedDevice:
             pos += n
             i += 1
         self.counters.add("splits", len(calls) - 1)
-        await fan_out(calls)
+        await fan_out(calls, concurrent=bio.length >= CONCURRENT_MIN_BYTES)
 
     async def _map_piece(self, target: Target, bio: Bio, per_target_fallback: bool) -> None:
         if per_target_fallback and bio.crypt_ctx is not None:
@@ -265,6 +281,7 @@ class MappedDevice:
         for dev in table.devices():
             self._touched.setdefault(id(dev), dev)
         caps = table.crypto_caps
+        self._supported.clear()
         if caps is not None:
             if self._profile is None:
                 self._profile = CryptoProfile(caps, 0, ops=_EvictForwarder(self), name=self._name)

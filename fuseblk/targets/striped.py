@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from fuseblk import SECTOR_SIZE, blk_crypto
 from fuseblk.bio import Bio, BioOp
 from fuseblk.errors import FuseblkError
-from fuseblk.fanout import fan_out
+from fuseblk.fanout import CONCURRENT_MIN_BYTES, fan_out
 from fuseblk.targets import register
 from fuseblk.targets.base import Target, TargetArgError, TargetEnv
 from fuseblk.targets.ctr_args import get_device_area, parse_sector, parse_uint
@@ -97,7 +97,8 @@ class StripedTarget(Target):
             piece = bio if n == bio.length else bio.slice(pos, n)
             pieces.append((self.stripes[stripe], piece.remap(dev_off)))
             pos += n
-        await fan_out([partial(self._submit, s, piece) for s, piece in pieces])
+        calls = [partial(self._submit, s, piece) for s, piece in pieces]
+        await fan_out(calls, concurrent=bio.length >= CONCURRENT_MIN_BYTES)
 
     async def _submit(self, stripe: _Stripe, bio: Bio) -> None:
         try:
