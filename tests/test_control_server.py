@@ -277,6 +277,9 @@ async def test_key_bytes_never_appear_in_responses_or_logs(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     await _write_through_secure(server, conn)
+    await conn.ok("create", name="enc", table=f"0 64 crypt aes-xts-plain64 {KEY_HEX} 0 legacy 0\n")
+    await server.manager.get("enc").submit(Bio.write(0, b"e" * 4096))
+    assert KEY_HEX not in (await conn.ok("table", name="enc"))[0]["table"]
     hidden = await conn.ok("table", name="secure")
     assert KEY_HEX not in hidden[0]["table"]
     await conn.ok("table")
