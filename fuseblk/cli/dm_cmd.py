@@ -21,11 +21,13 @@ from fuseblk.modes import CryptoMode
 from fuseblk.sizes import parse_size
 
 DISCARD_HELP = """\
-Discard (trim) a byte range of a mapped device, like blkdiscard. The FUSE file cannot offer
-this itself: pyfuse3 has no fallocate operation, so FALLOC_FL_PUNCH_HOLE on the file (and hence
-BLKDISCARD on a loop device over it) is answered ENOSYS/EOPNOTSUPP by the kernel. pyfuse3 would
-need an Operations.fallocate handler wired to FUSE_FALLOCATE; until then discards go through the
-control socket. START and LENGTH are bytes (K/M/G/T suffixes) and must be multiples of 512."""
+Discard (trim) a byte range of a mapped device, like blkdiscard. The device's file in the mount
+cannot offer this itself: pyfuse3 has no fallocate operation, so libfuse answers the kernel's
+FUSE_FALLOCATE with ENOSYS and fallocate(FALLOC_FL_PUNCH_HOLE) on the file (hence BLKDISCARD on
+a loop device over it) fails with EOPNOTSUPP. pyfuse3 would need an Operations.fallocate
+handler wired to FUSE_FALLOCATE; until then discards go through the control socket. START and
+LENGTH are bytes (K/M/G/T suffixes) and must be multiples of 512. Example:
+fuseblk dm discard plain 0 64M"""
 
 
 class UsageError(Exception):
@@ -76,7 +78,7 @@ def add_parser(subparsers: Any) -> None:
         return p
 
     p = verb("create", do_create, "create a device and load its table (live at once)")
-    p.add_argument("name")
+    p.add_argument("name", metavar="NAME")
     add_table_source(p)
     p.add_argument(
         "--fallback",
@@ -85,7 +87,7 @@ def add_parser(subparsers: Any) -> None:
         help="fall back for the whole device (default) or per target piece",
     )
     p = verb("load", do_load, "load an inactive table (takes effect on resume)")
-    p.add_argument("name")
+    p.add_argument("name", metavar="NAME")
     add_table_source(p)
     for name, help_text in (
         ("resume", "make the inactive table live, or resume I/O"),
@@ -93,28 +95,28 @@ def add_parser(subparsers: Any) -> None:
         ("remove", "remove a device"),
     ):
         p = verb(name, do_simple, help_text)
-        p.add_argument("name")
+        p.add_argument("name", metavar="NAME")
     p = verb("rename", do_rename, "rename a device")
-    p.add_argument("old")
-    p.add_argument("new")
+    p.add_argument("old", metavar="OLD")
+    p.add_argument("new", metavar="NEW")
     p = verb("table", do_table, "print the live table (keys hidden unless --showkeys)")
-    p.add_argument("name", nargs="?")
+    p.add_argument("name", nargs="?", metavar="NAME")
     p.add_argument(
         "--showkeys", action="store_true", help="print key bytes in crypt/default-key lines"
     )
     p = verb("status", do_status, "print the targets' status lines")
-    p.add_argument("name", nargs="?")
+    p.add_argument("name", nargs="?", metavar="NAME")
     p = verb("info", do_info, "print a summary of each device")
-    p.add_argument("name", nargs="?")
+    p.add_argument("name", nargs="?", metavar="NAME")
     verb("ls", do_ls, "list devices with their sizes")
     p = verb("message", do_message, "send a message to the target at SECTOR")
-    p.add_argument("name")
-    p.add_argument("sector", type=int)
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("sector", type=int, metavar="SECTOR")
     p.add_argument("words", nargs="+", metavar="WORD")
     p = verb(
         "evict-key", do_evict_key, "evict a key from every device below NAME (EBUSY while in use)"
     )
-    p.add_argument("name")
+    p.add_argument("name", metavar="NAME")
     p.add_argument(
         "--mode", required=True, help="AES-256-XTS, AES-128-CBC-ESSIV, Adiantum or SM4-XTS"
     )
@@ -129,7 +131,7 @@ def add_parser(subparsers: Any) -> None:
         "discard a byte range (pyfuse3 offers no fallocate)",
         description=DISCARD_HELP,
     )
-    p.add_argument("name")
+    p.add_argument("name", metavar="NAME")
     p.add_argument("start", metavar="START")
     p.add_argument("length", metavar="LENGTH")
 
