@@ -230,12 +230,14 @@ def daemon_pid(mountpoint: Path) -> int:
 
 
 def _maybe_pid(mountpoint: Path) -> int | None:
-    from fuseblk.daemon import pid_file_for
+    """The daemon's pid from its control record (the mountpoint as it was given, absolute)."""
+    from fuseblk.control import find_daemons
 
-    try:
-        return int(pid_file_for(mountpoint).read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
+    wanted = os.path.abspath(mountpoint)
+    for daemon in find_daemons():
+        if daemon.mountpoint == wanted:
+            return daemon.pid
+    return None
 
 
 def _reap(pid: int, timeout: float = 10) -> None:

@@ -103,9 +103,13 @@ def run_mount(args: argparse.Namespace) -> int:
         setup_logging(args.log_level, args.log_file)
         return run_foreground(build, settings)
     log_file = Path(args.log_file) if args.log_file else state_dir / "fuseblk.log"
-    return run_daemon(
-        build, settings, setup_child=functools.partial(setup_logging, args.log_level, log_file)
-    )
+    try:
+        return run_daemon(
+            build, settings, setup_child=functools.partial(setup_logging, args.log_level, log_file)
+        )
+    except FuseblkError as err:  # reported by the daemon, or a refused mountpoint: exit 1
+        print(f"fuseblk mount: {err.message}", file=sys.stderr)
+        return 1
 
 
 def run_umount(args: argparse.Namespace) -> int:

@@ -1,0 +1,370 @@
+"""The daemon end to end: `fuseblk mount` of the default setup, real I/O tools, clean shutdown.
+
+Every test here drives a real FUSE mount (root and /dev/fuse); teardown always unmounts, kills a
+hung daemon, and detaches loop devices, even when the test failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import mmap
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from multiprocessing import get_context
+from pathlib import Path
+
+import pytest
+from fuse_helpers import daemon_mount, fuseblk_cmd, is_mounted, needs_fuse
+
+pytestmark = [needs_fuse, pytest.mark.integration]
+
+MiB = 1 << 20
+DEFAULT_DEVICES = {"base": 1024 * MiB, "secure": 1024 * MiB, "plain": 768 * MiB}
+
+
+def run(*cmd: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, check=check)
+
+
+def fuseblk(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run(*fuseblk_cmd(*args), check=check)
+
+
+def header(image: Path) -> dict:
+    return json.loads(fuseblk("image", "inspect", "--json", str(image)).stdout)["header"]
+
+
+@pytest.fixture(scope="module")
+def mounted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One default-setup mount shared by the data tests (each uses its own region)."""
+    root = tmp_path_factory.mktemp("daemon")
+    with daemon_mount(root / "mnt", "--state-dir", str(root / "state")):
+        yield root / "mnt"
+
+
+# -- lifecycle ---------------------------------------------------------------------------------
+
+
+def test_mount_returns_when_usable_and_umount_unmounts_cleanly(tmp_path: Path) -> None:
+    state, mnt = tmp_path / "state", tmp_path / "mnt"
+    with daemon_mount(mnt, "--state-dir", str(state)) as pid:
+        assert is_mounted(mnt)
+        assert {p.name: p.stat().st_size for p in mnt.iterdir()} == DEFAULT_DEVICES
+        assert not header(state / "inline.img")["clean_shutdown"]  # attached
+        result = fuseblk("umount", str(mnt))
+        assert result.returncode == 0, result.stderr
+        assert not is_mounted(mnt)
+        _wait_gone(pid)
+    for image in ("inline.img", "legacy.img"):
+        assert header(state / image)["clean_shutdown"]
+
+
+def test_default_setup_is_created_once_and_reused(tmp_path: Path) -> None:
+    state, mnt = tmp_path / "state", tmp_path / "mnt"
+    data = random.randbytes(MiB)
+    with daemon_mount(mnt, "--state-dir", str(state)):
+        key = (state / "secure.key").read_bytes()
+        inode = (state / "inline.img").stat().st_ino
+        _write(mnt / "secure", 5 * MiB, data)
+    assert sorted(p.name for p in state.iterdir() if p.suffix != ".log") == [
+        "inline.img",
+        "legacy.img",
+        "secure.key",
+    ]
+    with daemon_mount(mnt, "--state-dir", str(state)):
+        assert (state / "secure.key").read_bytes() == key
+        assert (state / "inline.img").stat().st_ino == inode
+        assert _read(mnt / "secure", 5 * MiB, MiB) == data
+
+
+def test_sigterm_unmounts_cleanly_and_marks_images_clean(tmp_path: Path) -> None:
+    state, mnt = tmp_path / "state", tmp_path / "mnt"
+    with daemon_mount(mnt, "--state-dir", str(state)) as pid:
+        _write(mnt / "secure", 0, random.randbytes(MiB))
+        os.kill(pid, signal.SIGTERM)
+        _wait_gone(pid)
+        assert not is_mounted(mnt)
+    assert header(state / "inline.img")["clean_shutdown"]
+    assert header(state / "legacy.img")["clean_shutdown"]
+
+
+def test_mounting_on_a_mount_is_refused(mounted: Path) -> None:
+    result = fuseblk(
+        "mount", str(mounted), "--state-dir", str(mounted.parent / "other"), check=False
+    )
+    assert result.returncode == 1
+    assert "already a mount point" in result.stderr
+
+
+def test_startup_errors_come_back_from_the_daemon(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[devices.d]\ntable = "0 8 linear nowhere 0"\n')
+    (tmp_path / "mnt").mkdir()
+    result = fuseblk(
+        "mount",
+        str(tmp_path / "mnt"),
+        "--config",
+        str(config),
+        "--log-file",
+        str(tmp_path / "log"),
+        check=False,
+    )
+    assert result.returncode == 1
+    assert f"{config}:2: devices.d.table: line 1:" in result.stderr
+    assert not is_mounted(tmp_path / "mnt")
+
+
+def test_umount_falls_back_to_fusermount_when_the_daemon_hangs(tmp_path: Path) -> None:
+    state, mnt = tmp_path / "state", tmp_path / "mnt"
+    with daemon_mount(mnt, "--state-dir", str(state)) as pid:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            result = fuseblk("umount", "--timeout", "2", str(mnt), check=False)
+            assert "falling back to fusermount3" in result.stderr
+            assert not is_mounted(mnt)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+
+# -- data ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", sorted(DEFAULT_DEVICES))
+@pytest.mark.parametrize("direct", [True, False], ids=["odirect", "buffered"])
+def test_dd_round_trip_on_every_default_device(
+    mounted: Path, tmp_path: Path, device: str, direct: bool
+) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.write_bytes(random.randbytes(4 * MiB))
+    seek = 16 + (8 if direct else 0)
+    flag = ["oflag=direct"] if direct else []
+    run(
+        "dd",
+        f"if={src}",
+        f"of={mounted / device}",
+        "bs=1M",
+        f"seek={seek}",
+        "conv=notrunc,fsync",
+        *flag,
+    )
+    iflag = ["iflag=direct"] if direct else []
+    run("dd", f"if={mounted / device}", f"of={out}", "bs=1M", f"skip={seek}", "count=4", *iflag)
+    assert out.read_bytes() == src.read_bytes()
+
+
+def test_secure_is_encrypted_on_base_inline_and_in_the_fallback_part(mounted: Path) -> None:
+    data = random.randbytes(8192)
+    for offset in (32 * MiB, 900 * MiB):  # inline part, fallback part
+        _write(mounted / "secure", offset, data)
+        assert _read(mounted / "secure", offset, 8192) == data
+        assert _read(mounted / "base", offset, 8192) != data
+
+
+def test_unaligned_writes_read_modify_write_4k_blocks(mounted: Path) -> None:
+    base = 64 * MiB
+    region = bytearray(random.randbytes(MiB))
+    _write(mounted / "secure", base, bytes(region))
+    rng = random.Random(3)
+    fd = os.open(mounted / "secure", os.O_RDWR)
+    try:
+        for _ in range(100):
+            off = rng.randrange(0, MiB - 20000)
+            chunk = rng.randbytes(rng.randrange(1, 20000))
+            assert os.pwrite(fd, chunk, base + off) == len(chunk)
+            region[off : off + len(chunk)] = chunk
+    finally:
+        os.close(fd)
+    assert _read(mounted / "secure", base, MiB) == bytes(region)
+
+
+def test_concurrent_overlapping_unaligned_writers_never_tear_a_block(mounted: Path) -> None:
+    base, region, writers = 80 * MiB, 256 * 1024, 4
+    _write(mounted / "secure", base, bytes(region))
+    ctx = get_context("fork")
+    procs = [
+        ctx.Process(target=_overlapping_writer, args=(str(mounted / "secure"), base, region, i))
+        for i in range(writers)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    data = _read(mounted / "secure", base, region)
+    # Every write is 4096 bytes of one writer's byte at block boundary + 1000: within each block
+    # the parts before and after offset 1000 must each come from a single write.
+    for b in range(0, region, 4096):
+        assert len(set(data[b : b + 1000])) == 1, f"block at {b} torn"
+        assert len(set(data[b + 1000 : b + 4096])) == 1, f"block at {b} torn"
+
+
+def _overlapping_writer(path: str, base: int, region: int, i: int) -> None:
+    rng = random.Random(i)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for _ in range(150):
+            block = rng.randrange(0, region // 4096 - 1)
+            os.pwrite(fd, bytes([i + 1]) * 4096, base + block * 4096 + 1000)
+    finally:
+        os.close(fd)
+
+
+def test_truncate_eperm_write_past_end_enospc_read_at_end_eof(mounted: Path) -> None:
+    dev = mounted / "plain"
+    size = DEFAULT_DEVICES["plain"]
+    with pytest.raises(PermissionError):
+        os.truncate(dev, size - 4096)
+    os.truncate(dev, size)
+    fd = os.open(dev, os.O_RDWR)
+    try:
+        with pytest.raises(OSError) as info:
+            os.pwrite(fd, b"x" * 4096, size)
+        assert info.value.errno == errno.ENOSPC
+        assert os.pread(fd, 4096, size) == b""
+        assert len(os.pread(fd, 8192, size - 4096)) == 4096
+    finally:
+        os.close(fd)
+
+
+def test_created_device_appears_error_target_gives_eio_removed_device_disappears(
+    mounted: Path,
+) -> None:
+    mp = str(mounted)
+    fuseblk("dm", "create", "broken", "--mount", mp, "--table", "0 2048 error")
+    try:
+        assert (mounted / "broken").stat().st_size == 2048 * 512
+        result = run(
+            "dd",
+            f"if={mounted / 'broken'}",
+            "of=/dev/null",
+            "bs=4k",
+            "count=1",
+            "iflag=direct",
+            check=False,
+        )
+        assert result.returncode != 0
+        assert "Input/output error" in result.stderr
+    finally:
+        fuseblk("dm", "remove", "broken", "--mount", mp)
+    _eventually(lambda: not (mounted / "broken").exists())
+    assert "broken" not in os.listdir(mounted)
+
+
+def test_flakey_device_gives_eio_while_down(mounted: Path) -> None:
+    mp = str(mounted)
+    fuseblk("dm", "create", "flaky", "--mount", mp, "--table", "0 2048 flakey plain 0 0 100")
+    try:
+        result = run(
+            "dd",
+            "if=/dev/zero",
+            f"of={mounted / 'flaky'}",
+            "bs=4k",
+            "count=1",
+            "oflag=direct",
+            "conv=notrunc",
+            check=False,
+        )
+        assert result.returncode != 0
+        assert "Input/output error" in result.stderr
+    finally:
+        fuseblk("dm", "remove", "flaky", "--mount", mp)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not shutil.which("mkfs.ext4") or not shutil.which("losetup"),
+    reason="needs e2fsprogs and losetup",
+)
+def test_ext4_on_a_loop_device_over_secure_fscks_clean(mounted: Path, tmp_path: Path) -> None:
+    loop = run(
+        "losetup", "--find", "--show", "--sizelimit", str(256 * MiB), str(mounted / "secure")
+    ).stdout.strip()
+    fs_mnt = tmp_path / "fs"
+    fs_mnt.mkdir()
+    try:
+        run("mkfs.ext4", "-q", "-F", "-b", "4096", loop, timeout=120)
+        run("mount", loop, str(fs_mnt))
+        try:
+            files = {f"f{i}": random.randbytes(random.randrange(1, 300_000)) for i in range(20)}
+            for name, data in files.items():
+                (fs_mnt / name).write_bytes(data)
+            os.sync()
+        finally:
+            run("umount", str(fs_mnt), check=False)
+        result = run("fsck.ext4", "-fn", loop, check=False, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        run("mount", "-o", "ro", loop, str(fs_mnt))
+        try:
+            for name, data in files.items():
+                assert (fs_mnt / name).read_bytes() == data
+        finally:
+            run("umount", str(fs_mnt), check=False)
+    finally:
+        with contextlib.suppress(Exception):
+            if os.path.ismount(fs_mnt):
+                run("umount", "-l", str(fs_mnt), check=False)
+        run("losetup", "-d", loop, check=False)
+
+
+@pytest.mark.skipif(not shutil.which("fio"), reason="needs fio")
+def test_fio_verify_crc32c(mounted: Path) -> None:
+    result = run(
+        "fio", "--name=verify", f"--filename={mounted / 'secure'}", "--offset=128M", "--size=16M",
+        "--rw=randwrite", "--bs=4k", "--direct=1", "--ioengine=psync", "--verify=crc32c",
+        "--do_verify=1", "--verify_fatal=1", "--output-format=json", timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    job = json.loads(result.stdout[result.stdout.index("{") :])["jobs"][0]
+    assert job["error"] == 0
+    assert job["write"]["io_bytes"] == 16 * MiB
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _write(path: Path, offset: int, data: bytes) -> None:
+    buf = mmap.mmap(-1, len(data))
+    buf[:] = data
+    fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
+    try:
+        assert os.pwrite(fd, buf, offset) == len(data)
+    finally:
+        os.close(fd)
+
+
+def _read(path: Path, offset: int, length: int) -> bytes:
+    buf = mmap.mmap(-1, length)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        assert os.preadv(fd, [buf], offset) == length
+    finally:
+        os.close(fd)
+    return bytes(buf)
+
+
+def _wait_gone(pid: int, timeout: float = 20) -> None:
+    _eventually(lambda: not _alive(pid), timeout)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _eventually(check: object, timeout: float = 10.0) -> None:
+    assert callable(check)
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
