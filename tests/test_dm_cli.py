@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fuse_helpers import needs_fuse
 from test_control_harness import DaemonThread, cli_env, manager_factory, private_runtime_dir
 
 from fuseblk.backend import punch_hole
@@ -381,6 +382,7 @@ def test_mount_chooses_between_daemons(
 
 
 @pytest.mark.integration
+@needs_fuse
 def test_against_a_real_mount_discard_is_offered_by_the_cli_not_the_file(
     rundir: Path, tmp_path: Path
 ) -> None:
