@@ -8,6 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE="${FUSEBLK_IMAGE:-fuseblk}"
+RUN_TIMEOUT="${FUSEBLK_DOCKER_TIMEOUT:-900}"  # seconds for the container run; then it is killed
+CONTAINER="fuseblk-test-$$"
 
 stage() { printf '[docker-test] %s: %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
@@ -54,9 +56,19 @@ stage "base image"
 bash tools/docker-base.sh
 stage "build $IMAGE"
 # The legacy builder is all a 20.10 engine without buildx offers; it handles this Dockerfile.
-DOCKER_BUILDKIT=0 docker build -q --network host "${build_args[@]}" -t "$IMAGE" . >/dev/null
+build_log=$(mktemp)
+if ! DOCKER_BUILDKIT=0 docker build --network host "${build_args[@]}" -t "$IMAGE" . >"$build_log" 2>&1; then
+    grep -v -e '^ ---> ' -e '^Removing intermediate' "$build_log" | tail -n 40 >&2
+    rm -f "$build_log"
+    exit 1
+fi
+rm -f "$build_log"
 stage "run the suite in $IMAGE"
+# A hung test must not hang CI: the client is timed out and the container removed with it.
+trap 'docker rm -f "$CONTAINER" >/dev/null 2>&1 || true' EXIT
 status=0
-docker run --rm --network none --cap-add SYS_ADMIN "${device_args[@]}" "$IMAGE" "$@" || status=$?
+timeout "$RUN_TIMEOUT" docker run --rm --name "$CONTAINER" --network none --cap-add SYS_ADMIN \
+    "${device_args[@]}" "$IMAGE" "$@" || status=$?
+[ "$status" = 124 ] && echo "container run timed out after ${RUN_TIMEOUT}s" >&2
 stage "container exited with $status"
 exit "$status"
