@@ -171,6 +171,11 @@ class Backend:
                 slots=current.empty_slots(),
             )
             write_headers(fd, attached)  # also rewrites a damaged or stale copy
+        except OSError as exc:
+            os.close(fd)
+            raise FuseblkError(
+                exc.errno or errno.EIO, f"cannot attach {path}: {exc.strerror}"
+            ) from None
         except BaseException:
             os.close(fd)
             raise
@@ -325,9 +330,7 @@ class Backend:
                     )
                 done += more
         except OSError as exc:
-            raise FuseblkError(
-                exc.errno or errno.EIO, f"{self._name}: read failed: {exc.strerror}"
-            ) from None
+            raise self._io_error("read", exc) from None
 
     def _pwrite_sync(self, buf: memoryview, offset: int) -> None:
         pos = self._data_offset + offset
@@ -336,9 +339,7 @@ class Backend:
             while done < len(buf):
                 done += os.pwrite(self._fd, buf[done:], pos + done)
         except OSError as exc:
-            raise FuseblkError(
-                exc.errno or errno.EIO, f"{self._name}: write failed: {exc.strerror}"
-            ) from None
+            raise self._io_error("write", exc) from None
 
     async def _discard(self, bio: Bio) -> None:
         if bio.length == 0:
@@ -346,9 +347,7 @@ class Backend:
         try:
             punch_hole(self._fd, self._data_offset + bio.offset, bio.length)
         except OSError as exc:
-            raise FuseblkError(
-                exc.errno or errno.EIO, f"{self._name}: discard failed: {exc.strerror}"
-            ) from None
+            raise self._io_error("discard", exc) from None
 
     # --- direct engines: the context comes with each request ---------------------------------
 
@@ -384,8 +383,17 @@ class Backend:
         """Make written data durable, then record the keyslot table if it changed."""
         if self._closed:
             raise FuseblkError(errno.EIO, f"{self._name}: image is detached")
-        await trio.to_thread.run_sync(os.fdatasync, self._fd)
+        await self._sync()
         await self._update_header(clean_shutdown=False)
+
+    async def _sync(self) -> None:
+        try:
+            await trio.to_thread.run_sync(os.fdatasync, self._fd)
+        except OSError as exc:
+            raise self._io_error("flush", exc) from None
+
+    def _io_error(self, what: str, exc: OSError) -> FuseblkError:
+        return FuseblkError(exc.errno or errno.EIO, f"{self._name}: {what} failed: {exc.strerror}")
 
     def slot_records(self) -> tuple[SlotRecord, ...]:
         """The profile's keyslots as the header records them: configuration and key id only."""
@@ -416,7 +424,10 @@ class Backend:
             new = replace(
                 old, sequence=old.sequence + 1, slots=slots, clean_shutdown=clean_shutdown
             )
-            await trio.to_thread.run_sync(write_headers, self._fd, new)
+            try:
+                await trio.to_thread.run_sync(write_headers, self._fd, new)
+            except OSError as exc:
+                raise self._io_error("header update", exc) from None
             self._header = new
             self._written_generation = generation
             self.counters.add("header_writes")
@@ -427,7 +438,7 @@ class Backend:
         if self._closed:
             return
         try:
-            await trio.to_thread.run_sync(os.fdatasync, self._fd)
+            await self._sync()
             await self._update_header(clean_shutdown=True)
         finally:
             self._closed = True

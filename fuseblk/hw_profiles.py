@@ -202,7 +202,13 @@ def build_profile(
     if mode_masks and not dun:
         dun = max(mode.iv_size for mode in mode_masks)
     key_types = caps.key_types or KeyType.RAW
+    if keyslots is not None and new_kind is not HardwareKind.KEYSLOTS:
+        raise einval(f"--keyslots applies to kind 'keyslots' only, not {new_kind.label!r}")
     if new_kind is HardwareKind.NONE:
+        if modes or max_dun_bytes is not None:
+            raise einval(
+                "kind 'none' has no inline encryption: --mode/--max-dun-bytes make no sense"
+            )
         return HardwareProfile.none()
     if new_kind is HardwareKind.DIRECT:
         num_slots = 0

@@ -328,7 +328,11 @@ def _validate(h: ImageHeader) -> None:
         raise ImageFormatError(
             f"keyslot table has {len(h.slots)} entries, hardware has {expected_slots} slots"
         )
-    if len(h.label.encode()) > LABEL_SIZE:
+    try:
+        label_bytes = h.label.encode()
+    except UnicodeEncodeError:
+        raise ImageFormatError("label is not encodable as UTF-8") from None
+    if len(label_bytes) > LABEL_SIZE:
         raise ImageFormatError(f"label longer than {LABEL_SIZE} bytes")
     if "\x00" in h.label:
         raise ImageFormatError("label contains a NUL character")
@@ -469,12 +473,19 @@ def open_new_image(
         ) from None
     try:
         lock_image(fd, path)  # before truncating: never clobber an attached image
-        os.ftruncate(fd, 0)
-        os.ftruncate(fd, header.image_size)
-        write_headers(fd, header)
-        _fsync_parent(path)
+        try:
+            os.ftruncate(fd, 0)
+            os.ftruncate(fd, header.image_size)
+            write_headers(fd, header)
+            _fsync_parent(path)
+        except OSError as exc:
+            raise FuseblkError(
+                exc.errno or EIO, f"cannot create {os.fspath(path)}: {exc.strerror}"
+            ) from None
     except BaseException:
         os.close(fd)
+        if not overwrite:  # we made this file: leave nothing half-made behind
+            os.unlink(path)
         raise
     return fd, header
 

@@ -337,8 +337,9 @@ async def test_header_update_interrupted_between_copies_loses_nothing(
         real_write_copy(fd, name, blob)
 
     monkeypatch.setattr(image_format, "write_copy", power_cut_before_backup)
-    with pytest.raises(OSError):
+    with pytest.raises(FuseblkError) as err:
         await tiny.flush()
+    assert err.value.errno == errno.EIO and "header update failed" in err.value.message
     tiny.abandon()
     monkeypatch.undo()
     found = headers_of(tiny.path)

@@ -149,3 +149,10 @@ def test_format_size_picks_the_largest_exact_unit() -> None:
     assert format_size(64 << 20) == "64M"
     assert format_size(1536 << 10) == "1536K"
     assert format_size(1000) == "1000"
+
+
+def test_flags_that_contradict_the_kind_are_einval() -> None:
+    with pytest.raises(FuseblkError, match="--keyslots applies to kind 'keyslots' only"):
+        build_profile(load_profile("ufs"), kind="direct", keyslots=4)
+    with pytest.raises(FuseblkError, match="kind 'none' has no inline encryption"):
+        build_profile(kind="none", modes=["aes-256-xts:512"])

@@ -127,6 +127,8 @@ def test_building_refuses_inconsistent_headers() -> None:
         full_header(data_size=1000)
     with pytest.raises(ImageFormatError, match="label longer"):
         full_header(label="x" * 65)
+    with pytest.raises(ImageFormatError, match="not encodable"):
+        full_header(label="\ud800")
 
 
 # --- damage -----------------------------------------------------------------------------------
@@ -383,7 +385,12 @@ def image_headers(draw: st.DrawFn) -> ImageHeader:
         hardware=hardware,
         data_size=draw(st.integers(1, 1 << 40)) * 512,
         uuid=uuid.UUID(bytes=draw(st.binary(min_size=16, max_size=16))),
-        label=draw(st.text(st.characters(blacklist_characters="\x00"), max_size=16)),
+        label=draw(
+            st.text(
+                st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)),
+                max_size=16,
+            )
+        ),
         sequence=draw(st.integers(0, (1 << 64) - 1)),
         clean_shutdown=draw(st.booleans()),
         data_offset=draw(st.integers(1, 1 << 20)) * MiB,
@@ -397,3 +404,11 @@ def test_any_valid_header_round_trips_exactly(header: ImageHeader) -> None:
     data = header.to_bytes()
     assert len(data) == HEADER_SIZE
     assert ImageHeader.from_bytes(data) == header
+
+
+def test_a_failed_creation_leaves_no_file_behind(tmp_path: Path) -> None:
+    path = tmp_path / "huge.img"
+    with pytest.raises(FuseblkError) as err:
+        create_image_file(path, load_profile("tiny"), 1 << 62)  # beyond any file system's limit
+    assert "cannot create" in err.value.message
+    assert not path.exists()
