@@ -274,3 +274,18 @@ async def test_submit_bio_from_above_falls_back_before_a_device_without_support(
     await write(md, 0, data, BioCryptContext.at(key, 5), prep=True)
     assert plain.data[:4096] == ciphertext(key, data, 5)
     assert md.counters["fallback_bios"] == 0 and fallback.counters["bios"] == 1  # served above md
+
+
+async def test_block_size_is_the_largest_io_granularity_of_the_live_table():
+    dm = manager_over(MemDisk("a", caps=UFS))
+    md = await dm.create("d", "0 64 linear a 0")
+    assert md.block_size == 512
+    key_hex = "ab" * 64
+    await dm.load(
+        "d",
+        f"0 32 linear a 0\n32 32 default-key aes-xts-plain64 {key_hex} 0 a 32 2 sector_size:4096 iv_large_sectors",
+    )
+    assert md.block_size == 512  # the inactive table does not count yet
+    await dm.resume("d")
+    assert md.block_size == 4096 and dm.info("d")["block_size"] == 4096
+    assert key_hex not in dm.table("d") and key_hex in dm.table("d", show_keys=True)
