@@ -25,7 +25,9 @@ derived when building, so a header is built from values alone.
 Crash safety: an update writes and fsyncs the primary, then the backup, both with the new
 sequence number. Reading takes the valid copy with the highest sequence number, so a crash at any
 point leaves either the old or the new header readable. A copy with a valid checksum but a newer
-format version refuses the whole image (its writer knew things we don't).
+format version refuses the whole image (its writer knew things we don't). So that "newer" can be
+told from "damaged", every format version keeps the magic, version and header_size (16 KiB) at
+the start and the SHA-256 in the copy's last 32 bytes; new fields go into the reserved space.
 """
 
 from __future__ import annotations
@@ -219,9 +221,7 @@ class ImageHeader:
         prefix = _PREFIX.parse(data)
         if prefix.magic != MAGIC:
             raise ImageFormatError("bad magic (not a fuseblk image header)")
-        if prefix.header_size != HEADER_SIZE:
-            if prefix.version > FORMAT_VERSION:
-                raise _newer_version(prefix.version)
+        if prefix.header_size != HEADER_SIZE:  # fixed in every version, see the module docstring
             raise ImageFormatError(f"bad header size {prefix.header_size} (expected {HEADER_SIZE})")
         if len(data) < HEADER_SIZE:
             raise ImageFormatError(f"truncated: {len(data)} of {HEADER_SIZE} header bytes")
