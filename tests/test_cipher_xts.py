@@ -43,9 +43,15 @@ def _nist_vectors(direction: str) -> list[dict[str, str]]:
     ]
 
 
-def _bulk_aes(raw: bytes, dus: int) -> XtsCipher:
-    """An AES-XTS cipher forced onto the bulk (ECB + vectorised tweaks) path."""
+def _bulk_aes(raw: bytes, dus: int, via_xts: bool = False) -> XtsCipher:
+    """An AES-XTS cipher forced onto a bulk path: vectorised tweaks around one ECB pass, or
+    around one OpenSSL XTS pass with tweaks α^k (``via_xts``)."""
+    if via_xts:
+        return XtsCipher(algorithms.AES, raw, dus, native_xts=True, per_unit_max_units=0)
     return XtsCipher(algorithms.AES, raw, dus, native_xts=False)
+
+
+BULK_PATHS = pytest.mark.parametrize("via_xts", [False, True], ids=["ecb-pass", "xts-pass"])
 
 
 def _openssl_xts(raw: bytes, data: bytes, dun: int, dus: int, encrypt: bool = True) -> bytes:
@@ -75,18 +81,24 @@ def _textbook_xts(algorithm, raw: bytes, data: bytes, dun: int, dus: int) -> byt
     return bytes(out)
 
 
+@BULK_PATHS
 @pytest.mark.parametrize("vector", _nist_vectors("ENCRYPT"), ids=lambda v: v["COUNT"])
-def test_nist_xts_aes256_encrypt_vectors_match_bulk_path(vector: dict[str, str]) -> None:
+def test_nist_xts_aes256_encrypt_vectors_match_bulk_path(
+    vector: dict[str, str], via_xts: bool
+) -> None:
     dus = int(vector["DataUnitLen"]) // 8
-    cipher = _bulk_aes(bytes.fromhex(vector["Key"]), dus)
+    cipher = _bulk_aes(bytes.fromhex(vector["Key"]), dus, via_xts)
     ct = cipher.encrypt(bytes.fromhex(vector["PT"]), int(vector["DataUnitSeqNumber"]))
     assert ct.hex() == vector["CT"]
 
 
+@BULK_PATHS
 @pytest.mark.parametrize("vector", _nist_vectors("DECRYPT"), ids=lambda v: v["COUNT"])
-def test_nist_xts_aes256_decrypt_vectors_match_bulk_path(vector: dict[str, str]) -> None:
+def test_nist_xts_aes256_decrypt_vectors_match_bulk_path(
+    vector: dict[str, str], via_xts: bool
+) -> None:
     dus = int(vector["DataUnitLen"]) // 8
-    cipher = _bulk_aes(bytes.fromhex(vector["Key"]), dus)
+    cipher = _bulk_aes(bytes.fromhex(vector["Key"]), dus, via_xts)
     pt = cipher.decrypt(bytes.fromhex(vector["CT"]), int(vector["DataUnitSeqNumber"]))
     assert pt.hex() == vector["PT"]
 
@@ -128,8 +140,9 @@ def test_ieee1619_vector_10_through_get_cipher() -> None:
     assert cipher.decrypt(IEEE_10_CT, 0xFF) == IEEE_10_PT
 
 
-def test_ieee1619_vector_10_as_second_unit_of_a_bulk_request() -> None:
-    cipher = _bulk_aes(IEEE_10_KEY, 512)
+@BULK_PATHS
+def test_ieee1619_vector_10_as_second_unit_of_a_bulk_request(via_xts: bool) -> None:
+    cipher = _bulk_aes(IEEE_10_KEY, 512, via_xts)
     ct = cipher.encrypt(bytes(512) + IEEE_10_PT + bytes(512), 0xFE)
     assert ct[512:1024] == IEEE_10_CT
     assert cipher.decrypt(ct, 0xFE)[512:1024] == IEEE_10_PT
@@ -178,18 +191,22 @@ _DUNS = st.one_of(
     units=st.integers(1, 40),
     dun=_DUNS,
     seed=st.binary(min_size=16, max_size=16),
+    via_xts=st.booleans(),
 )
-def test_aes_bulk_path_equals_openssl_per_unit(
-    raw: bytes, dus_log: int, units: int, dun: int, seed: bytes
+def test_aes_bulk_paths_equal_openssl_per_unit(
+    raw: bytes, dus_log: int, units: int, dun: int, seed: bytes, via_xts: bool
 ) -> None:
     dus = 1 << dus_log
     data = (seed * (dus * units // 16 + 1))[: dus * units]
-    bulk = _bulk_aes(raw, dus)
+    bulk = _bulk_aes(raw, dus, via_xts)
     expected = _openssl_xts(raw, data, dun, dus) if raw[:32] != raw[32:] else None
     ct = bulk.encrypt(data, dun)
     if expected is not None:
         assert ct == expected
     assert bulk.decrypt(ct, dun) == data
+    buf = bytearray(ct)
+    bulk.decrypt_into(memoryview(buf), dun)
+    assert buf == data
     assert get_cipher(BlkCryptoKey.create("AES-256-XTS", raw, dus)).encrypt(data, dun) == ct
 
 
