@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -509,3 +510,31 @@ async def test_images_from_a_newer_fuseblk_are_refused_clearly(
         os.close(fd)
     with pytest.raises(image_format.ImageFormatError, match=complaint):
         Backend.open(tiny.path)
+
+
+async def test_data_bios_never_wait_for_a_header_write_in_progress(
+    tiny: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = new_key()
+    await tiny.submit(Bio.write(0, bytes(4096), BioCryptContext.at(key, 0)))  # table changed
+    entered, release = threading.Event(), threading.Event()
+    real_write_copy = image_format.write_copy
+
+    def stalled_write_copy(fd: int, name: str, blob: bytes) -> None:
+        entered.set()
+        release.wait(30)
+        real_write_copy(fd, name, blob)
+
+    monkeypatch.setattr(image_format, "write_copy", stalled_write_copy)
+    data = os.urandom(8192)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tiny.flush)
+        await trio.to_thread.run_sync(entered.wait, 30)  # the header write is under way...
+        await tiny.submit(Bio.write(8192, data, BioCryptContext.at(key, 2)))
+        back = bytearray(8192)
+        await tiny.submit(Bio.read(8192, back, BioCryptContext.at(key, 2)))
+        assert back == data  # ...and data I/O went ahead without it
+        assert tiny.counters["header_writes"] == 0
+        release.set()
+    assert tiny.counters["header_writes"] == 1
+    await tiny.close()
