@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -49,6 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2 if err.errno == errno.EINVAL else 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `fuseblk ... | head`: the reader went away; exit quietly as coreutils do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
