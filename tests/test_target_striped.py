@@ -6,6 +6,8 @@ import errno
 
 import pytest
 from dm_helpers import XTS, MemDisk, caps, ciphertext, make_key, manager_over, pattern, read, write
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fuseblk.bio import Bio
 from fuseblk.crypt_context import BioCryptContext
@@ -82,3 +84,32 @@ async def test_status_marks_a_leg_that_failed_with_eio():
     with pytest.raises(FuseblkError):
         await read(md, 0, 8192)
     assert dm.status("d") == "0 16 striped 2 a b 1 DA\n"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    nstripes=st.integers(1, 4),
+    chunk=st.sampled_from([1, 2, 3, 8]),
+    rows=st.integers(1, 4),
+    writes=st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 40)), min_size=1, max_size=6),
+)
+async def test_striped_layout_matches_the_chunk_round_robin_model(nstripes, chunk, rows, writes):
+    length = nstripes * chunk * rows  # sectors
+    legs = [MemDisk(f"l{i}", size=(chunk * rows + 4) * 512) for i in range(nstripes)]
+    dm = manager_over(*legs)
+    table = f"0 {length} striped {nstripes} {chunk} " + " ".join(f"l{i} 4" for i in range(nstripes))
+    md = await dm.create("d", table)
+    image = bytearray(length * 512)  # what the striped device should contain
+    for n, (start, count) in enumerate(writes):
+        start %= length
+        count = min(count, length - start)
+        data = pattern(count * 512, seed=n)
+        await write(md, start * 512, data)
+        image[start * 512 : (start + count) * 512] = data
+    for c in range(
+        length // chunk
+    ):  # chunk c lives on leg c % n, row c // n, after the 4-sector offset
+        leg, row = legs[c % nstripes], c // nstripes
+        on_leg = leg.data[(4 + row * chunk) * 512 : (4 + (row + 1) * chunk) * 512]
+        assert on_leg == image[c * chunk * 512 : (c + 1) * chunk * 512]
+    assert await read(md, 0, length * 512) == bytes(image)
