@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from fuseblk.backend import Backend
 from fuseblk.bio import Bio
 from fuseblk.crypt_context import BioCryptContext
 from fuseblk.hw_profiles import load_profile
-from fuseblk.image_format import BACKUP_OFFSET, DATA_OFFSET, HEADER_SIZE
+from fuseblk.image_format import BACKUP_OFFSET, DATA_OFFSET, HEADER_SIZE, read_headers, write_copy
 from fuseblk.key import BlkCryptoKey
 
 MiB = 1 << 20
@@ -195,3 +196,21 @@ def test_profiles_lists_every_shipped_profile() -> None:
         line.split()[0] for line in result.stdout.splitlines() if line and not line[0].isspace()
     }
     assert {"ufs", "emmc", "direct", "none", "tiny"} <= names
+
+
+def test_check_reports_a_stale_copy_left_by_an_interrupted_update_and_repairs_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "stale.img"
+    fuseblk("create", path, "--size", "8M", "--profile", "tiny", "--label", "old")
+    fd = os.open(path, os.O_RDWR)
+    try:
+        current = read_headers(fd).current
+        newer = replace(current, sequence=current.sequence + 1, label="new")
+        write_copy(fd, "primary", newer.to_bytes())  # the crash came before the backup
+    finally:
+        os.close(fd)
+    result = fuseblk("check", path)
+    assert result.returncode == 1 and "backup header copy is stale" in result.stdout
+    assert fuseblk("check", path, "--repair").returncode == 0
+    assert inspect(path)["header"]["label"] == "new" and inspect(path)["problems"] == []
