@@ -98,9 +98,11 @@ class MappedDevice:
         return self._gate.suspended
 
     async def submit(self, bio: Bio) -> None:
-        await self._gate.enter()
+        waited = await self._gate.enter()
         c = self.counters
         try:
+            if waited:
+                c.add("waited_for_resume")
             c.add("bios")
             op = bio.op
             if op is BioOp.READ:

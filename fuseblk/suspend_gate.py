@@ -38,18 +38,19 @@ class SuspendGate:
     def inflight(self) -> int:
         return self._inflight
 
-    async def enter(self) -> None:
-        """Admit one bio: waits while suspended; ENODEV once the device is gone.
-
-        The common case (not suspended) does not yield, so the hot path pays one comparison.
-        """
+    async def enter(self) -> bool:
+        """Admit one bio: waits while suspended (returns True if it had to); ENODEV once the
+        device is gone. The common case does not yield: the hot path pays one comparison."""
+        waited = False
         while self._suspended:
             if self._closed:
                 raise FuseblkError(errno.ENODEV, "device was removed")
+            waited = True
             await self._resumed.wait()
         if self._closed:
             raise FuseblkError(errno.ENODEV, "device was removed")
         self._inflight += 1
+        return waited
 
     def leave(self) -> None:
         """The bio admitted by :meth:`enter` completed (successfully or not)."""
