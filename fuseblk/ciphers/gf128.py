@@ -2,11 +2,14 @@
 
 XTS (IEEE 1619) encrypts block ``j`` of a data unit with the tweak ``T_j = T_0 · α^j`` where
 ``T_0 = E_K2(IV)`` and α is the polynomial x modulo x^128 + x^7 + x^2 + x + 1, the 128-bit
-value read little-endian. Doing this one block at a time in Python would cost more than the
-AES itself, so :func:`xts_tweaks` produces the whole (units × blocks) table with a fixed number
-of vectorised operations: block ``64k + s`` is ``T_0 · x^(64k) · x^s``; the ``x^(64k)`` bases are
-a few cheap steps per unit, and every ``· x^s`` for s < 64 is one broadcast shift with its
-reduction (the s bits shifted out of the top, multiplied by x^7 + x^2 + x + 1).
+value read little-endian. Doing this one block at a time in Python would cost far more than
+the AES itself, so :func:`xts_tweaks` produces the whole (units × blocks) table with a fixed
+number of whole-array operations. Blocks are taken in groups of ``w`` (32 for every
+power-of-two data unit from 512 bytes): block ``w·g + s`` is ``(T_0 · x^(w·g)) · x^s``. The
+group bases ``T_0 · x^(w·g)`` are few (a table lookup, multiplying by a constant being linear,
+or a few doubling steps), and every ``· x^s`` with s < w <= 57 is one broadcast shift plus the
+reduction of the s bits shifted out of the top, times x^7 + x^2 + x + 1, which still fits in
+the low lane.
 
 Tweaks are held as two uint64 lanes, ``[..., 0]`` the low 64 bits and ``[..., 1]`` the high
 64 bits, which is the byte layout of the tweak itself on a little-endian machine.
@@ -98,7 +101,8 @@ def _base_table(width: int, groups: int) -> U64:
 def _bases_by_table(first: U64, width: int, groups: int) -> U64:
     table = _base_table(width, groups)
     n = first.shape[0]
-    picked = table[np.arange(16), first.view(np.uint8).reshape(n, 16)]  # (n, 16, groups, 2)
+    first_bytes = np.ascontiguousarray(first).view(np.uint8).reshape(n, 16)
+    picked = table[np.arange(16), first_bytes]  # (n, 16, groups, 2)
     bases = np.bitwise_xor.reduce(picked, axis=1)  # (n, groups, 2)
     return np.ascontiguousarray(np.moveaxis(bases, 2, 0))[..., None]
 
@@ -113,10 +117,14 @@ def _bases_by_doubling(first: U64, width: int, groups: int) -> U64:
     while done < groups:
         m = min(done, groups - done)
         lo, hi = base[0, :, :m, 0], base[1, :, :m, 0]
-        for _ in range(width * done // 64):
+        exponent = width * done
+        for _ in range(exponent // 64):
             lo, hi = _times_x64(lo, hi)
-        if width * done % 64:
-            lo, hi = _times_x(lo, hi, width * done % 64)
+        exponent %= 64
+        while exponent:
+            step = min(exponent, _MAX_SHIFT_BLOCKS)
+            lo, hi = _times_x(lo, hi, step)
+            exponent -= step
         base[0, :, done : done + m, 0] = lo
         base[1, :, done : done + m, 0] = hi
         done += m
