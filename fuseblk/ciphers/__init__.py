@@ -36,8 +36,12 @@ class DataUnitCipher(Protocol):
 _FACTORIES: dict[CryptoMode, Callable[[BlkCryptoKey], DataUnitCipher]] = {}
 
 
-def register(mode: CryptoMode) -> Callable[[Callable[[BlkCryptoKey], DataUnitCipher]], Callable[[BlkCryptoKey], DataUnitCipher]]:
-    def deco(factory: Callable[[BlkCryptoKey], DataUnitCipher]) -> Callable[[BlkCryptoKey], DataUnitCipher]:
+def register(
+    mode: CryptoMode,
+) -> Callable[[Callable[[BlkCryptoKey], DataUnitCipher]], Callable[[BlkCryptoKey], DataUnitCipher]]:
+    def deco(
+        factory: Callable[[BlkCryptoKey], DataUnitCipher],
+    ) -> Callable[[BlkCryptoKey], DataUnitCipher]:
         _FACTORIES[mode] = factory
         return factory
 
