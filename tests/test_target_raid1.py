@@ -216,6 +216,18 @@ async def test_initial_resync_copies_the_first_leg_to_the_others() -> None:
     assert target.counters is not None and target.counters["resync_bytes"] == LENGTH
 
 
+async def test_resync_message_makes_diverged_legs_identical_again() -> None:
+    l0, l1 = Leg("l0"), Leg("l1")
+    target = mirror("2 l0 0 l1 0 1 nosync", l0, l1)  # nosync: legs trusted, yet they differ
+    await target.resume()
+    assert region(l0) != region(l1)
+    await target.message(["resync"])
+    assert target.status().split()[1] == "Aa"
+    await target.wait_resync()
+    assert region(l0) == region(l1)
+    assert target.status() == "2 AA 1024/1024 idle"
+
+
 async def test_hot_add_with_concurrent_writes_produces_identical_legs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
