@@ -148,6 +148,29 @@ def test_ieee1619_vector_10_as_second_unit_of_a_bulk_request(via_xts: bool) -> N
     assert cipher.decrypt(ct, 0xFE)[512:1024] == IEEE_10_PT
 
 
+# IEEE Std 1619-2007 Annex B, XTS-AES-128 vectors 2 and 3 (sequence number 0x3333333333): not a
+# blk-crypto mode, but the same XTS code with 16-byte key halves.
+@BULK_PATHS
+@pytest.mark.parametrize(
+    ("raw", "ct"),
+    [
+        (
+            bytes([0x11] * 16 + [0x22] * 16),
+            "c454185e6a16936e39334038acef838bfb186fff7480adc4289382ecd6d394f0",
+        ),
+        (
+            bytes(range(0xFF, 0xEF, -1)) + bytes([0x22] * 16),
+            "af85336b597afc1a900b2eb21ec949d292df4c047e0b21532186a5971a227a89",
+        ),
+    ],
+    ids=["vector-2", "vector-3"],
+)
+def test_ieee1619_aes128_vectors_on_the_generic_xts(raw: bytes, ct: str, via_xts: bool) -> None:
+    cipher = _bulk_aes(raw, 32, via_xts)
+    assert cipher.encrypt(bytes([0x44] * 32), 0x3333333333).hex() == ct
+    assert cipher.decrypt(bytes.fromhex(ct), 0x3333333333) == bytes([0x44] * 32)
+
+
 # SM4-XTS with IEEE 1619 tweak arithmetic, as the kernel's xts(sm4) computes it.
 # From the kernel's crypto/testmgr.h (sm4_xts_tv_template) ...
 SM4_KERNEL_KEY = bytes([0x11] * 16 + [0x22] * 16)
