@@ -70,8 +70,10 @@ class DeviceManager:
 
     # -- resolving table references --------------------------------------------------------------
 
-    def resolve(self, ref: str, loading: str) -> BlockDevice:
-        """The device a table line names; refuses references that would make a cycle."""
+    def resolve(self, ref: str, loading: str, opened: list[str] | None = None) -> BlockDevice:
+        """The device a table line names; refuses references that would make a cycle.
+
+        An image path not attached yet is opened; its name is appended to ``opened``."""
         if ref == loading:
             raise TargetArgError("device", f"a device other than {loading} itself (no cycles)", ref)
         md = self._devices.get(ref)
@@ -97,6 +99,8 @@ class DeviceManager:
                 "device", "an image that can be attached", f"{ref}: {err.message}", err.errno
             ) from None
         self._backends[path] = backend
+        if opened is not None:
+            opened.append(path)
         return backend
 
     def _reaches(self, md: MappedDevice, name: str) -> bool:
@@ -116,7 +120,17 @@ class DeviceManager:
         return False
 
     async def _parse(self, name: str, text: str) -> Table:
-        return await Table.parse(text, _TableEnv(self, name))
+        """Construct a table; images it opened are detached again if it is refused."""
+        env = _TableEnv(self, name)
+        try:
+            return await Table.parse(text, env)
+        except BaseException:
+            for path in env.opened:
+                backend = self._backends.pop(path)
+                close = getattr(backend, "close", None)
+                if close is not None:
+                    await close()
+            raise
 
     # -- mapped devices ----------------------------------------------------------------------------
 
@@ -326,6 +340,7 @@ class _TableEnv:
         self._manager = manager
         self.device_name = device_name
         self.clock = manager.clock
+        self.opened: list[str] = []  # images attached for this table, detached if it fails
 
     def get_device(self, ref: str) -> BlockDevice:
-        return self._manager.resolve(ref, self.device_name)
+        return self._manager.resolve(ref, self.device_name, self.opened)

@@ -60,6 +60,16 @@ async def test_missing_image_is_a_table_error(tmp_path: Path):
     assert info.value.errno == errno.ENOENT and "line 1" in info.value.message
 
 
+async def test_images_opened_for_a_refused_table_are_detached_again(tmp_path: Path):
+    img = await make_image(tmp_path, "img", MiB, "none")
+    dm = DeviceManager()
+    with pytest.raises(FuseblkError):
+        await dm.create("d", f"0 8 linear {img} 0\n8 8 linear {img} nope")
+    assert dm.backends() == {}
+    dm.add_backend("img", img)  # the image lock was released
+    await dm.close()
+
+
 async def test_capabilities_intersect_across_hardware_profiles(tmp_path: Path):
     dm = await image_manager(tmp_path, {"ufs": (2 * MiB, "ufs"), "emmc": (2 * MiB, "emmc")})
     try:
