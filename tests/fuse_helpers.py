@@ -44,8 +44,9 @@ needs_fuse = pytest.mark.skipif(not have_fuse(), reason="needs root, /dev/fuse a
 class MemoryDevice:
     """A BlockDevice in memory that refuses I/O not aligned to ``block_size``.
 
-    ``yield_every`` makes each bio checkpoint (so concurrent tasks interleave); ``fail`` makes
-    every data bio fail with EIO, like the error target.
+    Writes land half a block at a time with checkpoints between (so concurrent writers would
+    tear blocks unless serialized); ``fail`` makes every data bio fail with EIO, like the error
+    target; ``gate`` holds data bios until the event is set, like a slow target.
     """
 
     def __init__(self, name: str, size: int, block_size: int = 512) -> None:
@@ -54,6 +55,7 @@ class MemoryDevice:
         self.block_size = block_size
         self.crypto_profile = None
         self.fail = False
+        self.gate: threading.Event | None = None  # while set and not released, bios wait
         self.flushes = 0
         self.bios: list[tuple[BioOp, int, int]] = []
 
@@ -72,6 +74,8 @@ class MemoryDevice:
             )
         if bio.end > self.size:
             raise FuseblkError(errno.EIO, f"bio {bio!r} beyond the end")
+        if self.gate is not None:  # a slow target: wait off the event loop, as real I/O would
+            await trio.to_thread.run_sync(self.gate.wait, abandon_on_cancel=True)
         await trio.lowlevel.checkpoint()
         if self.fail:
             raise FuseblkError(errno.EIO, f"{self.name}: injected failure")

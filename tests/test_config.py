@@ -188,3 +188,16 @@ async def test_build_refuses_a_missing_image_without_size(tmp_path: Path) -> Non
         await build_devices(load_config(path))
     assert info.value.message.startswith(f"{path}:1: backends.x:")
     assert "does not exist" in info.value.message
+
+
+async def test_the_example_in_docs_config_md_builds(tmp_path: Path) -> None:
+    doc = (Path(__file__).parents[1] / "docs" / "config.md").read_text()
+    example = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "fuseblk.toml"
+    path.write_text(example)
+    manager = await build_devices(load_config(path))
+    try:
+        assert manager.names() == ["disk", "secure"]
+        assert manager.get("secure").size == 512 << 20
+    finally:
+        await manager.close()

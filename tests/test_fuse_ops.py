@@ -218,6 +218,44 @@ def test_concurrent_overlapping_unaligned_writers_never_tear_a_block(
         assert len(set(dev.data[b + 1000 : b + 4096])) == 1
 
 
+def test_one_mib_direct_write_and_read_each_reach_the_device_as_one_bio(
+    mnt: Path, manager: MemoryManager
+) -> None:
+    dev = manager.devices["big4k"]
+    buf = mmap.mmap(-1, MiB)
+    fd = os.open(mnt / "big4k", os.O_RDWR | os.O_DIRECT)
+    try:
+        dev.bios.clear()
+        os.pwrite(fd, buf, 0)
+        os.preadv(fd, [buf], 0)
+    finally:
+        os.close(fd)
+    data_bios = [(op.value, off, n) for op, off, n in dev.bios if n]
+    assert data_bios == [("write", 0, MiB), ("read", 0, MiB)]
+
+
+def test_a_slow_device_does_not_stall_requests_to_another(
+    mnt: Path, manager: MemoryManager
+) -> None:
+    slow = manager.devices["big4k"]
+    slow.gate = threading.Event()
+    result: dict[str, bytes] = {}
+    reader = threading.Thread(target=lambda: result.update(slow=_pread(mnt / "big4k", 4096, 0)))
+    reader.start()
+    try:
+        _eventually(lambda: any(n for _, _, n in slow.bios))  # the slow read is in flight
+        manager.devices["small"].data[:5] = b"quick"
+        quick = threading.Thread(target=lambda: result.update(small=_pread(mnt / "small", 5, 0)))
+        quick.start()
+        quick.join(timeout=10)  # a safety net: if it stalled, fail instead of hanging
+        assert result.get("small") == b"quick"
+        assert reader.is_alive()
+    finally:
+        slow.gate.set()
+        reader.join(timeout=10)
+    assert result["slow"] == bytes(4096)
+
+
 def test_statfs_reports_the_devices(mnt: Path) -> None:
     st = os.statvfs(mnt)
     assert st.f_blocks * st.f_frsize == 4 * MiB + 64 * 1024
@@ -245,6 +283,14 @@ def test_shutdown_unmounts_and_closes_the_manager(tmp_path: Path) -> None:
         assert is_mounted(mountpoint)
     assert not is_mounted(mountpoint)
     assert mgr.closed and mgr.flushed
+
+
+def _pread(path: Path, length: int, offset: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
 
 
 def _eventually(check: object, timeout: float = 5.0) -> None:
