@@ -257,6 +257,23 @@ def test_created_device_appears_error_target_gives_eio_removed_device_disappears
     assert "broken" not in os.listdir(mounted)
 
 
+def test_renamed_and_resized_devices_follow_in_the_mount(mounted: Path) -> None:
+    mp = str(mounted)
+    fuseblk("dm", "create", "grow", "--mount", mp, "--table", "0 2048 linear plain 0")
+    name = "grow"
+    try:
+        inode = (mounted / "grow").stat().st_ino
+        fuseblk("dm", "rename", "grow", "grown", "--mount", mp)
+        name = "grown"
+        _eventually(lambda: not (mounted / "grow").exists())
+        assert (mounted / "grown").stat().st_ino == inode
+        fuseblk("dm", "load", "grown", "--mount", mp, "--table", "0 4096 linear plain 0")
+        fuseblk("dm", "resume", "grown", "--mount", mp)
+        assert (mounted / "grown").stat().st_size == 4096 * 512
+    finally:
+        fuseblk("dm", "remove", name, "--mount", mp)
+
+
 def test_flakey_device_gives_eio_while_down(mounted: Path) -> None:
     mp = str(mounted)
     fuseblk("dm", "create", "flaky", "--mount", mp, "--table", "0 2048 flakey plain 0 0 100")
