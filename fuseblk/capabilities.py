@@ -68,11 +68,14 @@ class CryptoCapabilities:
         return not self.modes
 
     def supports(self, config: CryptoConfig) -> bool:
-        """``__blk_crypto_cfg_supported``: mode, data unit size, DUN width and key type."""
+        """``__blk_crypto_cfg_supported``: mode, data unit size, DUN width and key type.
+
+        Runs for every bio at every layer, so it compares plain ints (IntFlag's ``&`` is slow).
+        """
         return (
-            bool(self.modes.get(config.mode, 0) & config.data_unit_size)
+            self.modes.get(config.mode, 0) & config.data_unit_size != 0
             and config.dun_bytes <= self.max_dun_bytes
-            and bool(self.key_types & config.key_type)
+            and int(self.key_types) & int(config.key_type) != 0
         )
 
     def describe(self) -> str:

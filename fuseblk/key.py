@@ -56,10 +56,17 @@ class BlkCryptoKey:
     dun_bytes: int
     key_type: KeyType = KeyType.RAW
     identifier: bytes = field(init=False, repr=False, compare=False)
+    # Derived once: every layer asks for it on every bio (capability checks are the hot path).
+    config: CryptoConfig = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         validate_key(self.mode, self.raw, self.data_unit_size, self.dun_bytes, self.key_type)
         object.__setattr__(self, "identifier", key_identifier(self.raw))
+        object.__setattr__(
+            self,
+            "config",
+            CryptoConfig(self.mode, self.data_unit_size, self.dun_bytes, self.key_type),
+        )
 
     @classmethod
     def create(
@@ -76,10 +83,6 @@ class BlkCryptoKey:
         if dun_bytes is None:  # only None means "default": 0 is invalid (EINVAL), not defaulted
             dun_bytes = mode.iv_size
         return cls(mode, bytes(raw), data_unit_size, dun_bytes, key_type)
-
-    @property
-    def config(self) -> CryptoConfig:
-        return CryptoConfig(self.mode, self.data_unit_size, self.dun_bytes, self.key_type)
 
     @property
     def data_unit_shift(self) -> int:
