@@ -315,6 +315,9 @@ class MappedDevice:
         error (EBUSY for a key in use) is raised at the end.
         """
         first: FuseblkError | None = None
+        if self.live is not None:  # legs hot-added by a target (raid1 ``add``) since the swap
+            for dev in self.live.devices():
+                self._touched.setdefault(id(dev), dev)
         for dev in list(self._touched.values()):
             try:
                 await evict_from_device(dev, key)

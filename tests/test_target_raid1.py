@@ -381,3 +381,27 @@ async def test_encrypted_mirror_over_images_survives_a_leg_and_hot_adds_another(
     assert manager.stats("mirror")["devices"]["mirror"]["resync_bytes"] == 1 << 20
     await manager.message("mirror", 0, ["remove", "0"])
     assert manager.table("mirror") == "0 2048 raid1 2 b 0 c 0 1 nosync\n"
+
+
+async def test_evicting_through_the_mirror_reaches_a_hot_added_leg(
+    manager: DeviceManager, tmp_path: Path
+) -> None:
+    ufs = load_profile("ufs")
+    legs = {n: Backend.create(tmp_path / f"{n}.img", 1 << 20, ufs, name=n) for n in "abc"}
+    for leg in legs.values():
+        manager.add_device(leg)
+    mirror_md = await manager.create("mirror", "0 2048 raid1 2 a 0 b 0 1 nosync")
+    await manager.message("mirror", 0, ["add", "c", "0"])
+    assert mirror_md.live is not None
+    target = mirror_md.live.targets[0]
+    assert isinstance(target, Raid1Target)
+    await target.wait_resync()
+
+    key = make_key(3, dus=4096, dun_bytes=8)
+    await mirror_md.submit(Bio.write(0, os.urandom(8192), BioCryptContext.at(key, 0)))
+    leg_c = legs["c"].crypto_profile
+    assert leg_c is not None and leg_c.find_slot(key) is not None
+
+    await manager.evict_key("mirror", key)
+    assert leg_c.find_slot(key) is None
+    assert leg_c.counters["evictions"] == 1
