@@ -258,6 +258,7 @@ def run_daemon(
     status = 1
     try:
         os.setsid()
+        os.chdir("/")
         if setup_child is not None:
             setup_child()
         _detach_stdio()

@@ -92,7 +92,8 @@ def run_mount(args: argparse.Namespace) -> int:
         raise FuseblkError(
             errno.EINVAL, f"--fallback-slots must be at least 1, got {args.fallback_slots}"
         )
-    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+    # Absolute paths: the daemon changes to / so that it does not pin the caller's directory.
+    state_dir = Path(os.path.abspath(args.state_dir)) if args.state_dir else default_state_dir()
     config = load_config(args.config) if args.config else default_config(state_dir)
     config = config.with_overrides(
         fallback_slots=args.fallback_slots, fallback_enabled=False if args.no_fallback else None
@@ -102,7 +103,7 @@ def run_mount(args: argparse.Namespace) -> int:
     if args.foreground:
         setup_logging(args.log_level, args.log_file)
         return run_foreground(build, settings)
-    log_file = Path(args.log_file) if args.log_file else state_dir / "fuseblk.log"
+    log_file = Path(os.path.abspath(args.log_file)) if args.log_file else state_dir / "fuseblk.log"
     try:
         return run_daemon(
             build, settings, setup_child=functools.partial(setup_logging, args.log_level, log_file)
