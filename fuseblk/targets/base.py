@@ -88,11 +88,11 @@ class Target(abc.ABC):
 
         raise FuseblkError(errno.EINVAL, f"{self.name}: unrecognised message {' '.join(args)!r}")
 
-    async def presuspend(self) -> None:
+    async def presuspend(self) -> None:  # noqa: B027 (optional hook)
         """Called before the device suspends (e.g. raid1 stops resync)."""
 
-    async def resume(self) -> None:
+    async def resume(self) -> None:  # noqa: B027 (optional hook)
         """Called when the table becomes live."""
 
-    async def destroy(self) -> None:
+    async def destroy(self) -> None:  # noqa: B027 (optional hook)
         """``dtr``: the table was replaced or the device removed."""
