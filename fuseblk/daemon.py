@@ -18,6 +18,8 @@ forks before trio starts and the parent waits on a pipe for the child's "ready" 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import functools
 import logging
@@ -223,10 +225,34 @@ async def _close_manager(manager: Any) -> None:
 
 # -- the daemon process ------------------------------------------------------------------------
 
+_M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
+_M_MMAP_THRESHOLD = -3
+_HEAP_KEEP = 256 << 20
+_HEAP_ALLOC_BELOW = 32 << 20
+
+
+def tune_malloc() -> None:
+    """Keep freed request buffers in the heap instead of returning them to the kernel.
+
+    Every request allocates buffers of up to 1 MiB (pyfuse3's copy of a write, read buffers,
+    bounce buffers). With glibc's defaults such sizes are mmapped or trimmed from the heap top
+    on free, so each request pays hundreds of page faults: measured on the FUSE layer alone,
+    1 MiB sequential I/O ran at ~1 GB/s with the defaults and ~4 GB/s with these settings. The
+    cost is that the heap stays at its peak (a few MiB per concurrent request).
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        return
+    mallopt(_M_TRIM_THRESHOLD, _HEAP_KEEP)
+    mallopt(_M_MMAP_THRESHOLD, _HEAP_ALLOC_BELOW)
+
 
 def run_foreground(build: Callable[[], Awaitable[Any]], settings: MountSettings) -> int:
     """Build the devices and serve in this process until shut down."""
     _refuse_mounted(settings.mountpoint)
+    tune_malloc()
 
     async def main() -> None:
         manager = await build()
@@ -262,6 +288,7 @@ def run_daemon(
         if setup_child is not None:
             setup_child()
         _detach_stdio()
+        tune_malloc()
         status = _child_main(build, settings, pipe)
     except BaseException as exc:  # nothing may escape a forked child
         pipe.send(f"error {getattr(exc, 'errno', None) or errno.EIO} {exc}")
