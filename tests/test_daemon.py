@@ -95,6 +95,14 @@ def test_sigterm_unmounts_cleanly_and_marks_images_clean(tmp_path: Path) -> None
     assert header(state / "legacy.img")["clean_shutdown"]
 
 
+def test_external_unmount_shuts_the_daemon_down_cleanly(tmp_path: Path) -> None:
+    state, mnt = tmp_path / "state", tmp_path / "mnt"
+    with daemon_mount(mnt, "--state-dir", str(state)) as pid:
+        run("fusermount3", "-u", str(mnt))
+        _wait_gone(pid)
+    assert header(state / "inline.img")["clean_shutdown"]
+
+
 def test_mounting_on_a_mount_is_refused(mounted: Path) -> None:
     result = fuseblk(
         "mount", str(mounted), "--state-dir", str(mounted.parent / "other"), check=False
