@@ -72,24 +72,31 @@ def _unescape_mountinfo(field: str) -> str:
     return "".join(out)
 
 
-def is_mountpoint(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a mount point, from /proc/self/mountinfo.
+def mount_type(path: str | os.PathLike[str]) -> str | None:
+    """The filesystem type mounted at ``path`` (``fuse.fuseblk`` for ours), or None.
 
-    ``os.path.ismount`` stats the path, which hangs on a FUSE mount whose daemon hangs and
-    fails on one whose daemon died; the mount table answers either way.
+    Read from /proc/self/mountinfo: ``os.path.ismount`` stats the path, which hangs on a FUSE
+    mount whose daemon hangs and fails on one whose daemon died; the mount table answers
+    either way. The last mount on the path wins, as path lookup sees it.
     """
     target = os.path.abspath(os.fspath(path))
-    try:
-        parent = os.path.realpath(os.path.dirname(target))
-        target = os.path.join(parent, os.path.basename(target))
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):
+        target = os.path.join(os.path.realpath(os.path.dirname(target)), os.path.basename(target))
+    found = None
     with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
         for line in table:
-            fields = line.split(" ")
-            if len(fields) > 4 and _unescape_mountinfo(fields[4]) == target:
-                return True
-    return False
+            fields = line.rstrip("\n").split(" ")
+            if len(fields) > 4 and _unescape_mountinfo(fields[4]) == target and "-" in fields:
+                found = fields[fields.index("-", 6) + 1]
+    return found
+
+
+def is_mountpoint(path: str | os.PathLike[str]) -> bool:
+    """Whether anything is mounted at ``path`` (see :func:`mount_type`)."""
+    return mount_type(path) is not None
+
+
+FUSEBLK_FSTYPE = "fuse.fuseblk"
 
 
 # -- one running mount ----------------------------------------------------------------------------

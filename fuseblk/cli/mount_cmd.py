@@ -114,11 +114,14 @@ def run_mount(args: argparse.Namespace) -> int:
 
 
 def run_umount(args: argparse.Namespace) -> int:
-    from fuseblk.daemon import is_mountpoint
+    from fuseblk.daemon import FUSEBLK_FSTYPE, mount_type
 
     mountpoint = os.path.abspath(args.mountpoint)
-    if not is_mountpoint(mountpoint):
+    fstype = mount_type(mountpoint)
+    if fstype is None:
         raise FuseblkError(errno.EINVAL, f"{mountpoint} is not mounted")
+    if fstype != FUSEBLK_FSTYPE:
+        raise FuseblkError(errno.EINVAL, f"{mountpoint} is not a fuseblk mount ({fstype})")
     problem = _ask_daemon_to_shut_down(mountpoint, args.timeout)
     if problem is None and _wait_unmounted(mountpoint, args.timeout):
         return 0
