@@ -46,11 +46,9 @@ def replace_table(m: FuseblkMount, name: str, table: str, tmp_path: Path) -> Non
     m.dm("resume", name)
 
 
-def dd_write(path: Path, data_file: Path, check: bool = True) -> str:
-    proc = run(
-        ["dd", f"if={data_file}", f"of={path}", "bs=64k", "oflag=direct", "conv=notrunc,fsync"],
-        check=check,
-    )
+def dd_write(path: Path, data_file: Path, offset: int = 0, check: bool = True) -> str:
+    out = [f"of={path}", f"seek={offset // 65536}", "oflag=direct", "conv=notrunc,fsync"]
+    proc = run(["dd", f"if={data_file}", "bs=64k", *out], check=check)
     return proc.stderr.decode(errors="replace") if proc.returncode else ""
 
 
@@ -62,27 +60,56 @@ def dd_read(path: Path, nbytes: int, offset: int = 0, check: bool = True) -> tup
     return proc.stdout, proc.stderr.decode(errors="replace") if proc.returncode else ""
 
 
+def equivalent_tables(kind: str, start: int) -> tuple[str, str]:
+    """The same mapping as one table line and as two: a reload must change nothing fio can see.
+
+    For default-key the second line's iv_offset carries on where the first stopped, so every
+    sector keeps its DUN; a wrong DUN after a reload would decrypt fio's data to garbage.
+    """
+    half = LENGTH // 2
+    if kind == "linear":
+        return (
+            f"0 {LENGTH} linear base {start}\n",
+            f"0 {half} linear base {start}\n{half} {half} linear base {start + half}\n",
+        )
+    key = os.urandom(64).hex()
+    opts = "2 sector_size:4096 iv_large_sectors"
+    return (
+        f"0 {LENGTH} default-key aes-xts-plain64 {key} 0 base {start} {opts}\n",
+        f"0 {half} default-key aes-xts-plain64 {key} 0 base {start} {opts}\n"
+        f"{half} {half} default-key aes-xts-plain64 {key} {half} base {start + half} {opts}\n",
+    )
+
+
+@pytest.mark.parametrize("kind", ["linear", "default-key"])
 def test_reload_and_suspend_resume_while_fio_runs_lose_nothing(
-    fio_setup: FuseblkMount, tmp_path: Path
+    fio_setup: FuseblkMount, tmp_path: Path, kind: str
 ) -> None:
     m = fio_setup
     start = 400 * SECTORS_PER_MIB  # on inline.img, away from the other tests' regions
-    half = LENGTH // 2
-    one_piece = f"0 {LENGTH} linear base {start}\n"
-    two_pieces = f"0 {half} linear base {start}\n{half} {half} linear base {start + half}\n"
+    one_piece, two_pieces = equivalent_tables(kind, start)
     m.dm("create", "live", "--table", one_piece)
+    # fio works across the split point (8-24 MiB); a reference written once under the one-line
+    # table (28-32 MiB, in the second line's range) must read back the same under either table.
+    reference = os.urandom(4 * MiB)
+    (tmp_path / "reference").write_bytes(reference)
+    dd_write(m.dev("live"), tmp_path / "reference", offset=28 * MiB)
 
     cycles = 0
-    cmd = fio_command(m.dev("live"), rw="randwrite", size=FIO_JOB, runtime=FIO_SECONDS)
+    cmd = fio_command(
+        m.dev("live"), rw="randwrite", size=FIO_JOB, offset=8 * MiB, runtime=FIO_SECONDS
+    )
     with BackgroundFio(cmd) as fio:
         while fio.running():
             replace_table(m, "live", two_pieces if cycles % 2 == 0 else one_piece, tmp_path)
             cycles += 1
+            back, _ = dd_read(m.dev("live"), len(reference), offset=28 * MiB)
+            assert back == reference, f"reference data changed after reload {cycles}"
         report = fio.finish()
 
     assert cycles >= 2, "the table never changed while fio ran"
     assert fio_bytes(report, "write") > 0 and fio_bytes(report, "read") > 0  # read = verified
-    assert m.dm("table", "live").stdout.decode().count("linear") in (1, 2)
+    assert m.dm("table", "live").stdout.decode().count(kind) in (1, 2)
 
 
 def test_flakey_down_interval_and_error_table_give_eio_and_keep_earlier_writes(
@@ -98,7 +125,7 @@ def test_flakey_down_interval_and_error_table_give_eio_and_keep_earlier_writes(
 
     for broken in (f"0 {LENGTH} flakey plain 0 0 5", f"0 {LENGTH} error"):
         replace_table(m, "flaky", broken, tmp_path)
-        err = dd_write(m.dev("flaky"), tmp_path / "data.bin", check=False)
+        err = dd_write(m.dev("flaky"), data_file, check=False)
         assert "Input/output error" in err, f"{broken}: write did not fail with EIO: {err!r}"
         _, err = dd_read(m.dev("flaky"), MiB, check=False)
         assert "Input/output error" in err, f"{broken}: read did not fail with EIO: {err!r}"
