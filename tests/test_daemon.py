@@ -103,6 +103,47 @@ def test_external_unmount_shuts_the_daemon_down_cleanly(tmp_path: Path) -> None:
     assert header(state / "inline.img")["clean_shutdown"]
 
 
+def test_foreground_mount_serves_until_sigint(tmp_path: Path) -> None:
+    state, mnt = tmp_path / "state", tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.Popen(
+        fuseblk_cmd("mount", str(mnt), "--state-dir", str(state), "--foreground"),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _eventually(lambda: is_mounted(mnt), timeout=30)  # stat then waits for the daemon
+        assert (mnt / "secure").stat().st_size == DEFAULT_DEVICES["secure"]
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0
+        assert "received SIGINT" in err and "unmounted" in err
+        assert not is_mounted(mnt)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if is_mounted(mnt):
+            run("fusermount3", "-uz", str(mnt), check=False)
+
+
+def test_debug_logs_never_contain_the_key(tmp_path: Path) -> None:
+    state, mnt, log = tmp_path / "state", tmp_path / "mnt", tmp_path / "daemon.log"
+    with daemon_mount(
+        mnt, "--state-dir", str(state), "--log-level", "debug", "--log-file", str(log)
+    ):
+        _write(mnt / "secure", 0, random.randbytes(MiB))
+        _read(mnt / "secure", 900 * MiB, 4096)
+        fuseblk("dm", "table", "--mount", str(mnt))
+        fuseblk("dm", "status", "--mount", str(mnt))
+    key = (state / "secure.key").read_bytes()
+    text = log.read_bytes()
+    assert b"mounted" in text
+    assert key not in text
+    assert key.hex().encode() not in text
+    assert key.hex().upper().encode() not in text
+
+
 def test_mounting_on_a_mount_is_refused(mounted: Path) -> None:
     result = fuseblk(
         "mount", str(mounted), "--state-dir", str(mounted.parent / "other"), check=False
