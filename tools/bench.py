@@ -5,8 +5,10 @@ Runs the job files in tools/fio (1 MiB sequential write and read, 4 KiB random w
 queue depth 1, 4 KiB random read with 4 jobs; all O_DIRECT) on:
 
 * ``secure``   — AES-256-XTS through default-key, inline part (first 768 MiB of the device);
-* ``raw-image`` — the same region of the backend image file itself (its data offset): what the
-  storage below costs without fuseblk;
+* ``raw-image`` — the same region of the backend image file itself (at its data offset), with
+  O_DIRECT: the disk below, without fuseblk;
+* ``raw-cached`` — the same, buffered: the page cache the daemon's backends actually use, i.e.
+  the ceiling for fuseblk's own overhead;
 * ``qemu-luks`` (with ``--peers``) — qemu-storage-daemon's FUSE export of a LUKS1
   aes-xts-plain64 image: another userspace encrypted block device behind FUSE.
 
@@ -54,13 +56,14 @@ def fuseblk(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     )
 
 
-def run_fio(job: str, filename: str, offset: int, size: int, runtime: int) -> dict:
+def run_fio(job: str, filename: str, offset: int, size: int, runtime: int, direct: bool) -> dict:
     env = dict(
         os.environ,
         FIO_FILE=filename,
         FIO_OFFSET=str(offset),
         FIO_SIZE=str(size),
         FIO_RUNTIME=str(runtime),
+        FIO_DIRECT="1" if direct else "0",
     )
     proc = subprocess.run(
         ["fio", "--output-format=json", str(FIO_DIR / f"{job}.fio")],
@@ -88,11 +91,14 @@ def summarize(target: str, job: str, report: dict) -> Result:
     )
 
 
-def bench(target: str, filename: str, offset: int, size: int, runtime: int) -> list[Result]:
+def bench(
+    target: str, filename: str, offset: int, size: int, runtime: int, direct: bool = True
+) -> list[Result]:
     results = []
     for job in JOBS:
         print(f"  {target}: {job} ...", file=sys.stderr, flush=True)
-        results.append(summarize(target, job, run_fio(job, filename, offset, size, runtime)))
+        report = run_fio(job, filename, offset, size, runtime, direct)
+        results.append(summarize(target, job, report))
     return results
 
 
@@ -225,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_baseline and state is not None:
             image = state / "inline.img"
             results += bench("raw-image", str(image), DATA_OFFSET, size, args.runtime)
+            results += bench("raw-cached", str(image), DATA_OFFSET, size, args.runtime, False)
         if args.peers:
             with qemu_luks_export(workdir, size) as export:
                 if export is not None:
