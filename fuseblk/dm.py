@@ -29,6 +29,7 @@ from fuseblk.table import Table
 from fuseblk.targets import TargetArgError
 
 Listener = Callable[..., None]
+DM_NAME_LEN = 128  # include/uapi/linux/dm-ioctl.h: names are at most 127 bytes
 FALLBACK_POLICIES = ("device", "target")
 
 
@@ -325,6 +326,12 @@ class DeviceManager:
     def _check_new_name(self, name: str) -> None:
         if not name or "/" in name or name in (".", "..") or "\0" in name:
             raise FuseblkError(errno.EINVAL, f"invalid device name {name!r}")
+        if len(name.encode("utf-8", "surrogatepass")) >= DM_NAME_LEN:
+            # dm-ioctl's limit; a longer name would also be listed in the mount but could
+            # never be opened there (NAME_MAX is 255)
+            raise FuseblkError(
+                errno.EINVAL, f"invalid device name: longer than {DM_NAME_LEN - 1} bytes"
+            )
         if name in self._devices or name in self._backends:
             raise FuseblkError(errno.EEXIST, f"a device named {name!r} already exists")
 

@@ -46,12 +46,21 @@ async def test_info_reports_state_tables_and_events():
     assert info["block_size"] == 512 and info["crypto"] is None and info["open_count"] == 0
 
 
-@pytest.mark.parametrize("name", ["", "a/b", ".", ".."])
+@pytest.mark.parametrize("name", ["", "a/b", ".", "..", "x" * 128, "é" * 64])
 async def test_invalid_names_are_einval(name: str):
     dm = manager_over(MemDisk("a"))
     with pytest.raises(FuseblkError) as info:
         await dm.create(name, "")
     assert info.value.errno == errno.EINVAL
+
+
+async def test_names_up_to_dm_name_len_minus_one_bytes_are_valid_for_create_and_rename():
+    dm = manager_over(MemDisk("a"))
+    await dm.create("x" * 127, "")
+    with pytest.raises(FuseblkError) as info:
+        dm.rename("x" * 127, "y" * 128)
+    assert info.value.errno == errno.EINVAL
+    assert dm.names() == ["x" * 127]
 
 
 async def test_existing_names_are_eexist_and_unknown_names_enxio():
