@@ -258,7 +258,7 @@ def tune_malloc() -> None:
 
 def run_foreground(build: Callable[[], Awaitable[Any]], settings: MountSettings) -> int:
     """Build the devices and serve in this process until shut down."""
-    _refuse_mounted(settings.mountpoint)
+    check_mountpoint(settings.mountpoint)
     tune_malloc()
 
     async def main() -> None:
@@ -280,7 +280,7 @@ def run_daemon(
     The fork happens before trio or pyfuse3 start, so the child owns a clean process. Startup
     errors come back through the pipe as one line and are raised here as FuseblkError.
     """
-    _refuse_mounted(settings.mountpoint)
+    check_mountpoint(settings.mountpoint)
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid:
@@ -364,7 +364,8 @@ def _detach_stdio() -> None:
     sys.stderr = open(os.devnull, "w")  # noqa: SIM115
 
 
-def _refuse_mounted(mountpoint: Path) -> None:
+def check_mountpoint(mountpoint: Path) -> None:
+    """Refuse, with a clear message, a mountpoint that is already a mount or not a directory."""
     if is_mountpoint(mountpoint):
         raise FuseblkError(errno.EBUSY, f"{mountpoint} is already a mount point")
     if not os.path.isdir(mountpoint):

@@ -301,3 +301,14 @@ def _eventually(check: object, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached")
         time.sleep(0.02)
+
+
+def test_mountpoint_with_spaces_is_recognised_as_a_mount(tmp_path: Path) -> None:
+    mgr = MemoryManager()
+    mgr.add(MemoryDevice("d", 8192))
+    mountpoint = tmp_path / "with space\tand tab"
+    mountpoint.mkdir()
+    with serve_in_thread(mgr, mountpoint):
+        assert is_mounted(mountpoint)
+        assert os.listdir(mountpoint) == ["d"]
+    assert not is_mounted(mountpoint)

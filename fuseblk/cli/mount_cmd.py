@@ -83,11 +83,17 @@ def add_parser(subparsers: Any) -> None:
 
 def run_mount(args: argparse.Namespace) -> int:
     from fuseblk.config import build_devices, load_config
-    from fuseblk.daemon import MountSettings, run_daemon, run_foreground
+    from fuseblk.daemon import MountSettings, check_mountpoint, run_daemon, run_foreground
     from fuseblk.default_setup import default_config, default_state_dir
     from fuseblk.logs import parse_level, setup_logging
 
     parse_level(args.log_level)
+    mountpoint = Path(os.path.abspath(args.mountpoint))
+    try:
+        check_mountpoint(mountpoint)  # before the default setup creates anything
+    except FuseblkError as err:
+        print(f"fuseblk mount: {err.message}", file=sys.stderr)
+        return 1
     if args.fallback_slots is not None and args.fallback_slots < 1:
         raise FuseblkError(
             errno.EINVAL, f"--fallback-slots must be at least 1, got {args.fallback_slots}"
@@ -98,7 +104,7 @@ def run_mount(args: argparse.Namespace) -> int:
     config = config.with_overrides(
         fallback_slots=args.fallback_slots, fallback_enabled=False if args.no_fallback else None
     )
-    settings = MountSettings(Path(os.path.abspath(args.mountpoint)), allow_other=args.allow_other)
+    settings = MountSettings(mountpoint, allow_other=args.allow_other)
     build = functools.partial(build_devices, config)
     if args.foreground:
         setup_logging(args.log_level, args.log_file)
