@@ -144,6 +144,29 @@ def test_debug_logs_never_contain_the_key(tmp_path: Path) -> None:
     assert key.hex().upper().encode() not in text
 
 
+def test_no_fallback_makes_the_fallback_part_of_secure_eopnotsupp(tmp_path: Path) -> None:
+    state, mnt = tmp_path / "state", tmp_path / "mnt"
+    with daemon_mount(mnt, "--state-dir", str(state), "--no-fallback"):
+        _write(mnt / "secure", 0, bytes(4096))  # inline part: the hardware handles it
+        with pytest.raises(OSError) as info:
+            _write(mnt / "secure", 900 * MiB, bytes(4096))
+        assert info.value.errno == errno.EOPNOTSUPP
+
+
+def test_mount_with_a_config_file_serves_its_devices(tmp_path: Path) -> None:
+    doc = (Path(__file__).parents[1] / "docs" / "config.md").read_text()
+    config = tmp_path / "fuseblk.toml"
+    config.write_text(doc.split("```toml\n", 1)[1].split("```", 1)[0])
+    mnt = tmp_path / "mnt"
+    with daemon_mount(mnt, "--config", str(config), "--log-file", str(tmp_path / "log")):
+        assert sorted(os.listdir(mnt)) == ["disk", "secure"]
+        data = random.randbytes(MiB)
+        for offset in (0, 300 * MiB):  # inline on "fast", fallback on "slow"
+            _write(mnt / "secure", offset, data)
+            assert _read(mnt / "secure", offset, MiB) == data
+            assert _read(mnt / "disk", offset, MiB) != data
+
+
 def test_mounting_on_a_mount_is_refused(mounted: Path) -> None:
     result = fuseblk(
         "mount", str(mounted), "--state-dir", str(mounted.parent / "other"), check=False
