@@ -368,8 +368,12 @@ def test_flakey_device_gives_eio_while_down(mounted: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(
-    not shutil.which("mkfs.ext4") or not shutil.which("losetup"),
-    reason="needs e2fsprogs and losetup",
+    not (
+        shutil.which("mkfs.ext4")
+        and shutil.which("losetup")
+        and os.path.exists("/dev/loop-control")
+    ),
+    reason="needs e2fsprogs, losetup and loop devices",
 )
 def test_ext4_on_a_loop_device_over_secure_fscks_clean(mounted: Path, tmp_path: Path) -> None:
     loop = run(
