@@ -9,6 +9,19 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import re
+
+# The shortest raw key (AES-128-CBC-ESSIV) is 16 bytes: 32 hex digits.
+_KEY_LIKE_HEX = re.compile(r"[0-9a-fA-F]{32,}")
+
+
+def redact_key_hex(text: str) -> str:
+    """Replace every run of 32 or more hex digits by its length.
+
+    Table text quoted back in an error can hold a key that the user put in the wrong field (key
+    and cipher swapped, a key pasted as an option): the error must not repeat it.
+    """
+    return _KEY_LIKE_HEX.sub(lambda m: f"<{len(m.group())} hex digits>", text)
 
 
 class FuseblkError(Exception):
@@ -35,11 +48,11 @@ class TableError(FuseblkError):
 
     def __init__(self, line: int, field: str, expected: str, got: str | None = None) -> None:
         self.line = line
-        self.field = field
+        self.field = redact_key_hex(field)
         detail = f"line {line}: {field}: expected {expected}"
         if got is not None:
             detail += f", got {got!r}"
-        super().__init__(_errno.EINVAL, detail)
+        super().__init__(_errno.EINVAL, redact_key_hex(detail))
 
 
 class ImageFormatError(FuseblkError):

@@ -204,3 +204,25 @@ async def test_target_at_sector_outside_table_is_einval():
     with pytest.raises(FuseblkError) as info:
         table.target_at_sector(8)
     assert info.value.errno == errno.EINVAL
+
+
+KEY_HEX = "0123456789abcdef" * 8  # 64 bytes: an AES-256-XTS key
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"0 8 default-key {KEY_HEX} aes-xts-plain64 0 a 0",  # key and cipher swapped
+        f"0 8 crypt aes-xts-plain64 {KEY_HEX} 0 a 0 1 {KEY_HEX}",  # key pasted as an option
+        f"0 8 default-key aes-xts-plain64 {KEY_HEX} 0 a 0 1 {KEY_HEX}",
+        f"0 8 linear {KEY_HEX} 0",  # key pasted as the device
+        f"0 8 {KEY_HEX}",  # key pasted as the target
+        f"{KEY_HEX[:32]}",  # half a key on a line of its own
+    ],
+)
+async def test_errors_about_misplaced_keys_do_not_quote_them(text: str):
+    with pytest.raises(TableError) as info:
+        await Table.parse(text, ENV)
+    assert KEY_HEX[:32] not in info.value.message and KEY_HEX[32:64] not in info.value.message
+    assert KEY_HEX[:32] not in str(info.value) and KEY_HEX[:32] not in info.value.field
+    assert "hex digits" in info.value.message
