@@ -12,7 +12,7 @@ stale and the images always end clean:
    still-open file cannot leave it stale).
 
 ``fuseblk mount`` returns only once the mount answers requests: without ``--foreground`` it
-forks before trio starts and the parent waits on a pipe for the child's "ready" (or its error).
+forks before trio starts and the parent waits on a pipe for the child's "mounted" (or its error).
 """
 
 from __future__ import annotations
@@ -304,7 +304,7 @@ def run_daemon(
 
 
 class _ReadyPipe:
-    """The child's one line to the waiting parent: "ready" or "error ERRNO MESSAGE".
+    """The child's one line to the waiting parent: "mounted" or "error ERRNO MESSAGE".
 
     Closed after the first line, and never written again: the descriptor number may by then
     belong to an image file.
@@ -327,7 +327,7 @@ def _child_main(
 ) -> int:
     async def main() -> None:
         manager = await build()
-        await serve(manager, settings, on_ready=lambda: pipe.send("ready"))
+        await serve(manager, settings, on_ready=lambda: pipe.send("mounted"))
 
     try:
         trio.run(main)
@@ -345,7 +345,7 @@ def _child_main(
 def _await_child(read_fd: int, pid: int) -> int:
     with os.fdopen(read_fd, "rb") as pipe:
         line = pipe.readline().decode(errors="replace").strip()
-    if line == "ready":
+    if line == "mounted":
         return 0
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
