@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from fuseblk.errors import FuseblkError, einval
+from fuseblk.errors import FuseblkError, einval, redact_key_hex
 
 PROTOCOL_VERSION = 1
 MAX_LINE = 1 << 20  # bytes per request or response line, newline excluded
@@ -144,6 +144,10 @@ def redacted_args(cmd: str, args: dict[str, Any]) -> dict[str, Any]:
                 out[key] = f"<{len([ln for ln in value.splitlines() if ln.strip()])} lines>"
             else:
                 out[key] = "<redacted>"
+        elif isinstance(value, str):
+            out[key] = redact_key_hex(value)
+        elif isinstance(value, list):  # message words: "key set <hex>" is dm-crypt's habit
+            out[key] = [redact_key_hex(v) if isinstance(v, str) else v for v in value]
         else:
             out[key] = value
     return out

@@ -159,6 +159,15 @@ def test_table_hides_the_key_unless_asked() -> None:
     assert HEX64 not in repr(target.key)
 
 
+async def test_unrecognised_key_message_does_not_echo_the_key() -> None:
+    # "dmsetup message DEV 0 key set HEX" rotates dm-crypt's key; fuseblk's crypt has no
+    # messages, and the refusal must not repeat the key it was handed
+    target = crypt(f"aes-xts-plain64 {HEX64} 0 mem 0")
+    with pytest.raises(FuseblkError) as info:
+        await target.message(["key", "set", HEX64])
+    assert info.value.errno == errno.EINVAL and HEX64[:32] not in info.value.message
+
+
 def test_performance_hints_are_accepted_and_echoed() -> None:
     target = crypt(f"aes-xts-plain64 {HEX64} 0 mem 0 2 no_read_workqueue same_cpu_crypt")
     assert target.table_args() == "aes-xts-plain64 - 0 mem0 0 2 same_cpu_crypt no_read_workqueue"

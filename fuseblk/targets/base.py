@@ -84,9 +84,10 @@ class Target(abc.ABC):
         """``dmsetup message``; unknown messages are EINVAL."""
         import errno
 
-        from fuseblk.errors import FuseblkError
+        from fuseblk.errors import FuseblkError, redact_key_hex
 
-        raise FuseblkError(errno.EINVAL, f"{self.name}: unrecognised message {' '.join(args)!r}")
+        words = redact_key_hex(" ".join(args))  # e.g. dm-crypt's "key set <hex>"
+        raise FuseblkError(errno.EINVAL, f"{self.name}: unrecognised message {words!r}")
 
     async def presuspend(self) -> None:  # noqa: B027 (optional hook)
         """Called before the device suspends (e.g. raid1 stops resync)."""
