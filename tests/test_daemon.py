@@ -95,6 +95,53 @@ def test_sigterm_unmounts_cleanly_and_marks_images_clean(tmp_path: Path) -> None
     assert header(state / "legacy.img")["clean_shutdown"]
 
 
+def test_sigterm_under_load_keeps_every_acknowledged_write(tmp_path: Path) -> None:
+    state, mnt = tmp_path / "state", tmp_path / "mnt"
+    chunk = 64 * 1024
+    progress = tmp_path / "acknowledged"
+    with daemon_mount(mnt, "--state-dir", str(state)) as pid:
+        ctx = get_context("fork")
+        writer = ctx.Process(target=_chunk_writer, args=(str(mnt / "secure"), chunk, str(progress)))
+        writer.start()
+        try:
+            _eventually(lambda: progress.exists() and int(progress.read_text() or 0) > 20)
+            os.kill(pid, signal.SIGTERM)
+            _wait_gone(pid)
+            assert not is_mounted(mnt)
+        finally:
+            writer.join(timeout=30)
+            if writer.is_alive():
+                writer.kill()
+    acknowledged = int(progress.read_text())
+    assert header(state / "inline.img")["clean_shutdown"]
+    with daemon_mount(mnt, "--state-dir", str(state)):
+        data = _read(mnt / "secure", 0, acknowledged * chunk)
+    for i in range(acknowledged):
+        assert data[i * chunk : (i + 1) * chunk] == _chunk_pattern(i, chunk), f"chunk {i} lost"
+
+
+def _chunk_pattern(i: int, size: int) -> bytes:
+    return i.to_bytes(4, "little") * (size // 4)
+
+
+def _chunk_writer(path: str, chunk: int, progress: str) -> None:
+    """Write chunk after chunk until the mount goes away, recording how many were acknowledged."""
+    buf = mmap.mmap(-1, chunk)
+    fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
+    i = 0
+    try:
+        while i * chunk < 256 * MiB:
+            buf[:] = _chunk_pattern(i, chunk)
+            os.pwrite(fd, buf, i * chunk)
+            i += 1
+            Path(progress).write_text(str(i))
+    except OSError:
+        pass  # ENOTCONN/ENODEV once the daemon is gone
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 def test_external_unmount_shuts_the_daemon_down_cleanly(tmp_path: Path) -> None:
     state, mnt = tmp_path / "state", tmp_path / "mnt"
     with daemon_mount(mnt, "--state-dir", str(state)) as pid:
