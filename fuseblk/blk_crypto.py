@@ -40,6 +40,13 @@ async def submit_bio(dev: BlockDevice, bio: Bio) -> None:
     if getattr(dev, "fallback_per_target", False) or supports_natively(dev, ctx.key.config):
         await dev.submit(bio)
     else:
+        # blk_crypto_bio_prep on dev's queue: the fallback serves this bio on dev's behalf, so
+        # dev's counters say so (else a stack like default-key over a mapped device shows the
+        # fallback only in the global section, and no device says which path served it)
+        counters = getattr(dev, "counters", None)
+        if counters is not None:
+            counters.add("fallback_bios")
+            counters.add("fallback_bytes", bio.length)
         await get_fallback().submit(dev, bio)
 
 

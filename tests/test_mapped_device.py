@@ -273,7 +273,9 @@ async def test_submit_bio_from_above_falls_back_before_a_device_without_support(
     data = pattern(4096, 7)
     await write(md, 0, data, BioCryptContext.at(key, 5), prep=True)
     assert plain.data[:4096] == ciphertext(key, data, 5)
-    assert md.counters["fallback_bios"] == 0 and fallback.counters["bios"] == 1  # served above md
+    # prepared on md's queue, as blk_crypto_bio_prep does: md's counters show the fallback
+    assert md.counters["fallback_bios"] == 1 and md.counters["fallback_bytes"] == 4096
+    assert fallback.counters["bios"] == 1 and md.counters["inline_bios"] == 0
 
 
 async def test_block_size_is_the_largest_io_granularity_of_the_live_table():
