@@ -147,8 +147,15 @@ class DeviceFiles(pyfuse3.Operations):
 
         The kernel caches directory entries and attributes for ATTR_TIMEOUT; anything that
         changes under it is invalidated here. Entry invalidation goes through pyfuse3's notify
-        thread because it may block until a related request finishes.
+        thread because it may block until a related request finishes. A failure here is logged,
+        never raised: the device manager's operation already happened.
         """
+        try:
+            self._follow(event, name, *args)
+        except Exception:
+            log.exception("following device event %r for %s", event, name)
+
+    def _follow(self, event: str, name: str, *args: Any) -> None:
         if event == "add":
             if name in self._by_name:
                 self._forget_name(name)
