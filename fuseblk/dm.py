@@ -96,8 +96,10 @@ class DeviceManager:
         try:
             backend = Backend.open(path, name=path)
         except FuseblkError as err:
+            # backend errors usually start with the path already: do not say it twice
+            got = err.message if path in err.message else f"{ref}: {err.message}"
             raise TargetArgError(
-                "device", "an image that can be attached", f"{ref}: {err.message}", err.errno
+                "device", "an image that can be attached", got, err.errno
             ) from None
         self._backends[path] = backend
         if opened is not None:

@@ -60,6 +60,19 @@ async def test_missing_image_is_a_table_error(tmp_path: Path):
     assert info.value.errno == errno.ENOENT and "line 1" in info.value.message
 
 
+async def test_unattachable_image_error_names_the_path_once(tmp_path: Path):
+    img = await make_image(tmp_path, "img", MiB, "none")
+    with open(img, "r+b") as f:  # both header copies destroyed
+        for copy in (0, 512 * 1024):
+            f.seek(copy + 64)
+            f.write(b"\xa5" * 256)
+    dm = DeviceManager()
+    with pytest.raises(FuseblkError) as info:
+        await dm.create("d", f"0 8 linear {img} 0")
+    assert info.value.errno == errno.EINVAL and "no valid header" in info.value.message
+    assert info.value.message.count(str(img)) == 1
+
+
 async def test_images_opened_for_a_refused_table_are_detached_again(tmp_path: Path):
     img = await make_image(tmp_path, "img", MiB, "none")
     dm = DeviceManager()
