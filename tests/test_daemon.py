@@ -214,6 +214,14 @@ def test_mount_with_a_config_file_serves_its_devices(tmp_path: Path) -> None:
             assert _read(mnt / "disk", offset, MiB) != data
 
 
+def test_umount_refuses_what_is_not_a_fuseblk_mount(tmp_path: Path) -> None:
+    result = fuseblk("umount", str(tmp_path), check=False)
+    assert result.returncode != 0 and "is not mounted" in result.stderr
+    result = fuseblk("umount", "/proc", check=False)
+    assert result.returncode != 0 and "not a fuseblk mount" in result.stderr
+    assert is_mounted(Path("/proc"))
+
+
 def test_mounting_on_a_mount_is_refused(mounted: Path) -> None:
     result = fuseblk(
         "mount", str(mounted), "--state-dir", str(mounted.parent / "other"), check=False
