@@ -324,6 +324,15 @@ def test_evict_key_with_a_key_file_of_the_wrong_size_is_a_usage_error(
     assert KEY[:40].hex() not in err
 
 
+def test_evict_key_with_a_hex_key_of_the_wrong_size_is_a_usage_error(
+    daemon: DaemonThread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--mode", "AES-256-XTS", "--key-hex", KEY[:40].hex(), "--data-unit-size", "4096"]
+    status, _, err = dm(capsys, "evict-key", "x", *args)
+    assert status == 2 and "64 raw key bytes" in err  # before the daemon is asked about 'x'
+    assert KEY[:40].hex() not in err
+
+
 def test_discard_with_size_suffixes_zeroes_the_range(
     daemon: DaemonThread, capsys: pytest.CaptureFixture[str]
 ) -> None:

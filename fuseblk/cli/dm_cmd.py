@@ -253,6 +253,11 @@ def do_evict_key(args: argparse.Namespace, client: ControlClient) -> int:
         raise UsageError(err.message) from None
     if args.key_hex is not None:
         raw = parse_key_hex(args.key_hex)
+        if len(raw) != mode.key_size:  # a usage error like a key file of the wrong size
+            raise UsageError(
+                f"--key-hex: {mode.sysfs_name} needs {mode.key_size} raw key bytes "
+                f"({2 * mode.key_size} hex digits), got {len(raw)} bytes"
+            )
     else:
         raw = read_key_file(args.key_file, mode)
     client.call(
