@@ -130,11 +130,11 @@ def _construct_line(lineno: int, fields: list[str], expected_start: int, env: Ta
     if not start_text.isdigit():
         raise TableError(lineno, "start", "a sector number", start_text)
     if int(start_text) != expected_start:
-        what = "gap" if int(start_text) > expected_start else "overlap"
+        what = "a gap" if int(start_text) > expected_start else "an overlap"
         raise TableError(
             lineno,
             "start",
-            f"sector {expected_start} (targets must cover the device contiguously; this is a {what})",
+            f"sector {expected_start} (targets must cover the device contiguously; this is {what})",
             start_text,
         )
     if not length_text.isdigit() or int(length_text) == 0:

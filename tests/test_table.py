@@ -226,3 +226,12 @@ async def test_errors_about_misplaced_keys_do_not_quote_them(text: str):
     assert KEY_HEX[:32] not in info.value.message and KEY_HEX[32:64] not in info.value.message
     assert KEY_HEX[:32] not in str(info.value) and KEY_HEX[:32] not in info.value.field
     assert "hex digits" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("text", "what"), [("0 8 zero\n16 8 zero", "a gap"), ("0 8 zero\n4 8 zero", "an overlap")]
+)
+async def test_misplaced_start_says_whether_it_is_a_gap_or_an_overlap(text: str, what: str):
+    with pytest.raises(TableError) as info:
+        await Table.parse(text, ENV)
+    assert f"this is {what})" in info.value.message
