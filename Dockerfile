@@ -1,7 +1,7 @@
 # Runs fuseblk's integration suite (real FUSE mounts, loop devices, ext4, fio) in a container.
 #
 #   docker build --network host -t fuseblk .
-#   docker run --rm --network none --device /dev/fuse --cap-add SYS_ADMIN \
+#   docker run --rm --init --network none --device /dev/fuse --cap-add SYS_ADMIN \
 #       --device /dev/loop-control --device /dev/loop0 --device /dev/loop1 fuseblk
 #
 # Two stages so that the compiler, the headers and any build-only trust anchors never reach the
@@ -30,7 +30,9 @@ RUN mkdir -p fuseblk backends && touch fuseblk/__init__.py \
     && rm -rf fuseblk backends build ./*.egg-info
 COPY backends backends
 COPY fuseblk fuseblk
-RUN PIP_CERT=/etc/pip-ca.pem /opt/venv/bin/pip install -q --no-cache-dir --no-deps . \
+# Editable, like tools/setup.sh: the final stage puts the same sources at /src, so the package
+# and the tests see one source tree (backends/ included).
+RUN PIP_CERT=/etc/pip-ca.pem /opt/venv/bin/pip install -q --no-cache-dir --no-deps -e . \
     && /opt/venv/bin/python -c "import fuseblk, pyfuse3"
 
 FROM debian:bookworm-slim

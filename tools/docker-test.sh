@@ -67,7 +67,8 @@ stage "run the suite in $IMAGE"
 # A hung test must not hang CI: the client is timed out and the container removed with it.
 trap 'docker rm -f "$CONTAINER" >/dev/null 2>&1 || true' EXIT
 status=0
-timeout "$RUN_TIMEOUT" docker run --rm --name "$CONTAINER" --network none --cap-add SYS_ADMIN \
+# --init: daemons that fork and outlive their parent need a PID 1 that reaps them.
+timeout "$RUN_TIMEOUT" docker run --rm --init --name "$CONTAINER" --network none --cap-add SYS_ADMIN \
     "${device_args[@]}" "$IMAGE" "$@" || status=$?
 [ "$status" = 124 ] && echo "container run timed out after ${RUN_TIMEOUT}s" >&2
 stage "container exited with $status"
