@@ -29,13 +29,12 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pyfuse3
 import trio
 
 from fuseblk.errors import FuseblkError
-from fuseblk.fuse_ops import DeviceFiles
+from fuseblk.fuse_ops import DeviceFiles, ServedManager
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +140,7 @@ async def _run_fuse(session: _Session, settings: MountSettings) -> None:
 
 
 async def _start_control(
-    nursery: trio.Nursery, manager: Any, mountpoint: Path, session: _Session
+    nursery: trio.Nursery, manager: ServedManager, mountpoint: Path, session: _Session
 ) -> None:
     try:
         from fuseblk.control import serve_control, socket_path_for
@@ -161,7 +160,7 @@ async def _start_control(
 
 
 async def serve(
-    manager: Any,
+    manager: ServedManager,
     settings: MountSettings,
     *,
     on_ready: Callable[[], object] | None = None,
@@ -221,13 +220,13 @@ async def serve(
             _current = None
 
 
-async def _close_manager(manager: Any) -> None:
+async def _close_manager(manager: ServedManager) -> None:
     """Flush and close every device and backend; failures are logged, never hide the unmount."""
-    for step in ("flush_all", "close"):
+    for step in (manager.flush_all, manager.close):
         try:
-            await getattr(manager, step)()
+            await step()
         except Exception:
-            log.exception("shutdown: %s failed", step)
+            log.exception("shutdown: %s failed", step.__name__)
 
 
 # -- the daemon process ------------------------------------------------------------------------
@@ -256,7 +255,7 @@ def tune_malloc() -> None:
     mallopt(_M_MMAP_THRESHOLD, _HEAP_ALLOC_BELOW)
 
 
-def run_foreground(build: Callable[[], Awaitable[Any]], settings: MountSettings) -> int:
+def run_foreground(build: Callable[[], Awaitable[ServedManager]], settings: MountSettings) -> int:
     """Build the devices and serve in this process until shut down."""
     check_mountpoint(settings.mountpoint)
     tune_malloc()
@@ -270,7 +269,7 @@ def run_foreground(build: Callable[[], Awaitable[Any]], settings: MountSettings)
 
 
 def run_daemon(
-    build: Callable[[], Awaitable[Any]],
+    build: Callable[[], Awaitable[ServedManager]],
     settings: MountSettings,
     *,
     setup_child: Callable[[], None] | None = None,
@@ -323,7 +322,7 @@ class _ReadyPipe:
 
 
 def _child_main(
-    build: Callable[[], Awaitable[Any]], settings: MountSettings, pipe: _ReadyPipe
+    build: Callable[[], Awaitable[ServedManager]], settings: MountSettings, pipe: _ReadyPipe
 ) -> int:
     async def main() -> None:
         manager = await build()

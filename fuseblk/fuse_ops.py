@@ -50,6 +50,14 @@ class DeviceSource(Protocol):
     def get(self, name: str) -> BlockDevice: ...
 
 
+class ServedManager(DeviceSource, Protocol):
+    """What the daemon needs on top: flushing and closing everything at shutdown."""
+
+    async def flush_all(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 def _fuse_errors(op: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     """The FUSE boundary: FuseblkError → FUSEError(errno); a bug → EIO and a log line.
 
