@@ -125,7 +125,8 @@ def request_shutdown(reason: str = "requested") -> None:
 
 
 async def _watch_signals(session: _Session) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    # SIGHUP too: a foreground daemon whose terminal closes must not leave a stale mount.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("received %s: shutting down", signal.Signals(signum).name)
             session.request_shutdown(signal.Signals(signum).name)
