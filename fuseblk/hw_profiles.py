@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fuseblk.capabilities import CryptoCapabilities, dus_mask
+from fuseblk.dun import DUN_MAX_BYTES
 from fuseblk.errors import FuseblkError, einval
 from fuseblk.key import KeyType
 from fuseblk.modes import CryptoMode
@@ -74,6 +75,10 @@ class HardwareProfile:
             raise einval("hardware kind 'direct' has no keyslots")
         if self.kind is HardwareKind.KEYSLOTS and not 1 <= self.num_slots <= MAX_KEYSLOTS:
             raise einval(f"keyslot count must be 1..{MAX_KEYSLOTS}, got {self.num_slots}")
+        dun = self.caps.max_dun_bytes
+        if self.kind is not HardwareKind.NONE and not 1 <= dun <= DUN_MAX_BYTES:
+            # a DUN is at most BLK_CRYPTO_MAX_IV_SIZE bytes; 0 would support no key at all
+            raise einval(f"max_dun_bytes must be 1..{DUN_MAX_BYTES}, got {dun}")
 
     @classmethod
     def none(cls) -> HardwareProfile:
@@ -198,6 +203,8 @@ def build_profile(
     mode_masks = dict(caps.modes)
     if modes:
         mode_masks = dict(parse_mode_spec(spec) for spec in modes)
+    if max_dun_bytes is not None and not 1 <= max_dun_bytes <= DUN_MAX_BYTES:
+        raise einval(f"max_dun_bytes must be 1..{DUN_MAX_BYTES}, got {max_dun_bytes}")
     dun = max_dun_bytes if max_dun_bytes is not None else caps.max_dun_bytes
     if mode_masks and not dun:
         dun = max(mode.iv_size for mode in mode_masks)

@@ -14,6 +14,7 @@ from fuseblk.hw_profiles import (
     available_profiles,
     build_profile,
     load_profile,
+    parse_profile,
     profile_dirs,
 )
 from fuseblk.key import KeyType
@@ -156,3 +157,12 @@ def test_flags_that_contradict_the_kind_are_einval() -> None:
         build_profile(load_profile("ufs"), kind="direct", keyslots=4)
     with pytest.raises(FuseblkError, match="kind 'none' has no inline encryption"):
         build_profile(kind="none", modes=["aes-256-xts:512"])
+
+
+@pytest.mark.parametrize("dun", [0, -1, 33, 40, 300])
+def test_max_dun_bytes_outside_1_to_32_is_einval(dun: int) -> None:
+    # a DUN is at most BLK_CRYPTO_MAX_IV_SIZE (32) bytes; 0 would support no key at all
+    with pytest.raises(FuseblkError, match="max_dun_bytes must be 1..32"):
+        build_profile(load_profile("ufs"), max_dun_bytes=dun)
+    with pytest.raises(FuseblkError, match="max_dun_bytes must be 1..32"):
+        parse_profile({"kind": "direct", "max_dun_bytes": dun, "modes": {"AES-256-XTS": [4096]}})
