@@ -90,6 +90,19 @@ def test_stats_of_one_device(daemon: DaemonThread, capsys: pytest.CaptureFixture
     assert list(json.loads(capsys.readouterr().out)["devices"]) == ["secure"]
 
 
+def test_stats_of_one_backend_and_the_help_says_so(
+    daemon: DaemonThread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _io_through_secure(daemon)
+    capsys.readouterr()
+    assert main(["stats", "inline", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert list(result["backends"]) == ["inline"] and result["devices"] == {}
+    with pytest.raises(SystemExit):
+        main(["stats", "--help"])
+    assert "only this mapped device or backend" in " ".join(capsys.readouterr().out.split())
+
+
 def test_stats_of_an_unknown_device_exits_1(daemon: DaemonThread, rundir: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "fuseblk", "stats", "nope"],

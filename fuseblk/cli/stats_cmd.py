@@ -26,7 +26,10 @@ def add_parser(subparsers: Any) -> None:
     )
     p.set_defaults(func=run)
     p.add_argument(
-        "dev", nargs="?", metavar="DEV", help="only this mapped device (and what is below it)"
+        "dev",
+        nargs="?",
+        metavar="DEV",
+        help="only this mapped device or backend (not those below it)",
     )
 
 
