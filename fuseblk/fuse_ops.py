@@ -332,8 +332,8 @@ class DeviceFiles(pyfuse3.Operations):
         if inode == pyfuse3.ROOT_INODE:
             raise FuseblkError(errno.EISDIR, "is a directory")
         entry = self._entry(inode)
-        if flags & os.O_TRUNC:
-            raise FuseblkError(errno.EPERM, f"{entry.name}: cannot truncate a device")
+        # O_TRUNC is ignored, as opening a block device with it is (`dd of=DEV` passes it); only
+        # an explicit truncate to another size is refused (setattr).
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = entry

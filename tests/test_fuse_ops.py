@@ -124,8 +124,17 @@ def test_truncate_to_another_size_is_eperm_and_same_size_is_allowed(mnt: Path) -
     with pytest.raises(PermissionError):
         os.truncate(mnt / "small", 512)
     os.truncate(mnt / "small", 64 * 1024)
-    with pytest.raises(PermissionError):
-        open(mnt / "small", "wb").close()  # O_TRUNC
+
+
+def test_open_with_o_trunc_is_ignored_as_on_a_block_device(mnt: Path) -> None:
+    """`dd of=DEV` opens with O_TRUNC; a block device ignores it, and so do we."""
+    data = os.urandom(4096)
+    (mnt / "small").write_bytes(data)  # opens with O_TRUNC, then writes
+    assert os.stat(mnt / "small").st_size == 64 * 1024
+    with open(mnt / "small", "r+b") as f:
+        assert f.read(4096) == data
+    open(mnt / "small", "wb").close()
+    assert (mnt / "small").read_bytes()[:4096] == data
 
 
 def test_create_unlink_mkdir_rename_are_eperm(mnt: Path) -> None:
