@@ -25,9 +25,6 @@ import pytest
 
 FUSEBLK = (sys.executable, "-m", "fuseblk")
 MiB = 1 << 20
-# The built-in default setup (docs/architecture.md, "Built-in default setup").
-SECURE_INLINE_BYTES = 768 * MiB  # secure's first 768 MiB lie on inline.img, served inline
-PLAIN_SIZE = 768 * MiB
 
 
 def run(
