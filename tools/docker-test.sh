@@ -56,13 +56,21 @@ stage "base image"
 bash tools/docker-base.sh
 stage "build $IMAGE"
 # The legacy builder is all a 20.10 engine without buildx offers; it handles this Dockerfile.
-build_log=$(mktemp)
-if ! DOCKER_BUILDKIT=0 docker build --network host "${build_args[@]}" -t "$IMAGE" . >"$build_log" 2>&1; then
-    grep -v -e '^ ---> ' -e '^Removing intermediate' "$build_log" | tail -n 40 >&2
-    rm -f "$build_log"
-    exit 1
-fi
-rm -f "$build_log"
+build() {
+    local log
+    log=$(mktemp)
+    if ! DOCKER_BUILDKIT=0 docker build --network host "${build_args[@]}" "$@" . >"$log" 2>&1; then
+        grep -v -e '^ ---> ' -e '^Removing intermediate' "$log" | tail -n 40 >&2
+        rm -f "$log"
+        exit 1
+    fi
+    rm -f "$log"
+}
+# The build stage gets a tag too: it is the layer cache of the next build (compiled
+# dependencies), and tagged it survives the pruning of the untagged images older builds left.
+build --target build -t "$IMAGE-build"
+build -t "$IMAGE"
+docker image prune -f >/dev/null
 stage "run the suite in $IMAGE"
 # A hung test must not hang CI: the client is timed out and the container removed with it.
 trap 'docker rm -f "$CONTAINER" >/dev/null 2>&1 || true' EXIT
