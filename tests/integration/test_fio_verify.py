@@ -65,6 +65,27 @@ def test_secure_first_region_is_encrypted_by_the_inline_hardware(fio_setup: Fuse
     assert fallback_counters(after) == fallback_counters(before)
 
 
+def test_fio_across_secure_inline_to_fallback_boundary_uses_both_paths(
+    fio_setup: FuseblkMount,
+) -> None:
+    """secure's bytes from 768 MiB on lie on legacy.img, which has no inline encryption: writes
+    there go through the fallback, writes before it through the hardware, and a 1 MiB write
+    across the point is split between the two. Everything reads back verified."""
+    m = fio_setup
+    secure = m.dev("secure")
+    start = 768 * MiB - 2 * JOB_SIZE  # jobs 0 and 1 end before 768 MiB, jobs 2 and 3 after it
+    before = m.stats()
+    aligned = check_fio(run(fio_command(secure, rw="write", size=JOB_SIZE, offset=start, bs="1M")))
+    after = m.stats()
+    assert inline_counters(after)[1] - inline_counters(before)[1] >= 2 * JOB_SIZE
+    assert fallback_counters(after)[1] - fallback_counters(before)[1] >= 2 * JOB_SIZE
+    assert fio_bytes(aligned, "write") == 4 * JOB_SIZE
+
+    # Shifted by half a MiB, job 1's last write spans [767.5 MiB, 768.5 MiB).
+    shifted = fio_command(secure, rw="write", size=JOB_SIZE, offset=start + MiB // 2, bs="1M")
+    assert fio_bytes(check_fio(run(shifted)), "write") == 4 * JOB_SIZE
+
+
 @pytest.mark.parametrize(
     ("cipher", "key_bytes"),
     [("xchacha12,aes-adiantum-plain64", 32), ("aes-xts-plain64", 64)],

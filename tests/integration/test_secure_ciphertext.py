@@ -18,6 +18,7 @@ pytestmark = pytest.mark.integration
 
 SIZE = 8 * MiB
 UNIT = 4096
+INLINE_PART = 768 * MiB  # base = inline.img [0, 768 MiB) then legacy.img [0, 256 MiB)
 
 
 def xts_reference(key: bytes, plaintext: bytes, first_dun: int) -> bytes:
@@ -82,6 +83,41 @@ def test_dd_to_secure_reads_back_and_lands_as_xts_ciphertext_on_inline_img(
         input=plaintext,
     ).stdout
     assert via_cli == on_disk
+
+
+def test_ciphertext_is_the_same_whether_hardware_or_fallback_encrypted_it(
+    default_setup: FuseblkMount, tmp_path: os.PathLike[str]
+) -> None:
+    """One write across secure's 768 MiB point: inline.img's hardware encrypts the first half,
+    the fallback the second (legacy.img has no inline encryption); both are the same XTS."""
+    m = default_setup
+    half = 2 * MiB
+    plaintext = os.urandom(2 * half)
+    plain_file = os.path.join(tmp_path, "plain.bin")
+    with open(plain_file, "wb") as f:
+        f.write(plaintext)
+    seek = f"seek={(INLINE_PART - half) // MiB}"
+    run(
+        [
+            "dd",
+            f"if={plain_file}",
+            f"of={m.dev('secure')}",
+            "bs=1M",
+            seek,
+            "oflag=direct",
+            "conv=notrunc,fsync",
+        ]
+    )
+    m.umount()
+
+    key = m.key_file.read_bytes()
+    expected = xts_reference(key, plaintext, first_dun=(INLINE_PART - half) // UNIT)
+    with open(m.image("inline.img"), "rb") as f:
+        f.seek(data_offset(m.image("inline.img")) + INLINE_PART - half)
+        assert f.read(half) == expected[:half]
+    with open(m.image("legacy.img"), "rb") as f:
+        f.seek(data_offset(m.image("legacy.img")))
+        assert f.read(half) == expected[half:]
 
 
 def test_secure_key_is_made_once_and_private(default_setup: FuseblkMount) -> None:
