@@ -45,6 +45,9 @@ build_args=(--build-arg "EXTRA_CA_CERTS=$(extra_ca_certs)")
 
 device_args=(--device /dev/fuse)
 if [ -e /dev/loop-control ]; then
+    # `losetup --find` makes the kernel create a free loop device when all are busy, so the
+    # container gets at least one free node (it cannot see nodes created after it starts).
+    losetup --find >/dev/null 2>&1 || true
     device_args+=(--device /dev/loop-control)
     for dev in /dev/loop[0-9]*; do
         [ -b "$dev" ] && device_args+=(--device "$dev")
