@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE="${FUSEBLK_IMAGE:-fuseblk}"
-RUN_TIMEOUT="${FUSEBLK_DOCKER_TIMEOUT:-900}"  # seconds for the container run; then it is killed
+RUN_TIMEOUT="${FUSEBLK_DOCKER_TIMEOUT:-600}"  # seconds for the container run; then it is killed
 CONTAINER="fuseblk-test-$$"
 
 stage() { printf '[docker-test] %s: %s\n' "$(date -u +%H:%M:%S)" "$*"; }
