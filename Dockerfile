@@ -44,5 +44,6 @@ COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY . .
-# The integration suite; `docker run ... fuseblk pytest -q tests` runs the unit tests as well.
-CMD ["pytest", "-q", "-p", "no:cacheprovider", "-m", "integration", "tests/integration"]
+# Every test that drives a real mount (tests/integration and the daemon/FUSE tests marked
+# `integration`); `docker run ... fuseblk pytest -q tests` runs the unit tests as well.
+CMD ["pytest", "-q", "-p", "no:cacheprovider", "-m", "integration", "tests"]
