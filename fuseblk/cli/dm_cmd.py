@@ -17,6 +17,7 @@ from fuseblk import SECTOR_SIZE
 from fuseblk.cli import output
 from fuseblk.control_client import ControlClient
 from fuseblk.errors import FuseblkError
+from fuseblk.keyfile import KeyFileError, read_key_file
 from fuseblk.modes import CryptoMode
 from fuseblk.sizes import parse_size
 
@@ -259,7 +260,10 @@ def do_evict_key(args: argparse.Namespace, client: ControlClient) -> int:
                 f"({2 * mode.key_size} hex digits), got {len(raw)} bytes"
             )
     else:
-        raw = read_key_file(args.key_file, mode)
+        try:
+            raw = read_key_file(args.key_file, mode.key_size, mode.sysfs_name)
+        except KeyFileError as err:
+            raise UsageError(err.message) from None
     client.call(
         "evict_key",
         name=args.name,
@@ -276,26 +280,6 @@ def parse_key_hex(text: str) -> bytes:
         return bytes.fromhex(text.strip())
     except ValueError:
         raise UsageError("--key-hex: not a hexadecimal string") from None
-
-
-def read_key_file(path: str, mode: CryptoMode) -> bytes:
-    """The key in ``path``: its raw bytes, or exactly their hex (optionally newline-terminated)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(4 * mode.key_size + 2)
-    except OSError as exc:
-        raise FuseblkError(exc.errno or errno.EIO, f"{path}: {exc.strerror}") from None
-    if len(data) == mode.key_size:
-        return data
-    text = data[:-1] if data.endswith(b"\n") else data
-    if len(text) == 2 * mode.key_size:
-        try:
-            return bytes.fromhex(text.decode("ascii"))
-        except (UnicodeDecodeError, ValueError):
-            pass
-    raise UsageError(
-        f"{path}: {mode.sysfs_name} needs {mode.key_size} raw key bytes or {2 * mode.key_size} hex digits"
-    )
 
 
 def do_discard(args: argparse.Namespace, client: ControlClient) -> int:
