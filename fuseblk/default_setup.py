@@ -16,13 +16,12 @@ the images are created and the devices built by the same code as for a config fi
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 
 from fuseblk import SECTOR_SIZE
 from fuseblk.config import BackendSpec, Config, ConfigOptions, DeviceSpec
-from fuseblk.errors import FuseblkError
+from fuseblk.keyfile import read_key_file
 
 MiB = 1 << 20
 IMAGE_SIZE = 1024 * MiB
@@ -41,34 +40,18 @@ def default_state_dir() -> Path:
 def ensure_key(path: Path) -> bytes:
     """The key in ``path``, made once (64 random bytes, 0600, never overwritten).
 
-    Raw bytes, or exactly the hex of 64 bytes (newline allowed), as every key file is read.
+    Read as every key file is (fuseblk.keyfile), so it may be replaced by one holding the hex.
     """
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return _read_key(path)
+        return read_key_file(path, KEY_SIZE, "AES-256-XTS")
     try:
         os.write(fd, os.urandom(KEY_SIZE))
         os.fsync(fd)
     finally:
         os.close(fd)
-    return _read_key(path)
-
-
-def _read_key(path: Path) -> bytes:
-    data = path.read_bytes()
-    if len(data) == KEY_SIZE:
-        return data
-    text = data.strip()
-    if len(text) == 2 * KEY_SIZE:
-        try:
-            return bytes.fromhex(text.decode("ascii"))
-        except (UnicodeDecodeError, ValueError):
-            pass
-    raise FuseblkError(
-        errno.EINVAL,
-        f"{path}: expected a {KEY_SIZE}-byte key (raw, or as hex), got {len(data)} bytes",
-    )
+    return read_key_file(path, KEY_SIZE, "AES-256-XTS")
 
 
 def default_config(state_dir: Path | None = None) -> Config:
