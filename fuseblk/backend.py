@@ -31,6 +31,7 @@ import errno
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -225,8 +226,12 @@ class Backend:
             counters.add("errors")
             raise
 
-    def _check_range(self, bio: Bio) -> None:
+    def _check_attached(self) -> None:
         if self._closed:
+            raise FuseblkError(errno.EIO, f"{self._name}: image is detached")
+
+    def _check_range(self, bio: Bio) -> None:
+        if self._closed:  # _check_attached inlined: this runs for every bio
             raise FuseblkError(errno.EIO, f"{self._name}: image is detached")
         if bio.offset % SECTOR_SIZE or bio.length % SECTOR_SIZE or bio.offset < 0:
             raise FuseblkError(
@@ -241,8 +246,9 @@ class Backend:
                 f"({bio.op.value} {bio.offset}+{bio.length} > {self._size})",
             )
 
-    async def _get_keyslot(self, bio: Bio) -> tuple[CryptoProfile, Keyslot | None]:
-        """The profile and a slot for ``bio``'s key (None for a direct engine), or EIO/EINVAL.
+    async def _get_keyslot(self, bio: Bio) -> tuple[CryptoProfile, Keyslot | None, DataUnitCipher]:
+        """The profile, a slot for ``bio``'s key (None for a direct engine) and the cipher to
+        use, or EIO/EINVAL. The caller puts the slot back once the request is done.
 
         The profile checks support itself (EOPNOTSUPP); checking again here would double the
         cost of the capability lookup on the hot path, so its refusal is translated instead.
@@ -254,11 +260,12 @@ class Backend:
             raise self._unsupported(bio)
         ctx.check_aligned(0, bio.length)
         try:
-            return profile, await profile.get_keyslot(ctx.key)
+            slot = await profile.get_keyslot(ctx.key)
         except FuseblkError as err:
             if err.errno == errno.EOPNOTSUPP:
                 raise self._unsupported(bio) from None
             raise
+        return profile, slot, slot.cipher if slot is not None else self._direct_cipher(ctx.key)
 
     def _unsupported(self, bio: Bio) -> FuseblkError:
         """A context this engine cannot serve got here: blk-crypto should have fallen back above."""
@@ -278,15 +285,14 @@ class Backend:
         assert bio.buf is not None
         ctx = bio.crypt_ctx
         if ctx is None:
-            await self._pwrite(bio.buf, bio.offset)
+            await self._do_io(self._pwrite_sync, bio.buf, bio.offset)
             return
-        profile, slot = await self._get_keyslot(bio)
+        profile, slot, cipher = await self._get_keyslot(bio)
         try:  # the slot stays in use while the request is in flight, as in hardware
-            cipher = slot.cipher if slot is not None else self._direct_cipher(ctx.key)
             data = cipher.encrypt(bio.buf, ctx.dun_int)
             self.counters.add("inline_bios")
             self.counters.add("inline_bytes", bio.length)
-            await self._pwrite(memoryview(data), bio.offset)
+            await self._do_io(self._pwrite_sync, memoryview(data), bio.offset)
         finally:
             profile.put_keyslot(slot)
 
@@ -294,29 +300,25 @@ class Backend:
         assert bio.buf is not None
         ctx = bio.crypt_ctx
         if ctx is None:
-            await self._pread(bio.buf, bio.offset)
+            await self._do_io(self._pread_sync, bio.buf, bio.offset)
             return
-        profile, slot = await self._get_keyslot(bio)
+        profile, slot, cipher = await self._get_keyslot(bio)
         try:
-            await self._pread(bio.buf, bio.offset)
-            cipher = slot.cipher if slot is not None else self._direct_cipher(ctx.key)
+            await self._do_io(self._pread_sync, bio.buf, bio.offset)
             cipher.decrypt_into(bio.buf, ctx.dun_int)
             self.counters.add("inline_bios")
             self.counters.add("inline_bytes", bio.length)
         finally:
             profile.put_keyslot(slot)
 
-    async def _pread(self, buf: memoryview, offset: int) -> None:
+    async def _do_io(
+        self, io: Callable[[memoryview, int], None], buf: memoryview, offset: int
+    ) -> None:
+        """Small I/O inline on the trio thread, large I/O in a worker thread (INLINE_IO_MAX)."""
         if len(buf) <= INLINE_IO_MAX:
-            self._pread_sync(buf, offset)
+            io(buf, offset)
         else:
-            await trio.to_thread.run_sync(self._pread_sync, buf, offset)
-
-    async def _pwrite(self, buf: memoryview, offset: int) -> None:
-        if len(buf) <= INLINE_IO_MAX:
-            self._pwrite_sync(buf, offset)
-        else:
-            await trio.to_thread.run_sync(self._pwrite_sync, buf, offset)
+            await trio.to_thread.run_sync(io, buf, offset)
 
     def _pread_sync(self, buf: memoryview, offset: int) -> None:
         pos = self._data_offset + offset
@@ -369,8 +371,7 @@ class Backend:
 
     async def program_key(self, key: BlkCryptoKey, slot: int) -> None:
         """Nothing to do in the image: the profile expands the key; the table is written on flush."""
-        if self._closed:
-            raise FuseblkError(errno.EIO, f"{self._name}: image is detached")
+        self._check_attached()
 
     async def evict_key(self, key: BlkCryptoKey, slot: int | None) -> None:
         """For a direct engine (``slot is None``) forget the expanded key."""
@@ -381,8 +382,7 @@ class Backend:
 
     async def flush(self) -> None:
         """Make written data durable, then record the keyslot table if it changed."""
-        if self._closed:
-            raise FuseblkError(errno.EIO, f"{self._name}: image is detached")
+        self._check_attached()
         await self._sync()
         await self._update_header(clean_shutdown=False)
 
