@@ -17,6 +17,13 @@ from fuseblk.modes import CryptoMode
 Buffer = bytes | bytearray | memoryview
 
 
+def byte_view(data: Buffer) -> memoryview:
+    """``data`` as a flat view of bytes, so that offsets and lengths count bytes whatever the
+    caller's buffer format (a bio's memoryview may have been cast)."""
+    view = memoryview(data)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
 class DataUnitCipher(Protocol):
     data_unit_size: int
 

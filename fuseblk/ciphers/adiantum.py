@@ -24,7 +24,7 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
-from fuseblk.ciphers import Buffer, register
+from fuseblk.ciphers import Buffer, byte_view, register
 from fuseblk.ciphers.chacha import key_words, xchacha_keystream
 from fuseblk.ciphers.nh import KEY_BYTES as NH_KEY_BYTES
 from fuseblk.ciphers.nh import NhKey
@@ -185,7 +185,7 @@ class Adiantum:
         return self._run(data, dun, False)
 
     def decrypt_into(self, buf: memoryview, dun: int) -> None:
-        view = memoryview(buf).cast("B") if memoryview(buf).format != "B" else memoryview(buf)
+        view = byte_view(buf)
         view[:] = self._run(view, dun, False)
 
     def _run(self, data: Buffer, dun: int, encrypt: bool) -> bytearray:

@@ -22,7 +22,7 @@ import threading
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from fuseblk.ciphers import Buffer, register
+from fuseblk.ciphers import Buffer, byte_view, register
 from fuseblk.ciphers.ivs import dun_ivs
 from fuseblk.ciphers.workspace import scratch
 from fuseblk.errors import einval
@@ -61,7 +61,7 @@ class CbcEssiv:
         return bytes(out[:n])
 
     def encrypt(self, data: Buffer, dun: int) -> bytearray:
-        src = _bytes_view(data)
+        src = byte_view(data)
         units = self._units(len(src))
         if units == 0:
             return bytearray()
@@ -108,13 +108,13 @@ class CbcEssiv:
         return out
 
     def decrypt(self, data: Buffer, dun: int) -> bytearray:
-        src = _bytes_view(data)
+        src = byte_view(data)
         out = bytearray(len(src))
         self._decrypt(src, memoryview(out), dun)
         return out
 
     def decrypt_into(self, buf: memoryview, dun: int) -> None:
-        view = _bytes_view(buf)
+        view = byte_view(buf)
         self._decrypt(view, view, dun)
 
     def _units(self, nbytes: int) -> int:
@@ -139,11 +139,6 @@ class CbcEssiv:
         # in place, dst is src: numpy buffers overlapping operands, and block 0 is done last
         np.bitwise_xor(d[:, 1:], c[:, :-1], out=p[:, 1:])
         np.bitwise_xor(d[:, 0], np.frombuffer(ivs, dtype=np.uint64).reshape(units, 2), out=p[:, 0])
-
-
-def _bytes_view(data: Buffer) -> memoryview:
-    view = memoryview(data)
-    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
 @register(CryptoMode.AES_128_CBC_ESSIV)

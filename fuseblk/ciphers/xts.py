@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.ciphers import (
     modes,
 )
 
-from fuseblk.ciphers import Buffer, register
+from fuseblk.ciphers import Buffer, byte_view, register
 from fuseblk.ciphers.gf128 import xts_tweaks
 from fuseblk.ciphers.ivs import dun_ivs
 from fuseblk.ciphers.workspace import CHUNK_BYTES, scratch
@@ -84,26 +84,26 @@ class XtsCipher:
         return f"XtsCipher(dus={self.data_unit_size})"
 
     def encrypt(self, data: Buffer, dun: int) -> bytearray:
-        src = _bytes_view(data)
+        src = byte_view(data)
         out = bytearray(len(src))
         self._crypt(src, memoryview(out), dun, encrypt=True)
         return out
 
     def decrypt(self, data: Buffer, dun: int) -> bytearray:
-        src = _bytes_view(data)
+        src = byte_view(data)
         out = bytearray(len(src))
         self._crypt(src, memoryview(out), dun, encrypt=False)
         return out
 
     def decrypt_into(self, buf: memoryview, dun: int) -> None:
-        view = _bytes_view(buf)
+        view = byte_view(buf)
         self._crypt(view, view, dun, encrypt=False)
 
     def per_unit(self, data: Buffer, dun: int, encrypt: bool) -> bytearray:
         """One ``cryptography`` XTS call per data unit: the reference the bulk path must match."""
         if self._xts_alg is None:
             raise einval("no native XTS for this cipher or key")
-        src = _bytes_view(data)
+        src = byte_view(data)
         out = bytearray(len(src))
         self._per_unit(src, memoryview(out), dun, encrypt)
         return out
@@ -172,11 +172,6 @@ def _unit_start_powers(blocks: int) -> npt.NDArray[np.uint64]:
         powers = xts_tweaks(one, units * blocks)[0, ::blocks].copy()  # off the scratch space
         _POWERS[blocks] = powers
     return powers
-
-
-def _bytes_view(data: Buffer) -> memoryview:
-    view = memoryview(data)
-    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
 @register(CryptoMode.AES_256_XTS)
