@@ -58,7 +58,6 @@ class XtsCipher:
         raw: bytes,
         data_unit_size: int,
         native_xts: bool = False,
-        bulk_via_xts: bool = True,
         per_unit_max_units: int = PER_UNIT_MAX_UNITS,
     ) -> None:
         if data_unit_size <= 0 or data_unit_size % BLOCK:
@@ -76,7 +75,7 @@ class XtsCipher:
         self._xts_alg = algorithm(raw) if native_xts and k1 != k2 else None
         # the IV whose first XTS tweak is 1: E_K2(IV) = 1, so the tweak of block k is α^k
         self._long_iv: bytes | None = None
-        if self._xts_alg is not None and bulk_via_xts:
+        if self._xts_alg is not None:
             k2_dec = Cipher(algorithm(k2), modes.ECB()).decryptor()
             self._long_iv = k2_dec.update((1).to_bytes(BLOCK, "little")) + k2_dec.finalize()
 
@@ -98,15 +97,6 @@ class XtsCipher:
     def decrypt_into(self, buf: memoryview, dun: int) -> None:
         view = byte_view(buf)
         self._crypt(view, view, dun, encrypt=False)
-
-    def per_unit(self, data: Buffer, dun: int, encrypt: bool) -> bytearray:
-        """One ``cryptography`` XTS call per data unit: the reference the bulk path must match."""
-        if self._xts_alg is None:
-            raise einval("no native XTS for this cipher or key")
-        src = byte_view(data)
-        out = bytearray(len(src))
-        self._per_unit(src, memoryview(out), dun, encrypt)
-        return out
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -182,7 +172,3 @@ def aes_256_xts(key: BlkCryptoKey) -> XtsCipher:
 @register(CryptoMode.SM4_XTS)
 def sm4_xts(key: BlkCryptoKey) -> XtsCipher:
     return XtsCipher(algorithms.SM4, key.raw, key.data_unit_size)
-
-
-# Back-compat name of the first (per-unit) implementation.
-AesXts = aes_256_xts
