@@ -179,10 +179,7 @@ async def serve(
     mounted = False
     session = _Session()
     try:
-        if is_mountpoint(mountpoint):
-            raise FuseblkError(errno.EBUSY, f"{mountpoint} is already a mount point")
-        if not mountpoint.is_dir():
-            raise FuseblkError(errno.ENOTDIR, f"mount point {mountpoint} is not a directory")
+        check_mountpoint(mountpoint)  # again: the caller's check may be a fork and a build ago
         ops = DeviceFiles(manager)
         _current = session
         async with trio.open_nursery() as nursery:
@@ -260,13 +257,16 @@ def run_foreground(build: Callable[[], Awaitable[ServedManager]], settings: Moun
     """Build the devices and serve in this process until shut down."""
     check_mountpoint(settings.mountpoint)
     tune_malloc()
-
-    async def main() -> None:
-        manager = await build()
-        await serve(manager, settings)
-
-    trio.run(main)
+    trio.run(_build_and_serve, build, settings, None)
     return 0
+
+
+async def _build_and_serve(
+    build: Callable[[], Awaitable[ServedManager]],
+    settings: MountSettings,
+    on_ready: Callable[[], object] | None,
+) -> None:
+    await serve(await build(), settings, on_ready=on_ready)
 
 
 def run_daemon(
@@ -325,12 +325,8 @@ class _ReadyPipe:
 def _child_main(
     build: Callable[[], Awaitable[ServedManager]], settings: MountSettings, pipe: _ReadyPipe
 ) -> int:
-    async def main() -> None:
-        manager = await build()
-        await serve(manager, settings, on_ready=lambda: pipe.send("mounted"))
-
     try:
-        trio.run(main)
+        trio.run(_build_and_serve, build, settings, lambda: pipe.send("mounted"))
     except FuseblkError as err:
         log.error("%s", err.message)
         pipe.send(f"error {err.errno} {err.message}")
