@@ -120,13 +120,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _unlink(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-
-
 def find_daemons() -> list[DaemonInfo]:
     """Live daemons of this user, by mountpoint; records of dead ones are removed on the way."""
     directory = runtime_dir()
@@ -142,8 +135,8 @@ def find_daemons() -> list[DaemonInfo]:
             found.append(info)
             continue
         log.info("removing stale control record %s", record)
-        _unlink(record)
-        _unlink(record.with_suffix(".sock"))
+        record.unlink(missing_ok=True)
+        record.with_suffix(".sock").unlink(missing_ok=True)
     return sorted(found, key=lambda d: (d.mountpoint or "", str(d.socket)))
 
 
@@ -384,7 +377,7 @@ async def _bind(socket_path: Path) -> trio.socket.SocketType:
     if socket_path.exists() or socket_path.is_symlink():
         if await _answers(socket_path):
             raise FuseblkError(errno.EADDRINUSE, f"another fuseblk daemon serves {socket_path}")
-        _unlink(socket_path)  # left behind by a daemon that died
+        socket_path.unlink(missing_ok=True)  # left behind by a daemon that died
     sock = trio.socket.socket(_stdsocket.AF_UNIX, _stdsocket.SOCK_STREAM)
     try:
         old_umask = os.umask(0o177)  # never a moment with a wider mode
@@ -448,8 +441,8 @@ async def serve_control(
     finally:
         sock.close()  # no await here: this runs while being cancelled
         if _owns(record):
-            _unlink(record)
-            _unlink(socket_path)
+            record.unlink(missing_ok=True)
+            socket_path.unlink(missing_ok=True)
 
 
 def _owns(record: Path) -> bool:
