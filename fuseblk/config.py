@@ -101,6 +101,12 @@ class Config:
 # -- reading ------------------------------------------------------------------------------------
 
 
+def _located(source: str, line: int, keypath: str, err_no: int, message: str) -> FuseblkError:
+    """An error as ``file:line: keypath: message``, the form every config error takes."""
+    prefix = f"{source}:{line}" if line else source
+    return FuseblkError(err_no, f"{prefix}: {keypath}: {message}")
+
+
 class _Locator:
     """Line numbers for keys: tomllib gives none, so find ``[a.b]`` headers and ``key =`` lines."""
 
@@ -132,8 +138,7 @@ class _Reader:
         self.where = _Locator(text)
 
     def error(self, line: int, keypath: str, message: str) -> FuseblkError:
-        prefix = f"{self.source}:{line}" if line else self.source
-        return FuseblkError(errno.EINVAL, f"{prefix}: {keypath}: {message}")
+        return _located(self.source, line, keypath, errno.EINVAL, message)
 
     def table(self, data: dict[str, Any], path: tuple[str, ...], known: set[str]) -> None:
         if not isinstance(data, dict):
@@ -323,8 +328,7 @@ async def build_devices(config: Config) -> DeviceManager:
     manager = DeviceManager()
 
     def error(line: int, keypath: str, err: FuseblkError) -> FuseblkError:
-        prefix = f"{config.source}:{line}" if line else config.source
-        return FuseblkError(err.errno, f"{prefix}: {keypath}: {err.message}")
+        return _located(config.source, line, keypath, err.errno, err.message)
 
     try:
         for spec in config.backends:
