@@ -21,6 +21,7 @@ from fuseblk.ciphers import DataUnitCipher, get_cipher
 from fuseblk.dun import DUN_MAX_BYTES, dun_bytes_needed
 from fuseblk.errors import einval
 from fuseblk.key import BlkCryptoKey
+from fuseblk.keyfile import read_key_file
 from fuseblk.modes import CryptoMode
 
 STREAM_BYTES = 1 << 20  # per read; rounded to whole data units
@@ -96,28 +97,21 @@ def stream(
 
 
 def load_key(mode: CryptoMode, key_hex: str | None = None, key_file: str | None = None) -> bytes:
-    """The raw key from --key-hex or --key-file (raw bytes, or exactly its hex), sized for ``mode``.
+    """The raw key from --key-hex, or from --key-file as every command reads key files
+    (:mod:`fuseblk.keyfile`), sized for ``mode``.
 
     Errors say what is wrong with the key's shape, never what it holds.
     """
     if key_hex is not None:
         raw = _from_hex(key_hex.strip(), "--key-hex")
-    elif key_file is not None:
-        try:
-            with open(key_file, "rb") as f:
-                content = f.read(4 * mode.key_size + 3)
-        except OSError as exc:
-            raise einval(f"cannot read key file {key_file}: {exc.strerror}") from None
-        text = content.rstrip(b"\r\n")
-        if len(content) != mode.key_size and len(text) == 2 * mode.key_size:
-            raw = _from_hex(text.decode("ascii", errors="replace"), "key file")
-        else:
-            raw = content
-    else:
-        raise einval("a key is needed: --key-hex or --key-file")
-    if len(raw) != mode.key_size:
-        raise einval(f"{mode.sysfs_name} needs a {mode.key_size}-byte key, got {len(raw)} bytes")
-    return raw
+        if len(raw) != mode.key_size:
+            raise einval(
+                f"{mode.sysfs_name} needs a {mode.key_size}-byte key, got {len(raw)} bytes"
+            )
+        return raw
+    if key_file is not None:
+        return read_key_file(key_file, mode.key_size, mode.sysfs_name)
+    raise einval("a key is needed: --key-hex or --key-file")
 
 
 def parse_number(text: str, what: str) -> int:
