@@ -18,7 +18,7 @@ import sys
 from typing import BinaryIO
 
 from fuseblk.ciphers import DataUnitCipher, get_cipher
-from fuseblk.dun import DUN_MAX_BYTES, dun_bytes_needed
+from fuseblk.dun import dun_bytes_needed
 from fuseblk.errors import einval
 from fuseblk.key import BlkCryptoKey
 from fuseblk.keyfile import read_key_file
@@ -153,6 +153,5 @@ def _check_dun_range(dun: int, units: int, key: BlkCryptoKey) -> None:
     if units == 0:
         return
     last = dun + units - 1
-    width = min(key.dun_bytes, DUN_MAX_BYTES)
-    if dun_bytes_needed(last) > width:
-        raise einval(f"DUN {last:#x} does not fit in the key's {width}-byte DUN width")
+    if dun_bytes_needed(last) > key.dun_bytes:
+        raise einval(f"DUN {last:#x} does not fit in the key's {key.dun_bytes}-byte DUN width")
