@@ -73,78 +73,31 @@ def ls_lines(entries: Sequence[Mapping[str, Any]]) -> list[str]:
 # --- dmsetup info ------------------------------------------------------------------------------
 
 
-def _first(info: Mapping[str, Any], *keys: str) -> Any:
-    for key in keys:
-        if key in info and info[key] is not None:
-            return info[key]
-    return None
-
-
-def _describe_caps(caps: Any) -> str:
-    """Capabilities as ``CryptoCapabilities.describe`` words, from their JSON or text form."""
-    if caps is None:
+def _describe_caps(caps: Mapping[str, Any] | None) -> str:
+    """The ``crypto`` object in ``CryptoCapabilities.describe``'s words; ``none`` without modes."""
+    modes = caps.get("modes") if caps else None
+    if not caps or not modes:
         return "none"
-    if isinstance(caps, str):
-        return caps
-    if isinstance(caps, Mapping):
-        modes = caps.get("modes") or {}
-        if not modes:
-            return "none"
-        parts = [f"{mode}:{','.join(str(d) for d in dus)}" for mode, dus in modes.items()]
-        text = " ".join(parts)
-        if "max_dun_bytes" in caps:
-            text += f" max_dun_bytes={caps['max_dun_bytes']}"
-        return text
-    return str(caps)
-
-
-def _state(info: Mapping[str, Any]) -> str:
-    state = _first(info, "state")
-    if state is None:
-        suspended = _first(info, "suspended")
-        state = "SUSPENDED" if suspended else "ACTIVE"
-    return str(state).upper()
-
-
-def _tables_present(info: Mapping[str, Any]) -> str:
-    value = _first(info, "tables_present", "tables")
-    if isinstance(value, (list, tuple)):
-        return " & ".join(str(v).upper() for v in value) or "None"
-    if value is not None:
-        return str(value)
-    live = _first(info, "live_table", "live")
-    inactive = _first(info, "inactive_table", "inactive")
-    present = [n for n, p in (("LIVE", live), ("INACTIVE", inactive)) if p]
-    return " & ".join(present) or "None"
-
-
-def _size_sectors(info: Mapping[str, Any]) -> Any:
-    sectors = _first(info, "sectors", "size_sectors")
-    if sectors is None:
-        size = _first(info, "size")
-        sectors = int(size) // SECTOR_SIZE if isinstance(size, int) else "?"
-    return sectors
+    text = " ".join(f"{mode}:{','.join(str(d) for d in dus)}" for mode, dus in modes.items())
+    return f"{text} max_dun_bytes={caps['max_dun_bytes']}"
 
 
 def info_block(info: Mapping[str, Any]) -> list[str]:
-    """One device in ``dmsetup info``'s layout, plus size, block size and inline crypto."""
-    rows: list[tuple[str, Any]] = [
-        ("Name", _first(info, "name")),
-        ("State", _state(info)),
-        ("Tables present", _tables_present(info)),
-        ("Open count", _first(info, "open_count") or 0),
-        ("Event number", _first(info, "event_nr", "event_number", "events") or 0),
-        ("Number of targets", _first(info, "num_targets", "targets")),
-        ("Size in sectors", _size_sectors(info)),
-        ("Block size", _first(info, "block_size")),
-        ("Fallback", _first(info, "fallback")),
-        (
-            "Inline crypto",
-            _describe_caps(_first(info, "crypto_capabilities", "capabilities", "crypto", "caps")),
-        ),
+    """One device (an ``info`` result, docs/control-protocol.md) in ``dmsetup info``'s layout,
+    plus size, block size and inline crypto."""
+    rows = [
+        ("Name", info["name"]),
+        ("State", info["state"]),
+        ("Tables present", " & ".join(info["tables"]) or "None"),
+        ("Open count", info["open_count"]),
+        ("Event number", info["event_nr"]),
+        ("Number of targets", info["targets"]),
+        ("Size in sectors", info["size"] // SECTOR_SIZE),
+        ("Block size", info["block_size"]),
+        ("Fallback", info["fallback"]),
+        ("Inline crypto", _describe_caps(info["crypto"])),
     ]
-    shown = [(label, value) for label, value in rows if value is not None]
-    return [f"{label + ':':<19}{value}" for label, value in shown]
+    return [f"{label + ':':<19}{value}" for label, value in rows]
 
 
 def info_lines(infos: Sequence[Mapping[str, Any]]) -> list[str]:
