@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from fuseblk.dun import DUN_MAX_BYTES
 from fuseblk.key import MAX_DATA_UNIT_SIZE, MIN_DATA_UNIT_SIZE, CryptoConfig, KeyType
 from fuseblk.modes import ALL_MODES, CryptoMode
 
@@ -60,7 +61,9 @@ class CryptoCapabilities:
     def everything(cls) -> CryptoCapabilities:
         """The starting point of a DM table's profile before intersecting with its devices."""
         return cls(
-            {m: ALL_DATA_UNIT_SIZES for m in ALL_MODES}, 32, KeyType.RAW | KeyType.HW_WRAPPED
+            {m: ALL_DATA_UNIT_SIZES for m in ALL_MODES},
+            DUN_MAX_BYTES,
+            KeyType.RAW | KeyType.HW_WRAPPED,
         )
 
     @property
