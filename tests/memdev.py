@@ -15,6 +15,7 @@ import os
 import trio
 
 from fuseblk.bio import Bio, BioOp
+from fuseblk.blk_crypto import supports_natively
 from fuseblk.crypto_profile import CryptoProfile
 from fuseblk.errors import FuseblkError
 from fuseblk.key import BlkCryptoKey
@@ -93,9 +94,7 @@ class MemDevice:
             raise FuseblkError(err, f"{self.name}: injected failure")
         assert bio.buf is not None
         ctx = bio.crypt_ctx
-        if ctx is not None and (
-            self.crypto_profile is None or not self.crypto_profile.supports(ctx.key.config)
-        ):
+        if ctx is not None and not supports_natively(self, ctx.key.config):
             raise FuseblkError(errno.EIO, f"{self.name}: got a bio with an unsupported context")
         if bio.op is BioOp.WRITE:
             data: bytes | bytearray | memoryview = bio.buf
