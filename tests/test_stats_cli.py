@@ -134,3 +134,9 @@ def test_stats_lines_put_counters_down_and_entities_across() -> None:
 
 def test_stats_lines_without_counters() -> None:
     assert stats_lines({"devices": {}, "backends": {}}) == ["No statistics"]
+
+
+def test_stats_lines_fallback_is_one_column_even_with_only_profile_counters() -> None:
+    # a fresh fallback has counted nothing of its own yet, only (say) a key eviction
+    stats = {"devices": {}, "backends": {}, "fallback": {"profile": {"evictions": 1}}}
+    assert stats_lines(stats) == ["FALLBACK           fallback", "profile.evictions         1"]

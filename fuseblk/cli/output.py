@@ -126,13 +126,9 @@ def flatten(counters: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _is_entity_map(value: Any) -> bool:
-    """A section holding one counter group per device/backend (rather than counters directly)."""
-    return (
-        isinstance(value, Mapping)
-        and bool(value)
-        and all(isinstance(v, Mapping) for v in value.values())
-    )
+# One counter group per device or backend; any other section is a single group (the fallback),
+# whatever its counters look like: the fallback's counters may be only its nested ``profile``.
+_ENTITY_SECTIONS = ("devices", "backends")
 
 
 def stats_sections(stats: Mapping[str, Any]) -> list[tuple[str, dict[str, dict[str, Any]]]]:
@@ -140,7 +136,7 @@ def stats_sections(stats: Mapping[str, Any]) -> list[tuple[str, dict[str, dict[s
     sections: list[tuple[str, dict[str, dict[str, Any]]]] = []
     loose: dict[str, Any] = {}
     for section, value in stats.items():
-        if _is_entity_map(value):
+        if section in _ENTITY_SECTIONS and isinstance(value, Mapping):
             sections.append((section, {name: flatten(c) for name, c in value.items()}))
         elif isinstance(value, Mapping):
             sections.append((section, {section: flatten(value)}))
