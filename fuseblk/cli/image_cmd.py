@@ -94,12 +94,10 @@ def _profile_names() -> str:
 
 
 def hardware_from_args(args: argparse.Namespace) -> HardwareProfile:
-    flags = args.kind, args.keyslots, args.mode, args.max_dun_bytes
     base = load_profile(args.profile) if args.profile else None
-    if base is None and all(f is None for f in flags):
-        raise einval("give --profile NAME|FILE, or --kind/--keyslots/--mode/--max-dun-bytes")
-    if all(f is None for f in flags):
-        assert base is not None
+    if all(f is None for f in (args.kind, args.keyslots, args.mode, args.max_dun_bytes)):
+        if base is None:
+            raise einval("give --profile NAME|FILE, or --kind/--keyslots/--mode/--max-dun-bytes")
         return base
     return build_profile(
         base,
