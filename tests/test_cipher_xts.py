@@ -7,6 +7,7 @@ import os
 
 import cryptography_vectors
 import pytest
+from cipher_oracles import openssl_xts
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -52,16 +53,6 @@ def _bulk_aes(raw: bytes, dus: int, via_xts: bool = False) -> XtsCipher:
 
 
 BULK_PATHS = pytest.mark.parametrize("via_xts", [False, True], ids=["ecb-pass", "xts-pass"])
-
-
-def _openssl_xts(raw: bytes, data: bytes, dun: int, dus: int, encrypt: bool = True) -> bytes:
-    """Independent oracle: one OpenSSL XTS call per data unit."""
-    out = b""
-    for i in range(0, len(data), dus):
-        c = Cipher(algorithms.AES(raw), modes.XTS(dun_iv(dun + i // dus, 16)))
-        ctx = c.encryptor() if encrypt else c.decryptor()
-        out += ctx.update(data[i : i + dus])
-    return out
 
 
 def _textbook_xts(algorithm, raw: bytes, data: bytes, dun: int, dus: int) -> bytes:  # type: ignore[no-untyped-def]
@@ -222,7 +213,7 @@ def test_aes_bulk_paths_equal_openssl_per_unit(
     dus = 1 << dus_log
     data = (seed * (dus * units // 16 + 1))[: dus * units]
     bulk = _bulk_aes(raw, dus, via_xts)
-    expected = _openssl_xts(raw, data, dun, dus) if raw[:32] != raw[32:] else None
+    expected = openssl_xts(raw, data, dun, dus) if raw[:32] != raw[32:] else None
     ct = bulk.encrypt(data, dun)
     if expected is not None:
         assert ct == expected
@@ -254,11 +245,9 @@ def test_dun_carries_across_2_pow_64_within_one_request() -> None:
     data = os.urandom(4096 * 40)
     start = (1 << 64) - 20
     ct = get_cipher(BlkCryptoKey.create("AES-256-XTS", raw, 4096)).encrypt(data, start)
-    assert ct == _openssl_xts(raw, data, start, 4096)
+    assert ct == openssl_xts(raw, data, start, 4096)
     # unit 20 has DUN 2^64: IV 00..00 01 00..00, not 00..00 (no truncation to 64 bits)
-    assert ct[20 * 4096 : 21 * 4096] == _openssl_xts(
-        raw, data[20 * 4096 : 21 * 4096], 1 << 64, 4096
-    )
+    assert ct[20 * 4096 : 21 * 4096] == openssl_xts(raw, data[20 * 4096 : 21 * 4096], 1 << 64, 4096)
 
 
 def test_equal_key_halves_are_accepted_like_the_kernel_outside_fips() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -10,9 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
-from fuseblk.dun import dun_iv
+from cipher_oracles import openssl_cbc_essiv, openssl_xts
 
 
 def _fuseblk(*args: str, stdin: bytes | Path = b"") -> subprocess.CompletedProcess[bytes]:
@@ -21,23 +18,6 @@ def _fuseblk(*args: str, stdin: bytes | Path = b"") -> subprocess.CompletedProce
         with stdin.open("rb") as f:
             return subprocess.run(cmd, stdin=f, capture_output=True, timeout=120)
     return subprocess.run(cmd, input=stdin, capture_output=True, timeout=120)
-
-
-def _openssl_xts(raw: bytes, data: bytes, dun: int, dus: int, encrypt: bool = True) -> bytes:
-    out = b""
-    for i in range(0, len(data), dus):
-        c = Cipher(algorithms.AES(raw), modes.XTS(dun_iv(dun + i // dus, 16)))
-        out += (c.encryptor() if encrypt else c.decryptor()).update(data[i : i + dus])
-    return out
-
-
-def _cbc_essiv(raw: bytes, data: bytes, dun: int, dus: int) -> bytes:
-    essiv = Cipher(algorithms.AES(hashlib.sha256(raw).digest()), modes.ECB()).encryptor()
-    out = b""
-    for i in range(0, len(data), dus):
-        iv = essiv.update(dun_iv(dun + i // dus, 16))
-        out += Cipher(algorithms.AES(raw), modes.CBC(iv)).encryptor().update(data[i : i + dus])
-    return out
 
 
 def _assert_one_line_error(proc: subprocess.CompletedProcess[bytes], secret: str = "") -> None:
@@ -56,7 +36,7 @@ def test_encrypt_aes_xts_matches_openssl_per_data_unit() -> None:
         "--data-unit-size", "4096", "--dun", "1000", stdin=data,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == _openssl_xts(raw, data, 1000, 4096)
+    assert proc.stdout == openssl_xts(raw, data, 1000, 4096)
 
 
 def test_decrypt_inverts_encrypt_for_every_mode_with_lowercase_names(tmp_path: Path) -> None:
@@ -83,7 +63,7 @@ def test_cbc_essiv_matches_independent_construction() -> None:
         "--data-unit-size", "512", "--dun", "0x20", stdin=data,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == _cbc_essiv(raw, data, 0x20, 512)
+    assert proc.stdout == openssl_cbc_essiv(raw, data, 0x20, 512)
 
 
 def test_hex_and_decimal_duns_agree() -> None:
@@ -92,7 +72,7 @@ def test_hex_and_decimal_duns_agree() -> None:
     a = _fuseblk("encrypt", *common, "--dun", "0xFFFFFFFFFFFFFFFF", stdin=data)
     b = _fuseblk("encrypt", *common, "--dun", str((1 << 64) - 1), stdin=data)
     assert a.returncode == b.returncode == 0
-    assert a.stdout == b.stdout == _openssl_xts(raw, data, (1 << 64) - 1, 512)
+    assert a.stdout == b.stdout == openssl_xts(raw, data, (1 << 64) - 1, 512)
 
 
 def test_key_file_holds_raw_bytes_or_hex(tmp_path: Path) -> None:
@@ -119,7 +99,7 @@ def test_large_input_streams_in_pieces_with_the_dun_advancing(tmp_path: Path) ->
     from_file = _fuseblk("encrypt", *common, "--dun", "5", stdin=plain)
     from_pipe = _fuseblk("encrypt", *common, "--dun", "5", stdin=data)
     assert from_file.returncode == from_pipe.returncode == 0
-    assert from_file.stdout == from_pipe.stdout == _openssl_xts(raw, data, 5, 4096)
+    assert from_file.stdout == from_pipe.stdout == openssl_xts(raw, data, 5, 4096)
 
 
 def test_console_script_is_installed_and_works() -> None:
@@ -135,7 +115,7 @@ def test_console_script_is_installed_and_works() -> None:
         input=data, capture_output=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == _openssl_xts(raw, data, 0, 512)
+    assert proc.stdout == openssl_xts(raw, data, 0, 512)
 
 
 def test_partial_data_unit_from_a_file_is_refused_before_any_output(tmp_path: Path) -> None:
