@@ -147,6 +147,15 @@ def is_mounted(path: Path) -> bool:
     return is_mountpoint(path)
 
 
+def eventually(check: Callable[[], object], timeout: float = 10.0) -> None:
+    """Wait for what happens asynchronously (kernel entry invalidation, a daemon's progress)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+
+
 def force_unmount(path: Path) -> None:
     """Last resort in teardown: lazy unmount, ignoring 'not mounted'."""
     if is_mounted(path):

@@ -15,13 +15,12 @@ import random
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from multiprocessing import get_context
 from pathlib import Path
 
 import pytest
-from fuse_helpers import daemon_mount, fuseblk_cmd, is_mounted, needs_fuse
+from fuse_helpers import daemon_mount, eventually, fuseblk_cmd, is_mounted, needs_fuse
 
 pytestmark = [needs_fuse, pytest.mark.integration]
 
@@ -104,7 +103,7 @@ def test_sigterm_under_load_keeps_every_acknowledged_write(tmp_path: Path) -> No
         writer = ctx.Process(target=_chunk_writer, args=(str(mnt / "secure"), chunk, str(progress)))
         writer.start()
         try:
-            _eventually(lambda: progress.exists() and int(progress.read_text() or 0) > 20)
+            eventually(lambda: progress.exists() and int(progress.read_text() or 0) > 20)
             os.kill(pid, signal.SIGTERM)
             _wait_gone(pid)
             assert not is_mounted(mnt)
@@ -159,7 +158,7 @@ def test_foreground_mount_serves_until_sigint(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        _eventually(lambda: is_mounted(mnt), timeout=30)  # stat then waits for the daemon
+        eventually(lambda: is_mounted(mnt), timeout=30)  # stat then waits for the daemon
         assert (mnt / "secure").stat().st_size == DEFAULT_DEVICES["secure"]
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
@@ -380,7 +379,7 @@ def test_created_device_appears_error_target_gives_eio_removed_device_disappears
         assert "Input/output error" in result.stderr
     finally:
         fuseblk("dm", "remove", "broken", "--mount", mp)
-    _eventually(lambda: not (mounted / "broken").exists())
+    eventually(lambda: not (mounted / "broken").exists())
     assert "broken" not in os.listdir(mounted)
 
 
@@ -392,7 +391,7 @@ def test_renamed_and_resized_devices_follow_in_the_mount(mounted: Path) -> None:
         inode = (mounted / "grow").stat().st_ino
         fuseblk("dm", "rename", "grow", "grown", "--mount", mp)
         name = "grown"
-        _eventually(lambda: not (mounted / "grow").exists())
+        eventually(lambda: not (mounted / "grow").exists())
         assert (mounted / "grown").stat().st_ino == inode
         fuseblk("dm", "load", "grown", "--mount", mp, "--table", "0 4096 linear plain 0")
         fuseblk("dm", "resume", "grown", "--mount", mp)
@@ -498,7 +497,7 @@ def _read(path: Path, offset: int, length: int) -> bytes:
 
 
 def _wait_gone(pid: int, timeout: float = 20) -> None:
-    _eventually(lambda: not _alive(pid), timeout)
+    eventually(lambda: not _alive(pid), timeout)
 
 
 def _alive(pid: int) -> bool:
@@ -507,12 +506,3 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def _eventually(check: object, timeout: float = 10.0) -> None:
-    assert callable(check)
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)

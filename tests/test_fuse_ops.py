@@ -12,12 +12,18 @@ import os
 import random
 import stat
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fuse_helpers import MemoryDevice, MemoryManager, is_mounted, needs_fuse, serve_in_thread
+from fuse_helpers import (
+    MemoryDevice,
+    MemoryManager,
+    eventually,
+    is_mounted,
+    needs_fuse,
+    serve_in_thread,
+)
 
 pytestmark = [needs_fuse, pytest.mark.integration]
 
@@ -177,14 +183,14 @@ def test_devices_added_and_removed_while_mounted_appear_and_disappear(
     assert os.stat(mnt / "late").st_size == 8192
     assert "late" in os.listdir(mnt)
     manager.remove("late")
-    _eventually(lambda: not (mnt / "late").exists())
+    eventually(lambda: not (mnt / "late").exists())
     assert "late" not in os.listdir(mnt)
 
 
 def test_renamed_device_keeps_its_inode(mnt: Path, manager: MemoryManager) -> None:
     inode = os.stat(mnt / "small").st_ino
     manager.rename("small", "tiny")
-    _eventually(lambda: not (mnt / "small").exists())
+    eventually(lambda: not (mnt / "small").exists())
     assert os.stat(mnt / "tiny").st_ino == inode
 
 
@@ -252,7 +258,7 @@ def test_a_slow_device_does_not_stall_requests_to_another(
     reader = threading.Thread(target=lambda: result.update(slow=_pread(mnt / "big4k", 4096, 0)))
     reader.start()
     try:
-        _eventually(lambda: any(n for _, _, n in slow.bios))  # the slow read is in flight
+        eventually(lambda: any(n for _, _, n in slow.bios))  # the slow read is in flight
         manager.devices["small"].data[:5] = b"quick"
         quick = threading.Thread(target=lambda: result.update(small=_pread(mnt / "small", 5, 0)))
         quick.start()
@@ -300,16 +306,6 @@ def _pread(path: Path, length: int, offset: int) -> bytes:
         return os.pread(fd, length, offset)
     finally:
         os.close(fd)
-
-
-def _eventually(check: object, timeout: float = 5.0) -> None:
-    """Kernel entry invalidation is asynchronous (pyfuse3's notify thread)."""
-    assert callable(check)
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.02)
 
 
 def test_mountpoint_with_spaces_is_recognised_as_a_mount(tmp_path: Path) -> None:
