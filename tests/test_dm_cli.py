@@ -430,3 +430,24 @@ def test_against_a_real_mount_discard_is_offered_by_the_cli_not_the_file(
 def _read(path: Path, n: int) -> bytes:
     with open(path, "rb", buffering=0) as f:
         return f.read(n)
+
+
+def test_relative_image_paths_in_tables_and_messages_are_the_callers(
+    daemon: DaemonThread, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # the daemon runs in / (it chdirs after forking): "./x.img" must reach it as an absolute path
+    from fuseblk.control_client import ControlClient
+
+    sent: list[dict] = []
+    real_call = ControlClient.call
+
+    def recording_call(self, cmd, **args):
+        sent.append({"cmd": cmd, **args})
+        return real_call(self, cmd, **args)
+
+    monkeypatch.setattr(ControlClient, "call", recording_call)
+    monkeypatch.chdir(tmp_path)
+    main(["dm", "create", "x", "--table", "0 8 linear ./sub/x.img 0\n8 8 linear legacy 0"])
+    main(["dm", "message", "x", "0", "add", "sub/y.img", "0"])
+    assert sent[0]["table"] == f"0 8 linear {tmp_path}/sub/x.img 0\n8 8 linear legacy 0"
+    assert sent[1]["args"] == ["add", f"{tmp_path}/sub/y.img", "0"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -194,14 +196,29 @@ def read_table(args: argparse.Namespace) -> str:
 # --- verbs -------------------------------------------------------------------------------------
 
 
+def absolute_paths(text: str) -> str:
+    """Relative image paths made absolute, from the caller's working directory.
+
+    The daemon resolves table and message words in its own working directory, which is ``/``
+    once it has forked, so ``./disk.img`` would name ``/disk.img``. A word holding a ``/`` can
+    only be a path (device names cannot contain one, keys and cipher names do not); a bare file
+    name stays as it is, since it may be a backend or device name.
+    """
+    return re.sub(
+        r"\S+",
+        lambda m: m[0] if m[0].startswith("/") or "/" not in m[0] else os.path.abspath(m[0]),
+        text,
+    )
+
+
 def do_create(args: argparse.Namespace, client: ControlClient) -> int:
-    table = read_table(args)
+    table = absolute_paths(read_table(args))
     client.call("create", name=args.name, table=table, fallback=args.fallback)
     return done(args)
 
 
 def do_load(args: argparse.Namespace, client: ControlClient) -> int:
-    client.call("load", name=args.name, table=read_table(args))
+    client.call("load", name=args.name, table=absolute_paths(read_table(args)))
     return done(args)
 
 
@@ -242,7 +259,8 @@ def do_ls(args: argparse.Namespace, client: ControlClient) -> int:
 
 
 def do_message(args: argparse.Namespace, client: ControlClient) -> int:
-    result = client.call("message", name=args.name, sector=args.sector, args=list(args.words))
+    words = [absolute_paths(w) for w in args.words]  # raid1 "add <dev> <offset>"
+    result = client.call("message", name=args.name, sector=args.sector, args=words)
     reply = str(result.get("reply") or "") if isinstance(result, dict) else ""
     return emit(args, [reply] if reply else [], result)
 
