@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from test_image_format import headers_of
 
 from fuseblk import backend as backend_mod
 from fuseblk import image_format
@@ -25,7 +26,7 @@ from fuseblk.crypt_context import BioCryptContext
 from fuseblk.device import BlockDevice
 from fuseblk.errors import FuseblkError
 from fuseblk.hw_profiles import load_profile
-from fuseblk.image_format import DATA_OFFSET, SlotRecordState, read_headers
+from fuseblk.image_format import DATA_OFFSET, SlotRecordState
 from fuseblk.key import BlkCryptoKey
 from fuseblk.modes import CryptoMode
 
@@ -43,14 +44,6 @@ def on_disk(path: Path, offset: int, length: int) -> bytes:
     with path.open("rb") as f:
         f.seek(DATA_OFFSET + offset)
         return f.read(length)
-
-
-def headers_of(path: Path) -> image_format.HeaderSet:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return read_headers(fd)
-    finally:
-        os.close(fd)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from fuseblk.image_format import (
     DATA_OFFSET,
     HEADER,
     HEADER_SIZE,
+    HeaderSet,
     ImageHeader,
     SlotRecord,
     SlotRecordState,
@@ -224,6 +225,14 @@ def image(tmp_path: Path) -> Path:
     return path
 
 
+def headers_of(path: Path) -> HeaderSet:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return read_headers(fd)
+    finally:
+        os.close(fd)
+
+
 def corrupt(path: Path, offset: int) -> None:
     with path.open("r+b") as f:
         f.seek(offset + 100)
@@ -234,11 +243,7 @@ def test_created_image_is_sparse_with_two_identical_copies(image: Path) -> None:
     st_ = image.stat()
     assert st_.st_size == DATA_OFFSET + 8 * MiB
     assert st_.st_blocks * 512 <= 2 * HEADER_SIZE + 64 * 1024  # only the headers are allocated
-    fd = os.open(image, os.O_RDONLY)
-    try:
-        headers = read_headers(fd)
-    finally:
-        os.close(fd)
+    headers = headers_of(image)
     assert headers.primary.valid and headers.backup.valid and headers.problems == []
     assert headers.current.label == "t" and headers.current.clean_shutdown
 
@@ -247,11 +252,7 @@ def test_creating_over_an_existing_file_needs_overwrite(image: Path) -> None:
     with pytest.raises(FuseblkError, match="already exists"):
         create_image_file(image, load_profile("ufs"), 8 * MiB)
     create_image_file(image, load_profile("ufs"), 4 * MiB, overwrite=True)
-    fd = os.open(image, os.O_RDONLY)
-    try:
-        assert read_headers(fd).current.hardware.num_slots == 32
-    finally:
-        os.close(fd)
+    assert headers_of(image).current.hardware.num_slots == 32
     assert image.stat().st_size == DATA_OFFSET + 4 * MiB
 
 
@@ -260,11 +261,7 @@ def test_one_bad_copy_still_opens_from_the_other_and_says_so(
     image: Path, bad: str, good: str
 ) -> None:
     corrupt(image, image_format.COPY_OFFSETS[bad])
-    fd = os.open(image, os.O_RDONLY)
-    try:
-        headers = read_headers(fd)
-    finally:
-        os.close(fd)
+    headers = headers_of(image)
     assert headers.current.label == "t"
     assert headers.problems == [f"{bad} header copy is damaged: bad checksum"]
 
@@ -273,12 +270,8 @@ def test_both_bad_copies_name_what_is_wrong_with_each(image: Path) -> None:
     with image.open("r+b") as f:
         f.write(b"NOTMAGIC")
     corrupt(image, BACKUP_OFFSET)
-    fd = os.open(image, os.O_RDONLY)
-    try:
-        with pytest.raises(ImageFormatError) as err:
-            _ = read_headers(fd).current
-    finally:
-        os.close(fd)
+    with pytest.raises(ImageFormatError) as err:
+        _ = headers_of(image).current
     assert "primary copy at offset 0: bad magic" in err.value.message
     assert f"backup copy at offset {BACKUP_OFFSET}: bad checksum" in err.value.message
 
