@@ -33,6 +33,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from fuseblk.control import serve_control, socket_path_for
 from fuseblk.errors import FuseblkError
 from fuseblk.fuse_ops import DeviceFiles, ServedManager
 
@@ -143,11 +144,6 @@ async def _run_fuse(session: _Session, settings: MountSettings) -> None:
 async def _start_control(
     nursery: trio.Nursery, manager: ServedManager, mountpoint: Path, session: _Session
 ) -> None:
-    try:
-        from fuseblk.control import serve_control, socket_path_for
-    except ImportError:  # the control plane is optional for the data path
-        log.warning("no control socket: fuseblk.control is not available")
-        return
     socket_path = socket_path_for(mountpoint)  # resolves the path: before the mount is up
     await nursery.start(
         functools.partial(
