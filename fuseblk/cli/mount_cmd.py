@@ -147,11 +147,9 @@ def _ask_daemon_to_shut_down(mountpoint: str, timeout: float) -> str | None:
     The daemon is found by its record (the mountpoint as given at mount), not by resolving the
     path: resolving stats the mount, which would hang on a hung daemon.
     """
-    try:
-        from fuseblk.control import find_daemons
-        from fuseblk.control_client import ControlClient
-    except ImportError:
-        return "no control plane in this installation"
+    from fuseblk.control import find_daemons
+    from fuseblk.control_client import ControlClient
+
     daemons = [d for d in find_daemons() if d.mountpoint == mountpoint]
     if not daemons:
         return f"no fuseblk daemon is registered for {mountpoint}"
