@@ -29,13 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in _SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"fuseblk.cli.{name}_cmd")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"fuseblk.cli.{name}_cmd":
-                continue
-            raise
-        module.add_parser(sub)
+        importlib.import_module(f"fuseblk.cli.{name}_cmd").add_parser(sub)
     return parser
 
 
