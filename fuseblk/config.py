@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fuseblk.errors import FuseblkError
+from fuseblk.hw_profiles import is_profile_path, load_profile
 from fuseblk.sizes import parse_size
 
 if TYPE_CHECKING:
@@ -237,7 +238,7 @@ def _backends(r: _Reader, data: dict[str, Any], base: Path) -> list[BackendSpec]
             raise r.error(line, f"backends.{name}.image", "missing (the image file's path)")
         image = Path(r.value(entry, path, "image", str)).expanduser()
         profile = r.value(entry, path, "profile", str) if "profile" in entry else None
-        if profile is not None and ("/" in profile or profile.endswith(".toml")):
+        if profile is not None and is_profile_path(profile):
             profile = str(base / Path(profile).expanduser())
         size = None
         if "size" in entry:
@@ -321,7 +322,6 @@ async def build_devices(config: Config) -> DeviceManager:
     from fuseblk.backend import Backend
     from fuseblk.dm import DeviceManager
     from fuseblk.fallback import configure_fallback
-    from fuseblk.hw_profiles import load_profile
 
     opts = config.options
     configure_fallback(num_slots=opts.fallback_slots, enabled=opts.fallback_enabled)

@@ -110,10 +110,15 @@ def available_profiles() -> dict[str, Path]:
     return found
 
 
+def is_profile_path(text: str) -> bool:
+    """Whether ``--profile``/``profile =`` names a file rather than an installed profile."""
+    return "/" in text or text.endswith(".toml")
+
+
 def load_profile(name_or_path: str | Path) -> HardwareProfile:
-    """A profile by name (``ufs``) or by file path (anything with a slash or a ``.toml`` suffix)."""
+    """A profile by name (``ufs``) or by file path (see :func:`is_profile_path`)."""
     text = str(name_or_path)
-    if "/" in text or text.endswith(".toml"):
+    if is_profile_path(text):
         path = Path(text)
     else:
         profiles = available_profiles()
@@ -230,6 +235,7 @@ __all__ = [
     "HardwareProfile",
     "available_profiles",
     "build_profile",
+    "is_profile_path",
     "load_profile",
     "parse_mode_spec",
     "parse_profile",
