@@ -31,7 +31,7 @@ class RangeLock:
 
     Waiters are not queued fairly: a waiter retries after the holder it waited on releases, and
     may wait again behind a newer overlapping holder. With FUSE's bounded concurrency that cannot
-    starve anyone for long, and it keeps release O(1).
+    starve anyone for long, and release needs no hand-over: it drops the hold and wakes its waiters.
     """
 
     def __init__(self) -> None:
