@@ -39,6 +39,7 @@ class DeviceManager:
         self.clock = clock or time.monotonic
         self._backends: dict[str, BlockDevice] = {}
         self._devices: dict[str, MappedDevice] = {}
+        self._path_images: set[str] = set()  # backends a table opened by path (ours to detach)
         self.listeners: list[Listener] = []
 
     # -- backends ------------------------------------------------------------------------------
@@ -102,6 +103,7 @@ class DeviceManager:
                 "device", "an image that can be attached", got, err.errno
             ) from None
         self._backends[path] = backend
+        self._path_images.add(path)
         if opened is not None:
             opened.append(path)
         return backend
@@ -168,15 +170,18 @@ class DeviceManager:
             raise
         if replaced is not None:
             await replaced.destroy()
+            await self._release_unused_images()
 
     async def clear(self, name: str) -> None:
         """``dmsetup clear``: drop the inactive table."""
         await self.get(name).clear_inactive()
+        await self._release_unused_images()
 
     async def resume(self, name: str) -> None:
         md = self.get(name)
         old_size = md.size
         await md.resume()
+        await self._release_unused_images()
         if md.size != old_size:
             self._notify("resize", name, md.size)
 
@@ -196,6 +201,7 @@ class DeviceManager:
         del self._devices[name]
         await md.shutdown()
         self._notify("remove", name)
+        await self._release_unused_images()
 
     def rename(self, old: str, new: str) -> None:
         md = self.get(old)
@@ -322,6 +328,28 @@ class DeviceManager:
             if close is not None:
                 await close()
             del self._backends[name]
+
+    async def _release_unused_images(self) -> None:
+        """``dm_put_device``: detach images opened by path once no table uses them.
+
+        Otherwise an image stays attached (and locked) until unmount after its last device is
+        removed or reloaded away: no other daemon, ``image check --repair`` or ``umount`` of its
+        filesystem could have it. Detaching resets the emulated hardware, so no key is left in it
+        and the devices that once reached it can forget it.
+        """
+        for path in sorted(self._path_images):
+            dev = self._backends.get(path)
+            if dev is not None and any(md.holds(dev) for md in self._devices.values()):
+                continue
+            self._path_images.discard(path)
+            if dev is None:  # detached already (a refused table)
+                continue
+            del self._backends[path]
+            for md in self._devices.values():
+                md.forget_device(dev)
+            close = getattr(dev, "close", None)
+            if close is not None:
+                await close()
 
     # -- helpers ------------------------------------------------------------------------------------------
 

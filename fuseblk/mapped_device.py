@@ -330,6 +330,10 @@ class MappedDevice:
         if first is not None:
             raise first
 
+    def forget_device(self, dev: BlockDevice) -> None:
+        """``dev`` was detached: evicting keys no longer needs to reach it."""
+        self._touched.pop(id(dev), None)
+
     def holds(self, dev: BlockDevice) -> bool:
         """Whether the live or inactive table maps onto ``dev`` (``dm_table`` holders)."""
         return any(

@@ -190,3 +190,24 @@ async def test_fallback_at_device_and_per_target_store_byte_identical_data(tmp_p
     assert t_stats["backends"]["inline"]["profile"]["programs"] == 1
     assert t_md.get("fallback_bios", 0) == 0 and t_md["passthrough_bios"] == 18
     assert t_fb.counters["bytes"] == d_fb.counters["bytes"] // 2
+
+
+async def test_images_opened_by_path_are_detached_when_no_table_uses_them(tmp_path: Path):
+    # dm_put_device: removing the last device over an image releases it (and its lock) at once,
+    # not at unmount
+    img = await make_image(tmp_path, "img", MiB, "none")
+    other = await make_image(tmp_path, "other", MiB, "none")
+    dm = DeviceManager()
+    try:
+        await dm.create("a", f"0 8 linear {img} 0")
+        await dm.create("b", f"0 8 linear {img} 8")
+        await dm.remove("a")
+        assert str(img.resolve()) in dm.backends()  # b still uses it
+        await dm.load("b", f"0 8 linear {other} 0")
+        await dm.resume("b")  # the old live table was the last user
+        assert set(dm.backends()) == {str(other.resolve())}
+        dm.add_backend("img", img)  # the image lock was released
+        await dm.remove("b")
+        assert set(dm.backends()) == {"img"}  # attached by name: the caller's to detach
+    finally:
+        await dm.close()
