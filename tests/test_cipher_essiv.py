@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 
-import pytest
 from cipher_oracles import openssl_cbc_essiv
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fuseblk.ciphers import get_cipher
-from fuseblk.errors import FuseblkError
 from fuseblk.key import BlkCryptoKey
 
 
@@ -69,30 +66,3 @@ def test_dun_carries_across_2_pow_64_within_one_request() -> None:
     assert get_cipher(_key(raw, 512)).encrypt(data, start) == openssl_cbc_essiv(
         raw, data, start, 512
     )
-
-
-@pytest.mark.parametrize("units", [1, 5, 200])
-def test_decrypt_into_decrypts_in_place(units: int) -> None:
-    cipher = get_cipher(_key(os.urandom(16), 512))
-    data = os.urandom(512 * units)
-    buf = bytearray(100) + cipher.encrypt(data, 11) + bytearray(100)
-    cipher.decrypt_into(memoryview(buf)[100:-100], 11)
-    assert buf == bytes(100) + data + bytes(100)
-
-
-@pytest.mark.parametrize("units", [1, 200])
-def test_inputs_are_never_modified(units: int) -> None:
-    cipher = get_cipher(_key(os.urandom(16), 512))
-    data = bytearray(os.urandom(512 * units))
-    before = bytes(data)
-    ct = cipher.encrypt(data, 5)
-    assert data == before
-    ct_before = bytes(ct)
-    cipher.decrypt(ct, 5)
-    assert ct == ct_before
-
-
-def test_partial_data_unit_is_einval() -> None:
-    with pytest.raises(FuseblkError) as exc:
-        get_cipher(_key(os.urandom(16), 512)).decrypt(bytes(513), 0)
-    assert exc.value.errno == errno.EINVAL
