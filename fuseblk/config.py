@@ -223,7 +223,11 @@ def _options(r: _Reader, data: dict[str, Any]) -> ConfigOptions:
             "options.fallback_slots",
             f"expected >= 1, got {slots}",
         )
-    enabled = r.value(data, path, "fallback_enabled", bool) if "fallback_enabled" in data else True
+    enabled = (
+        r.value(data, path, "fallback_enabled", bool)
+        if "fallback_enabled" in data
+        else opts.fallback_enabled
+    )
     return ConfigOptions(r.policy(data, path) or opts.fallback, slots, enabled)
 
 
