@@ -464,9 +464,7 @@ def open_new_image(
     try:
         fd = os.open(path, flags, 0o600)
     except FileExistsError:
-        raise FuseblkError(
-            EEXIST, f"{os.fspath(path)} already exists (use --force to overwrite)"
-        ) from None
+        raise FuseblkError(EEXIST, f"{os.fspath(path)} already exists") from None
     except OSError as exc:
         raise FuseblkError(
             exc.errno or EIO, f"cannot create {os.fspath(path)}: {exc.strerror}"

@@ -91,7 +91,7 @@ def test_create_refuses_an_existing_file_without_force(tmp_path: Path) -> None:
     path = tmp_path / "x.img"
     path.write_bytes(b"precious")
     result = fuseblk("create", path, "--size", "8M", "--profile", "tiny")
-    assert result.returncode == 1 and "already exists" in result.stderr
+    assert result.returncode == 1 and "already exists (use --force to overwrite)" in result.stderr
     assert path.read_bytes() == b"precious"
     assert fuseblk("create", path, "--size", "8M", "--profile", "tiny", "--force").returncode == 0
     assert inspect(path)["header"]["hardware"]["keyslots"] == 2

@@ -111,7 +111,14 @@ def hardware_from_args(args: argparse.Namespace) -> HardwareProfile:
 def cmd_create(args: argparse.Namespace) -> int:
     size = parse_size(args.size)
     hardware = hardware_from_args(args)
-    header = create_image_file(args.path, hardware, size, label=args.label, overwrite=args.force)
+    try:
+        header = create_image_file(
+            args.path, hardware, size, label=args.label, overwrite=args.force
+        )
+    except FuseblkError as err:
+        if err.errno != errno.EEXIST:
+            raise
+        raise FuseblkError(err.errno, f"{err.message} (use --force to overwrite)") from None
     print(
         f"{args.path}: {format_size(size)} data at offset {header.data_offset}, {hardware.describe()}"
     )
