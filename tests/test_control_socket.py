@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import socket
@@ -25,6 +26,15 @@ from fuseblk.errors import FuseblkError
 @pytest.fixture
 def rundir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     yield from private_runtime_dir(monkeypatch)
+
+
+async def start_server(nursery: trio.Nursery, path: Path, mountpoint: Path | None = None) -> None:
+    """A control server over an empty DeviceManager in ``nursery``, once clients can connect."""
+    await nursery.start(
+        functools.partial(
+            serve_control, DeviceManager(), path, on_shutdown=lambda: None, mountpoint=mountpoint
+        )
+    )
 
 
 def _dead_pid() -> int:
@@ -78,9 +88,7 @@ async def test_serving_makes_a_private_socket_and_a_record_then_removes_both(
     mnt = tmp_path / "mnt"
     path = socket_path_for(mnt)
     async with trio.open_nursery() as nursery:
-        await nursery.start(lambda task_status: serve_control(
-            DeviceManager(), path, on_shutdown=lambda: None, mountpoint=mnt, task_status=task_status
-        ))  # fmt: skip
+        await start_server(nursery, path, mnt)
         assert stat.S_ISSOCK(path.stat().st_mode)
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert stat.S_IMODE(rundir.stat().st_mode) == 0o700
@@ -100,9 +108,7 @@ async def test_runtime_dir_is_created_private(
     monkeypatch.setenv("FUSEBLK_RUNTIME_DIR", str(nested))
     path = socket_path_for("/nowhere")
     async with trio.open_nursery() as nursery:
-        await nursery.start(lambda task_status: serve_control(
-            DeviceManager(), path, on_shutdown=lambda: None, task_status=task_status
-        ))  # fmt: skip
+        await start_server(nursery, path)
         assert stat.S_IMODE(nested.stat().st_mode) == 0o700
         nursery.cancel_scope.cancel()
 
@@ -138,10 +144,7 @@ async def test_several_daemons_need_mount_to_choose(rundir: Path, tmp_path: Path
     a, b = tmp_path / "a", tmp_path / "b"
     async with trio.open_nursery() as nursery:
         for mnt in (a, b):
-            await nursery.start(lambda task_status, mnt=mnt: serve_control(
-                DeviceManager(), socket_path_for(mnt), on_shutdown=lambda: None, mountpoint=mnt,
-                task_status=task_status,
-            ))  # fmt: skip
+            await start_server(nursery, socket_path_for(mnt), mnt)
         with pytest.raises(FuseblkError) as info:
             resolve_socket(None)
         assert info.value.errno == errno.EINVAL
@@ -157,9 +160,7 @@ async def test_a_socket_file_left_by_a_dead_daemon_is_replaced(rundir: Path) -> 
     dead.bind(str(path))
     dead.close()  # the file stays, nobody listens
     async with trio.open_nursery() as nursery:
-        await nursery.start(lambda task_status: serve_control(
-            DeviceManager(), path, on_shutdown=lambda: None, task_status=task_status
-        ))  # fmt: skip
+        await start_server(nursery, path)
         result = await trio.to_thread.run_sync(lambda: ControlClient(path).call("ping"))
         assert result["pid"] == os.getpid()
         nursery.cancel_scope.cancel()
@@ -168,9 +169,7 @@ async def test_a_socket_file_left_by_a_dead_daemon_is_replaced(rundir: Path) -> 
 async def test_a_second_server_on_a_live_socket_is_eaddrinuse(rundir: Path) -> None:
     path = socket_path_for("/mnt/y")
     async with trio.open_nursery() as nursery:
-        await nursery.start(lambda task_status: serve_control(
-            DeviceManager(), path, on_shutdown=lambda: None, task_status=task_status
-        ))  # fmt: skip
+        await start_server(nursery, path)
         with pytest.raises(FuseblkError) as info:
             await serve_control(DeviceManager(), path, on_shutdown=lambda: None)
         assert info.value.errno == errno.EADDRINUSE
