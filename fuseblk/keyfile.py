@@ -1,8 +1,8 @@
 """Key files: the raw key bytes, or exactly their hex optionally followed by one newline.
 
-One reader for every key file (``fuseblk dm evict-key --key-file``, the default setup's
-``secure.key``; docs/architecture.md, "Key files"), so a file one command accepts the others
-accept too. Errors describe the file's shape, never its content: it may be a key.
+One reader for every key file (``fuseblk dm evict-key --key-file``, ``fuseblk crypt
+--key-file``, the default setup's ``secure.key``; docs/architecture.md, "Key files"), so a file
+one command accepts the others accept too. Errors describe the file's shape, never its content: it may be a key.
 """
 
 from __future__ import annotations
