@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from fuseblk import SECTOR_SIZE
+from fuseblk import SECTOR_SHIFT, SECTOR_SIZE
 from fuseblk.modes import CryptoMode
 from fuseblk.targets.base import TargetArgError
 
@@ -151,6 +151,24 @@ def parse_sector_size(option: str, value: str) -> int:
     if not SECTOR_SIZE <= n <= MAX_SECTOR_SIZE or n & (n - 1):
         raise TargetArgError(f"option {option!r}", "a power of two from 512 to 4096", value)
     return n
+
+
+def check_whole_units(iv_offset: int, iv_offset_text: str, sector_size: int, length: int) -> None:
+    """The IV offset and the target length must be whole data units (``crypt_ctr``'s checks).
+
+    Both targets address whole data units: a length that ends inside one leaves a unit no bio
+    can cover, and with large-sector IVs an offset inside one has no DUN.
+    """
+    sectors_per_unit = sector_size >> SECTOR_SHIFT
+    if iv_offset % sectors_per_unit:
+        raise TargetArgError(
+            "iv_offset", f"a multiple of {sectors_per_unit} (sector_size)", iv_offset_text
+        )
+    if length % sector_size:
+        raise TargetArgError(
+            f"option 'sector_size:{sector_size}'",
+            f"a divisor of the target length ({length >> SECTOR_SHIFT} sectors)",
+        )
 
 
 def positional(args: list[str], names: tuple[str, ...]) -> list[str]:

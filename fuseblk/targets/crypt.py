@@ -38,6 +38,7 @@ from fuseblk.targets import register
 from fuseblk.targets.base import Target, TargetArgError, TargetEnv
 from fuseblk.targets.cipher_spec import (
     CRYPT_SUPPORTED,
+    check_whole_units,
     format_optional,
     parse_crypt_cipher,
     parse_hex_key,
@@ -45,7 +46,7 @@ from fuseblk.targets.cipher_spec import (
     positional,
     split_optional,
 )
-from fuseblk.targets.ctr_args import get_device_area, parse_sector
+from fuseblk.targets.ctr_args import get_device_at, parse_sector
 
 if TYPE_CHECKING:
     from fuseblk.device import BlockDevice
@@ -104,19 +105,8 @@ class CryptTarget(Target):
         self.spec = parse_crypt_cipher(cipher_text)
         raw = parse_hex_key(key_text, self.spec, CRYPT_SUPPORTED)
         self.iv_offset = parse_sector(iv_offset_text, "iv_offset")
-        sectors_per_unit = self.sector_size >> SECTOR_SHIFT
-        if self.iv_offset % sectors_per_unit:
-            raise TargetArgError(
-                "iv_offset", f"a multiple of {sectors_per_unit} (sector_size)", iv_offset_text
-            )
-        if length % self.sector_size:
-            raise TargetArgError(
-                f"option 'sector_size:{self.sector_size}'",
-                f"a divisor of the target length ({length >> SECTOR_SHIFT} sectors)",
-            )
-        start = parse_sector(offset_text, "offset")
-        self.dev = get_device_area(env, self.dev_ref, start, length, "offset")
-        self.offset = start << SECTOR_SHIFT
+        check_whole_units(self.iv_offset, iv_offset_text, self.sector_size, length)
+        self.dev, self.offset = get_device_at(env, self.dev_ref, offset_text, length)
         self.key = BlkCryptoKey.create(self.spec.mode, raw, self.sector_size)
         self._cipher = get_cipher(self.key)
         self.io_granularity = self.sector_size

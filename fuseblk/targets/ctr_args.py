@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fuseblk import SECTOR_SIZE
+from fuseblk import SECTOR_SHIFT, SECTOR_SIZE
 from fuseblk.targets.base import TargetArgError, TargetEnv
 
 if TYPE_CHECKING:
@@ -52,6 +52,18 @@ def get_device_area(
             f"{ref} ({dev.size // SECTOR_SIZE} sectors)",
         )
     return dev
+
+
+def get_device_at(
+    env: TargetEnv, ref: str, offset_text: str, length: int, field: str = "offset"
+) -> tuple[BlockDevice, int]:
+    """``<dev> <offset>`` for a target that keeps the area's start in bytes: (device, start).
+
+    Both errors, a malformed offset and an area past the device's end, name ``field``: it is the
+    offset that puts the area out of range.
+    """
+    start = parse_sector(offset_text, field)
+    return get_device_area(env, ref, start, length, field), start << SECTOR_SHIFT
 
 
 def expect_count(args: list[str], counts: tuple[int, ...], what: str) -> None:

@@ -43,6 +43,7 @@ from fuseblk.targets import register
 from fuseblk.targets.base import Target, TargetArgError, TargetEnv
 from fuseblk.targets.cipher_spec import (
     DEFAULT_KEY_SUPPORTED,
+    check_whole_units,
     format_optional,
     parse_default_key_cipher,
     parse_hex_key,
@@ -50,7 +51,7 @@ from fuseblk.targets.cipher_spec import (
     positional,
     split_optional,
 )
-from fuseblk.targets.ctr_args import get_device_area, parse_sector
+from fuseblk.targets.ctr_args import get_device_at, parse_sector
 
 if TYPE_CHECKING:
     from fuseblk.device import BlockDevice
@@ -99,19 +100,9 @@ class DefaultKeyTarget(Target):
                 "option 'iv_large_sectors'",
                 f"to be given with sector_size:{self.sector_size} (default-key implements only large-sector IVs)",
             )
+        check_whole_units(self.iv_offset, iv_offset_text, self.sector_size, length)
         self._unit_shift = self.sector_size.bit_length() - 1 - SECTOR_SHIFT
-        if self.iv_offset & ((1 << self._unit_shift) - 1):
-            raise TargetArgError(
-                "iv_offset", f"a multiple of {1 << self._unit_shift} (sector_size)", iv_offset_text
-            )
-        if length % self.sector_size:
-            raise TargetArgError(
-                f"option 'sector_size:{self.sector_size}'",
-                f"a divisor of the target length ({length >> SECTOR_SHIFT} sectors)",
-            )
-        start = parse_sector(offset_text, "offset")
-        self.dev = get_device_area(env, self.dev_ref, start, length, "offset")
-        self.offset = start << SECTOR_SHIFT
+        self.dev, self.offset = get_device_at(env, self.dev_ref, offset_text, length)
         self.key = BlkCryptoKey.create(self.spec.mode, raw, self.sector_size, DUN_BYTES)
         self.io_granularity = self.sector_size
 

@@ -54,7 +54,7 @@ from fuseblk.errors import FuseblkError
 from fuseblk.rangelock import RangeLock
 from fuseblk.targets import register
 from fuseblk.targets.base import Target, TargetArgError, TargetEnv
-from fuseblk.targets.ctr_args import get_device_area, parse_sector
+from fuseblk.targets.ctr_args import get_device_at
 
 if TYPE_CHECKING:
     from fuseblk.device import BlockDevice
@@ -111,7 +111,9 @@ class Raid1Target(Target):
         self.nosync = self._parse_features(rest)
         self.legs: list[Leg] = []
         for i in range(count):
-            dev, offset = self._open_leg(leg_args[2 * i], leg_args[2 * i + 1], f"leg {i}")
+            dev, offset = get_device_at(
+                env, leg_args[2 * i], leg_args[2 * i + 1], length, f"leg {i} offset"
+            )
             state = LegState.IN_SYNC if self.nosync or i == 0 else LegState.SYNCING
             self.legs.append(Leg(dev, offset, state, length if state is LegState.IN_SYNC else 0))
         # What the mapped device promises upward: the legs' common capabilities at load time.
@@ -138,12 +140,6 @@ class Raid1Target(Target):
             if feature != "nosync":
                 raise TargetArgError(f"feature {feature!r}", "nosync", feature)
         return len(rest) > 1
-
-    def _open_leg(self, ref: str, offset_text: str, field: str) -> tuple[BlockDevice, int]:
-        start = parse_sector(offset_text, f"{field} offset")
-        return get_device_area(
-            self._env, ref, start, self.length, f"{field} offset"
-        ), start << SECTOR_SHIFT
 
     # ---- dmsetup interface -------------------------------------------------------------------
 
@@ -204,7 +200,7 @@ class Raid1Target(Target):
 
     async def _add(self, ref: str, offset_text: str) -> None:
         try:
-            dev, offset = self._open_leg(ref, offset_text, "new leg")
+            dev, offset = get_device_at(self._env, ref, offset_text, self.length, "new leg offset")
         except TargetArgError as exc:
             raise FuseblkError(errno.EINVAL, f"raid1: add: {exc}") from None
         new_caps = dev.crypto_profile.caps if dev.crypto_profile else CryptoCapabilities.nothing()
