@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ from fuseblk.hw_profiles import load_profile
 from fuseblk.key import BlkCryptoKey, KeyType
 from fuseblk.modes import CryptoMode
 from fuseblk.stats import Counters
+from fuseblk.targets.base import TargetArgError
 
 MiB = 1 << 20
 XTS = CryptoMode.AES_256_XTS
@@ -127,6 +129,31 @@ class ManualClock:
 def fallback() -> CryptoFallback:
     """A fresh global fallback per test, so its counters and slots start empty."""
     return configure_fallback()
+
+
+class DeviceEnv:
+    """What a target's constructor sees of a table load, over devices by the name tables use:
+    parsing and mapping tests need no manager."""
+
+    def __init__(self, devices: Mapping[str, BlockDevice], device_name: str = "test") -> None:
+        self.devices = dict(devices)
+        self.device_name = device_name
+
+    def get_device(self, ref: str) -> BlockDevice:
+        try:
+            return self.devices[ref]
+        except KeyError:
+            raise TargetArgError("device", "a known device", ref) from None
+
+
+@pytest.fixture
+async def manager() -> AsyncIterator[DeviceManager]:
+    """An empty manager, closed (devices removed, images detached) even when the test fails."""
+    dm = DeviceManager()
+    try:
+        yield dm
+    finally:
+        await dm.close()
 
 
 def manager_over(*disks: BlockDevice, clock: ManualClock | None = None) -> DeviceManager:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from dm_helpers import manager
 
 from fuseblk.backend import Backend
 from fuseblk.bio import Bio
@@ -30,6 +31,8 @@ from fuseblk.fallback import configure_fallback, get_fallback
 from fuseblk.hw_profiles import HardwareKind, HardwareProfile
 from fuseblk.key import KeyType
 from fuseblk.modes import CryptoMode
+
+__all__ = ["manager"]  # the fixture, re-exported for pytest
 
 IMAGE_SIZE = 4 << 20
 TARGET_SECTORS = 2048
@@ -52,15 +55,6 @@ def fresh_global_fallback() -> Iterator[None]:
     configure_fallback()
     yield
     configure_fallback()
-
-
-@pytest.fixture
-async def manager() -> AsyncIterator[DeviceManager]:
-    dm = DeviceManager()
-    try:
-        yield dm
-    finally:
-        await dm.close()
 
 
 def inline_hardware(mode: CryptoMode) -> HardwareProfile:

@@ -5,31 +5,14 @@ from __future__ import annotations
 import errno
 
 import pytest
-from dm_helpers import MemDisk, MiB, manager_over
+from dm_helpers import DeviceEnv, MemDisk, MiB, manager_over
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fuseblk.errors import FuseblkError, TableError
 from fuseblk.table import Table
 
-
-class Env:
-    """A table environment over named RAM disks (no manager needed to test parsing)."""
-
-    device_name = "dm-test"
-
-    def __init__(self, *disks: MemDisk) -> None:
-        self.disks = {d.name: d for d in disks}
-
-    def get_device(self, ref: str) -> MemDisk:
-        from fuseblk.targets import TargetArgError
-
-        if ref not in self.disks:
-            raise TargetArgError("device", "a known device", ref)
-        return self.disks[ref]
-
-
-ENV = Env(MemDisk("a", MiB), MemDisk("b", MiB), MemDisk("c", MiB))
+ENV = DeviceEnv({name: MemDisk(name, MiB) for name in "abc"}, "dm-test")
 
 
 async def test_parse_ignores_comments_and_blank_lines_and_formats_dmsetup_text():

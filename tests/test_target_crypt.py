@@ -5,12 +5,12 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import trio
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from dm_helpers import DeviceEnv, manager
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from memdev import MemDevice, make_key
@@ -19,7 +19,6 @@ from fuseblk.backend import Backend
 from fuseblk.bio import Bio, BioOp
 from fuseblk.ciphers import get_cipher
 from fuseblk.crypt_context import BioCryptContext
-from fuseblk.device import BlockDevice
 from fuseblk.dm import DeviceManager
 from fuseblk.errors import FuseblkError, TableError
 from fuseblk.hw_profiles import load_profile
@@ -28,27 +27,15 @@ from fuseblk.targets.base import TargetArgError
 from fuseblk.targets.cipher_spec import parse_crypt_cipher
 from fuseblk.targets.crypt import CryptTarget, iv_runs
 
+__all__ = ["manager"]  # the fixture, re-exported for pytest
+
 KEY64 = bytes(range(64))
 HEX64 = KEY64.hex()
 DEV_SIZE = 1 << 20
 
 
-class Env:
-    """The part of a table load a target constructor sees: device lookup by name."""
-
-    def __init__(self, **devices: BlockDevice) -> None:
-        self.devices = devices
-        self.device_name = "test"
-
-    def get_device(self, ref: str) -> BlockDevice:
-        try:
-            return self.devices[ref]
-        except KeyError:
-            raise TargetArgError("device", "a known device", ref) from None
-
-
 def crypt(table: str, length: int = DEV_SIZE // 2, mem: MemDevice | None = None) -> CryptTarget:
-    env = Env(mem=mem or MemDevice(DEV_SIZE))
+    env = DeviceEnv({"mem": mem or MemDevice(DEV_SIZE)})
     return CryptTarget(env, 0, length, table.split())
 
 
@@ -304,15 +291,6 @@ async def test_flush_reaches_the_device() -> None:
 
 
 # ---- end to end: DeviceManager over image files -------------------------------------------------
-
-
-@pytest.fixture
-async def manager() -> AsyncIterator[DeviceManager]:
-    dm = DeviceManager()
-    try:
-        yield dm
-    finally:
-        await dm.close()
 
 
 async def test_crypt_device_over_an_image(manager: DeviceManager, tmp_path: Path) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dm_helpers import DeviceEnv, manager
 from memdev import MemDevice, MemKeyslotHardware, make_key
 
 from fuseblk.backend import Backend
@@ -17,7 +18,6 @@ from fuseblk.capabilities import CryptoCapabilities, dus_mask
 from fuseblk.ciphers import get_cipher
 from fuseblk.crypt_context import BioCryptContext
 from fuseblk.crypto_profile import CryptoProfile
-from fuseblk.device import BlockDevice
 from fuseblk.dm import DeviceManager
 from fuseblk.errors import FuseblkError, TableError
 from fuseblk.fallback import configure_fallback, get_fallback
@@ -27,6 +27,8 @@ from fuseblk.modes import CryptoMode
 from fuseblk.targets import get_target
 from fuseblk.targets.base import TargetArgError
 from fuseblk.targets.default_key import DefaultKeyTarget
+
+__all__ = ["manager"]  # the fixture, re-exported for pytest
 
 KEY64 = bytes(range(100, 164))
 HEX64 = KEY64.hex()
@@ -40,18 +42,6 @@ def fresh_global_fallback() -> Iterator[None]:
     configure_fallback()
 
 
-class Env:
-    def __init__(self, **devices: BlockDevice) -> None:
-        self.devices = devices
-        self.device_name = "test"
-
-    def get_device(self, ref: str) -> BlockDevice:
-        try:
-            return self.devices[ref]
-        except KeyError:
-            raise TargetArgError("device", "a known device", ref) from None
-
-
 def xts_hardware() -> CryptoProfile:
     caps = CryptoCapabilities({CryptoMode.AES_256_XTS: dus_mask(512, 4096)}, 8, KeyType.RAW)
     return CryptoProfile(caps, 4, MemKeyslotHardware(4), name="memhw")
@@ -60,7 +50,9 @@ def xts_hardware() -> CryptoProfile:
 def default_key(
     table: str, mem: MemDevice | None = None, length: int = DEV_SIZE // 2
 ) -> DefaultKeyTarget:
-    return DefaultKeyTarget(Env(mem=mem or MemDevice(DEV_SIZE)), 0, length, table.split())
+    return DefaultKeyTarget(
+        DeviceEnv({"mem": mem or MemDevice(DEV_SIZE)}), 0, length, table.split()
+    )
 
 
 def test_default_key_is_registered_and_passes_crypto() -> None:
@@ -219,15 +211,6 @@ async def test_destroy_with_the_key_in_use_logs_and_keeps_going(
 
 
 # ---- end to end: DeviceManager over image files -------------------------------------------------
-
-
-@pytest.fixture
-async def manager() -> AsyncIterator[DeviceManager]:
-    dm = DeviceManager()
-    try:
-        yield dm
-    finally:
-        await dm.close()
 
 
 async def test_default_setup_stack_encrypts_inline_and_in_the_fallback(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
+from dm_helpers import DeviceEnv, manager
 from memdev import MemDevice, MemKeyslotHardware, make_key
 
 from fuseblk.backend import Backend
@@ -28,6 +29,8 @@ from fuseblk.stats import Counters
 from fuseblk.targets import get_target, raid1
 from fuseblk.targets.base import TargetArgError
 from fuseblk.targets.raid1 import Raid1Target
+
+__all__ = ["manager"]  # the fixture, re-exported for pytest
 
 DEV_SIZE = 1 << 20
 LENGTH = 512 * 1024
@@ -62,20 +65,10 @@ class Leg(MemDevice):
         await super().submit(bio)
 
 
-class Env:
-    def __init__(self, *devices: BlockDevice) -> None:
-        self.devices = {d.name: d for d in devices}
-        self.device_name = "mirror"
-
-    def get_device(self, ref: str) -> BlockDevice:
-        try:
-            return self.devices[ref]
-        except KeyError:
-            raise TargetArgError("device", "a known device", ref) from None
-
-
 def mirror(table: str, *legs: BlockDevice) -> Raid1Target:
-    target = Raid1Target(Env(*legs), 0, LENGTH, table.split())
+    target = Raid1Target(
+        DeviceEnv({leg.name: leg for leg in legs}, "mirror"), 0, LENGTH, table.split()
+    )
     target.counters = Counters()
     return target
 
@@ -89,9 +82,11 @@ def region(leg: MemDevice, offset: int = 0, length: int = LENGTH) -> bytes:
     return bytes(leg.data[offset : offset + length])
 
 
-async def read(target: Raid1Target, offset: int, length: int) -> bytes:
+async def read(
+    target: Raid1Target, offset: int, length: int, ctx: BioCryptContext | None = None
+) -> bytes:
     buf = bytearray(length)
-    await target.map(Bio.read(offset, buf))
+    await target.map(Bio.read(offset, buf, ctx))
     return bytes(buf)
 
 
@@ -309,25 +304,10 @@ async def test_contexts_pass_through_and_every_leg_stores_the_same_ciphertext() 
     assert region(capable, 4096, 8192) == region(incapable, 4096, 8192) != data
     assert [b.crypt_ctx for b in incapable.bios] == [None]
     for _ in range(2):  # one read from each leg
-        assert await read_ctx(target, 4096, 8192, ctx) == data
-
-
-async def read_ctx(target: Raid1Target, offset: int, length: int, ctx: BioCryptContext) -> bytes:
-    buf = bytearray(length)
-    await target.map(Bio.read(offset, buf, ctx))
-    return bytes(buf)
+        assert await read(target, 4096, 8192, ctx) == data
 
 
 # ---- end to end: DeviceManager over image files -------------------------------------------------
-
-
-@pytest.fixture
-async def manager() -> AsyncIterator[DeviceManager]:
-    dm = DeviceManager()
-    try:
-        yield dm
-    finally:
-        await dm.close()
 
 
 async def raw_bytes(dev: BlockDevice, length: int) -> bytes:
