@@ -212,7 +212,7 @@ class MappedDevice:
         devices: dict[int, BlockDevice] = {}
         calls: list[Callable[[], Awaitable[None]]] = []
         for target in table.targets:
-            if getattr(target, "flush_to_devices", False):
+            if target.flush_to_devices:
                 for dev in target.devices():
                     devices.setdefault(id(dev), dev)
             else:

@@ -9,9 +9,11 @@ the I/O itself by awaiting ``submit`` on its underlying devices.
 from __future__ import annotations
 
 import abc
+import errno
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from fuseblk.bio import Bio
+from fuseblk.errors import FuseblkError, redact_key_hex
 
 if TYPE_CHECKING:
     from fuseblk.device import BlockDevice
@@ -57,6 +59,9 @@ class Target(abc.ABC):
     name: ClassVar[str]
     version: ClassVar[tuple[int, int, int]] = (1, 0, 0)
     passes_crypto: ClassVar[bool] = False  # DM_TARGET_PASSES_CRYPTO
+    # A FLUSH needs nothing from the target but reaching its devices: the mapped device sends it
+    # to them directly, once per device however many targets share it, instead of to ``map``.
+    flush_to_devices: ClassVar[bool] = False
 
     def __init__(self, env: TargetEnv, begin: int, length: int, args: list[str]) -> None:
         """``ctr``: parse and validate ``args`` as the kernel target does; raise TargetArgError."""
@@ -82,12 +87,13 @@ class Target(abc.ABC):
 
     async def message(self, args: list[str]) -> str:
         """``dmsetup message``; unknown messages are EINVAL."""
-        import errno
-
-        from fuseblk.errors import FuseblkError, redact_key_hex
-
         words = redact_key_hex(" ".join(args))  # e.g. dm-crypt's "key set <hex>"
         raise FuseblkError(errno.EINVAL, f"{self.name}: unrecognised message {words!r}")
+
+    def _count(self, name: str, n: int = 1) -> None:
+        """Add to the mapped device's counters; a target built outside a device has none."""
+        if self.counters is not None:
+            self.counters.add(name, n)
 
     async def presuspend(self) -> None:  # noqa: B027 (optional hook)
         """Called before the device suspends (e.g. raid1 stops resync)."""

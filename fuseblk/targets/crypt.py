@@ -207,7 +207,3 @@ class CryptTarget(Target):
                 bio.buf[start : start + nbytes], dun
             )
         return bounce
-
-    def _count(self, name: str, n: int) -> None:
-        if self.counters is not None:
-            self.counters.add(name, n)

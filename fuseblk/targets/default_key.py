@@ -168,7 +168,3 @@ class DefaultKeyTarget(Target):
             log.warning(
                 "default-key: key %s still in use in %s: not evicted", self.key.key_id, where
             )
-
-    def _count(self, name: str, n: int = 1) -> None:
-        if self.counters is not None:
-            self.counters.add(name, n)

@@ -65,8 +65,7 @@ class DelayTarget(Target):
         c = self._class(bio.op)
         if c.delay_ms and not self._released.is_set():
             c.ops += 1
-            if self.counters is not None:
-                self.counters.add("delay_delayed")
+            self._count("delay_delayed")
             try:
                 with trio.move_on_after(c.delay_ms / 1000):
                     await self._released.wait()

@@ -29,8 +29,7 @@ class ErrorTarget(Target):
     async def map(self, bio: Bio) -> None:
         if bio.op is BioOp.FLUSH:
             return
-        if self.counters is not None:
-            self.counters.add("error_target_bios")
+        self._count("error_target_bios")
         raise FuseblkError(errno.EIO, f"error target: {bio.op.value} at {bio.offset} fails")
 
     def table_args(self, show_keys: bool = False) -> str:

@@ -156,8 +156,7 @@ class FlakeyTarget(Target):
         return elapsed % (self.up + self.down) >= self.up
 
     def _event(self, name: str) -> None:
-        if self.counters is not None:
-            self.counters.add(f"flakey_{name}")
+        self._count(f"flakey_{name}")
 
     def _corrupt_fixed(self, op: BioOp) -> bool:
         return bool(self.corrupt_byte) and self.corrupt_rw is op and self.corrupt_flags == 0

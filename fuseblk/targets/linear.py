@@ -24,8 +24,6 @@ class LinearTarget(Target):
     name = "linear"
     version = (1, 4, 0)
     passes_crypto = True
-    # FLUSH needs nothing from this target but reaching its device: the mapped device sends it
-    # there directly, once per device however many targets share it.
     flush_to_devices = True
 
     def __init__(self, env: TargetEnv, begin: int, length: int, args: list[str]) -> None:

@@ -365,7 +365,3 @@ class Raid1Target(Target):
         if leg.state is LegState.SYNCING:
             leg.state = LegState.IN_SYNC
             log.info("raid1: leg %s in sync", leg.describe())
-
-    def _count(self, name: str, n: int = 1) -> None:
-        if self.counters is not None:
-            self.counters.add(name, n)
