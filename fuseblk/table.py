@@ -127,7 +127,8 @@ def _construct_line(lineno: int, fields: list[str], expected_start: int, env: Ta
             lineno, "target", "<start> <length> <target> [<args>...]", " ".join(fields)
         )
     start_text, length_text, name, *args = fields
-    if not start_text.isdigit():
+    # isascii: str.isdigit() also accepts digits that int() cannot read, such as '²'
+    if not start_text.isascii() or not start_text.isdigit():
         raise TableError(lineno, "start", "a sector number", start_text)
     if int(start_text) != expected_start:
         what = "a gap" if int(start_text) > expected_start else "an overlap"
@@ -137,7 +138,7 @@ def _construct_line(lineno: int, fields: list[str], expected_start: int, env: Ta
             f"sector {expected_start} (targets must cover the device contiguously; this is {what})",
             start_text,
         )
-    if not length_text.isdigit() or int(length_text) == 0:
+    if not length_text.isascii() or not length_text.isdigit() or int(length_text) == 0:
         raise TableError(lineno, "length", "a positive number of sectors", length_text)
     cls = get_target(name)
     if cls is None:

@@ -32,11 +32,13 @@ async def test_empty_text_is_an_empty_table():
     [
         ("0 8 linear a 0\n8 8", 2, "target"),
         ("0 8 linear a 0\nx 8 zero", 2, "start"),
+        ("\u00b2 8 zero", 1, "start"),  # a digit to str.isdigit(), not to int()
         ("0 8 linear a 0\n16 8 zero", 2, "start"),  # gap
         ("0 8 linear a 0\n4 8 zero", 2, "start"),  # overlap
         ("8 8 zero", 1, "start"),  # does not start at 0
         ("0 0 zero", 1, "length"),
         ("0 -8 zero", 1, "length"),
+        ("0 \u00b2 zero", 1, "length"),
         ("0 8 zero\n8 8 frobnicate 1", 2, "target"),
         ("0 8 linear a", 1, "linear arguments"),
         ("0 8 linear a x", 1, "linear offset"),
