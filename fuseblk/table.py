@@ -107,7 +107,7 @@ class Table:
     def block_size(self) -> int:
         """The logical block size: the largest ``io_granularity`` of any target."""
         return max(
-            (getattr(t, "io_granularity", DEFAULT_BLOCK_SIZE) for t in self.targets),
+            (t.io_granularity for t in self.targets),
             default=DEFAULT_BLOCK_SIZE,
         )
 
@@ -151,9 +151,9 @@ def _construct_line(lineno: int, fields: list[str], expected_start: int, env: Ta
         if exc.errno is not None:
             err.errno = exc.errno
         raise err from None
+    except TableError:
+        raise
     except FuseblkError as exc:
-        if isinstance(exc, TableError):
-            raise
         err = TableError(lineno, name, "valid arguments", exc.message)
         err.errno = exc.errno
         raise err from None

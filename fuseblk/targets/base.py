@@ -12,6 +12,7 @@ import abc
 import errno
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
+from fuseblk import SECTOR_SIZE
 from fuseblk.bio import Bio
 from fuseblk.errors import FuseblkError, redact_key_hex
 
@@ -62,6 +63,9 @@ class Target(abc.ABC):
     # A FLUSH needs nothing from the target but reaching its devices: the mapped device sends it
     # to them directly, once per device however many targets share it, instead of to ``map``.
     flush_to_devices: ClassVar[bool] = False
+    # The smallest I/O the target can do (a data unit of crypt or default-key with sector_size:N):
+    # the mapped device's logical block size is the largest of its targets'.
+    io_granularity: int = SECTOR_SIZE
 
     def __init__(self, env: TargetEnv, begin: int, length: int, args: list[str]) -> None:
         """``ctr``: parse and validate ``args`` as the kernel target does; raise TargetArgError."""
