@@ -131,10 +131,7 @@ class DeviceManager:
             return await Table.parse(text, env)
         except BaseException:
             for path in env.opened:
-                backend = self._backends.pop(path)
-                close = getattr(backend, "close", None)
-                if close is not None:
-                    await close()
+                await self._detach(path)
             raise
 
     # -- mapped devices ----------------------------------------------------------------------------
@@ -167,6 +164,7 @@ class DeviceManager:
             replaced = md.set_inactive(parsed)
         except BaseException:
             await parsed.destroy()
+            await self._release_unused_images()  # it may have opened images by path
             raise
         if replaced is not None:
             await replaced.destroy()
@@ -323,11 +321,8 @@ class DeviceManager:
                 del self._devices[md.name]
                 await md.shutdown()
                 self._notify("remove", md.name)
-        for name, dev in list(self._backends.items()):
-            close = getattr(dev, "close", None)
-            if close is not None:
-                await close()
-            del self._backends[name]
+        for name in list(self._backends):
+            await self._detach(name)
 
     async def _release_unused_images(self) -> None:
         """``dm_put_device``: detach images opened by path once no table uses them.
@@ -338,18 +333,19 @@ class DeviceManager:
         and the devices that once reached it can forget it.
         """
         for path in sorted(self._path_images):
-            dev = self._backends.get(path)
-            if dev is not None and any(md.holds(dev) for md in self._devices.values()):
-                continue
-            self._path_images.discard(path)
-            if dev is None:  # detached already (a refused table)
-                continue
-            del self._backends[path]
-            for md in self._devices.values():
-                md.forget_device(dev)
-            close = getattr(dev, "close", None)
-            if close is not None:
-                await close()
+            dev = self._backends[path]
+            if not any(md.holds(dev) for md in self._devices.values()):
+                await self._detach(path)
+
+    async def _detach(self, name: str) -> None:
+        """Close backend ``name``; the devices that once reached it no longer evict keys there."""
+        dev = self._backends.pop(name)
+        self._path_images.discard(name)
+        for md in self._devices.values():
+            md.forget_device(dev)
+        close = getattr(dev, "close", None)
+        if close is not None:
+            await close()
 
     # -- helpers ------------------------------------------------------------------------------------------
 

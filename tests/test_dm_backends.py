@@ -211,3 +211,19 @@ async def test_images_opened_by_path_are_detached_when_no_table_uses_them(tmp_pa
         assert set(dm.backends()) == {"img"}  # attached by name: the caller's to detach
     finally:
         await dm.close()
+
+
+async def test_images_opened_by_a_refused_load_are_detached(tmp_path: Path):
+    # the table is built (its images opened) before the capability check refuses it
+    inline = await make_image(tmp_path, "inline", MiB, "ufs")
+    plain = await make_image(tmp_path, "plain", MiB, "none")
+    dm = DeviceManager()
+    try:
+        await dm.create("vol", f"0 8 linear {inline} 0")
+        with pytest.raises(FuseblkError) as info:
+            await dm.load("vol", f"0 8 linear {plain} 0")
+        assert info.value.errno == errno.EINVAL
+        assert set(dm.backends()) == {str(inline.resolve())}
+        dm.add_backend("plain", plain)  # its image lock was released too
+    finally:
+        await dm.close()
