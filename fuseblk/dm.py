@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from fuseblk import SECTOR_SIZE
 from fuseblk.backend import Backend
 from fuseblk.device import BlockDevice
 from fuseblk.errors import FuseblkError
@@ -247,10 +248,10 @@ class DeviceManager:
         if md.live is None:
             return ""
         out = []
-        for start, length, tname, _ in md.live.lines():
-            target = md.live.target_at_sector(start)
+        for target in md.live.targets:
             st = target.status()
-            out.append(f"{start} {length} {tname}{' ' + st if st else ''}\n")
+            start, length = target.begin // SECTOR_SIZE, target.length // SECTOR_SIZE
+            out.append(f"{start} {length} {target.name}{' ' + st if st else ''}\n")
         return "".join(out)
 
     def table(self, name: str, show_keys: bool = False) -> str:
