@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -170,14 +171,19 @@ async def make_image(tmp_path: Path, name: str, size: int = 4 * MiB, hardware: s
     return path
 
 
+@asynccontextmanager
 async def image_manager(
     tmp_path: Path, images: dict[str, tuple[int, str]], clock: ManualClock | None = None
-) -> DeviceManager:
-    """A manager with backends ``name -> (size, hardware profile)`` over fresh images in tmp_path."""
+) -> AsyncIterator[DeviceManager]:
+    """A manager with backends ``name -> (size, hardware profile)`` over fresh images in tmp_path,
+    closed (images detached and unlocked) even when the test fails."""
     dm = DeviceManager(clock=clock)
-    for name, (size, hardware) in images.items():
-        dm.add_backend(name, await make_image(tmp_path, name, size, hardware))
-    return dm
+    try:
+        for name, (size, hardware) in images.items():
+            dm.add_backend(name, await make_image(tmp_path, name, size, hardware))
+        yield dm
+    finally:
+        await dm.close()
 
 
 async def write(

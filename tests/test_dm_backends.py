@@ -15,6 +15,7 @@ from dm_helpers import (
     image_manager,
     make_image,
     make_key,
+    manager,
     pattern,
     read,
     write,
@@ -26,7 +27,7 @@ from fuseblk.dm import DeviceManager
 from fuseblk.errors import FuseblkError
 from fuseblk.fallback import CryptoFallback, configure_fallback
 
-__all__ = ["fallback"]
+__all__ = ["fallback", "manager"]  # the fixtures, re-exported for pytest
 SZ = 2 * MiB // 512
 
 
@@ -38,9 +39,8 @@ async def raw(dm: DeviceManager, backend: str, offset: int, length: int) -> byte
 
 
 async def test_tables_reference_backends_by_name_and_images_by_path(tmp_path: Path):
-    dm = await image_manager(tmp_path, {"inline": (2 * MiB, "ufs")})
     legacy = await make_image(tmp_path, "legacy", 2 * MiB, "none")
-    try:
+    async with image_manager(tmp_path, {"inline": (2 * MiB, "ufs")}) as dm:
         md = await dm.create("d", f"0 {SZ} linear inline 0\n{SZ} {SZ} linear {legacy} 0")
         assert md.size == 4 * MiB
         assert dm.table("d") == f"0 {SZ} linear inline 0\n{SZ} {SZ} linear {legacy.resolve()} 0\n"
@@ -49,66 +49,55 @@ async def test_tables_reference_backends_by_name_and_images_by_path(tmp_path: Pa
         assert set(dm.backends()) == {"inline", str(legacy.resolve())}
         await write(md, SZ * 512, pattern(4096))
         assert await raw(dm, str(legacy.resolve()), 0, 4096) == pattern(4096)
-    finally:
-        await dm.close()
 
 
-async def test_missing_image_is_a_table_error(tmp_path: Path):
-    dm = DeviceManager()
+async def test_missing_image_is_a_table_error(manager: DeviceManager, tmp_path: Path):
     with pytest.raises(FuseblkError) as info:
-        await dm.create("d", f"0 8 linear {tmp_path}/nope.img 0")
+        await manager.create("d", f"0 8 linear {tmp_path}/nope.img 0")
     assert info.value.errno == errno.ENOENT and "line 1" in info.value.message
 
 
-async def test_unattachable_image_error_names_the_path_once(tmp_path: Path):
+async def test_unattachable_image_error_names_the_path_once(manager: DeviceManager, tmp_path: Path):
     img = await make_image(tmp_path, "img", MiB, "none")
     with open(img, "r+b") as f:  # both header copies destroyed
         for copy in (0, 512 * 1024):
             f.seek(copy + 64)
             f.write(b"\xa5" * 256)
-    dm = DeviceManager()
     with pytest.raises(FuseblkError) as info:
-        await dm.create("d", f"0 8 linear {img} 0")
+        await manager.create("d", f"0 8 linear {img} 0")
     assert info.value.errno == errno.EINVAL and "no valid header" in info.value.message
     assert info.value.message.count(str(img)) == 1
 
 
-async def test_images_opened_for_a_refused_table_are_detached_again(tmp_path: Path):
+async def test_images_opened_for_a_refused_table_are_detached_again(
+    manager: DeviceManager, tmp_path: Path
+):
     img = await make_image(tmp_path, "img", MiB, "none")
-    dm = DeviceManager()
     with pytest.raises(FuseblkError):
-        await dm.create("d", f"0 8 linear {img} 0\n8 8 linear {img} nope")
-    assert dm.backends() == {}
-    dm.add_backend("img", img)  # the image lock was released
-    await dm.close()
+        await manager.create("d", f"0 8 linear {img} 0\n8 8 linear {img} nope")
+    assert manager.backends() == {}
+    manager.add_backend("img", img)  # the image lock was released
 
 
 async def test_capabilities_intersect_across_hardware_profiles(tmp_path: Path):
-    dm = await image_manager(tmp_path, {"ufs": (2 * MiB, "ufs"), "emmc": (2 * MiB, "emmc")})
-    try:
+    async with image_manager(tmp_path, {"ufs": (2 * MiB, "ufs"), "emmc": (2 * MiB, "emmc")}) as dm:
         await dm.create("lower", f"0 {SZ} striped 2 8 ufs 0 emmc 0")
         await dm.create("upper", f"0 {SZ} linear lower 0")
         assert dm.info("upper")["crypto"] == caps({XTS: (512, 4096)}, 4).to_json()
-    finally:
-        await dm.close()
 
 
 async def test_striped_over_backends_stores_chunks_on_each_leg(tmp_path: Path):
-    dm = await image_manager(tmp_path, {"a": (MiB, "none"), "b": (MiB, "none")})
-    try:
+    async with image_manager(tmp_path, {"a": (MiB, "none"), "b": (MiB, "none")}) as dm:
         md = await dm.create("d", "0 2048 striped 2 16 a 0 b 0")
         data = pattern(64 * 1024)
         await write(md, 0, data)
         for i in range(8):
             leg = "ab"[i % 2]
             assert await raw(dm, leg, (i // 2) * 8192, 8192) == data[i * 8192 : (i + 1) * 8192]
-    finally:
-        await dm.close()
 
 
 async def test_xfstests_flakey_and_delay_tables(tmp_path: Path):
-    dm = await image_manager(tmp_path, {"dev": (2 * MiB, "none")})
-    try:
+    async with image_manager(tmp_path, {"dev": (2 * MiB, "none")}) as dm:
         md = await dm.create("f", f"0 {SZ} flakey dev 0 180 0")
         await write(md, 0, pattern(4096, 1))
         await dm.load("f", f"0 {SZ} flakey dev 0 0 180 1 drop_writes")
@@ -119,13 +108,10 @@ async def test_xfstests_flakey_and_delay_tables(tmp_path: Path):
         await dm.resume("f")
         await write(md, 0, pattern(4096, 3))
         assert await raw(dm, "dev", 0, 4096) == pattern(4096, 3)
-    finally:
-        await dm.close()
 
 
 async def test_error_table_swap_over_a_plain_disk_and_refusal_over_inline_hardware(tmp_path: Path):
-    dm = await image_manager(tmp_path, {"plain": (MiB, "none"), "inline": (MiB, "ufs")})
-    try:
+    async with image_manager(tmp_path, {"plain": (MiB, "none"), "inline": (MiB, "ufs")}) as dm:
         md = await dm.create("p", "0 2048 linear plain 0")
         await dm.load("p", "0 2048 error")
         await dm.resume("p")
@@ -137,16 +123,13 @@ async def test_error_table_swap_over_a_plain_disk_and_refusal_over_inline_hardwa
         with pytest.raises(FuseblkError) as info:
             await dm.load("i", "0 2048 error")
         assert info.value.errno == errno.EINVAL and dm.info("i")["tables"] == ["LIVE"]
-    finally:
-        await dm.close()
 
 
 async def mixed(tmp_path: Path, policy: str) -> tuple[bytes, bytes, dict, dict, CryptoFallback]:
     fb = configure_fallback()
     sub = tmp_path / policy
     sub.mkdir()
-    dm = await image_manager(sub, {"inline": (MiB, "ufs"), "legacy": (MiB, "none")})
-    try:
+    async with image_manager(sub, {"inline": (MiB, "ufs"), "legacy": (MiB, "none")}) as dm:
         md = await dm.create(
             "d", "0 2048 linear inline 0\n2048 2048 linear legacy 0", fallback=policy
         )
@@ -173,8 +156,6 @@ async def mixed(tmp_path: Path, policy: str) -> tuple[bytes, bytes, dict, dict, 
             md.counters.snapshot(),
             fb,
         )
-    finally:
-        await dm.close()
 
 
 async def test_fallback_at_device_and_per_target_store_byte_identical_data(tmp_path: Path):
@@ -192,38 +173,32 @@ async def test_fallback_at_device_and_per_target_store_byte_identical_data(tmp_p
     assert t_fb.counters["bytes"] == d_fb.counters["bytes"] // 2
 
 
-async def test_images_opened_by_path_are_detached_when_no_table_uses_them(tmp_path: Path):
+async def test_images_opened_by_path_are_detached_when_no_table_uses_them(
+    manager: DeviceManager, tmp_path: Path
+):
     # dm_put_device: removing the last device over an image releases it (and its lock) at once,
     # not at unmount
     img = await make_image(tmp_path, "img", MiB, "none")
     other = await make_image(tmp_path, "other", MiB, "none")
-    dm = DeviceManager()
-    try:
-        await dm.create("a", f"0 8 linear {img} 0")
-        await dm.create("b", f"0 8 linear {img} 8")
-        await dm.remove("a")
-        assert str(img.resolve()) in dm.backends()  # b still uses it
-        await dm.load("b", f"0 8 linear {other} 0")
-        await dm.resume("b")  # the old live table was the last user
-        assert set(dm.backends()) == {str(other.resolve())}
-        dm.add_backend("img", img)  # the image lock was released
-        await dm.remove("b")
-        assert set(dm.backends()) == {"img"}  # attached by name: the caller's to detach
-    finally:
-        await dm.close()
+    await manager.create("a", f"0 8 linear {img} 0")
+    await manager.create("b", f"0 8 linear {img} 8")
+    await manager.remove("a")
+    assert str(img.resolve()) in manager.backends()  # b still uses it
+    await manager.load("b", f"0 8 linear {other} 0")
+    await manager.resume("b")  # the old live table was the last user
+    assert set(manager.backends()) == {str(other.resolve())}
+    manager.add_backend("img", img)  # the image lock was released
+    await manager.remove("b")
+    assert set(manager.backends()) == {"img"}  # attached by name: the caller's to detach
 
 
-async def test_images_opened_by_a_refused_load_are_detached(tmp_path: Path):
+async def test_images_opened_by_a_refused_load_are_detached(manager: DeviceManager, tmp_path: Path):
     # the table is built (its images opened) before the capability check refuses it
     inline = await make_image(tmp_path, "inline", MiB, "ufs")
     plain = await make_image(tmp_path, "plain", MiB, "none")
-    dm = DeviceManager()
-    try:
-        await dm.create("vol", f"0 8 linear {inline} 0")
-        with pytest.raises(FuseblkError) as info:
-            await dm.load("vol", f"0 8 linear {plain} 0")
-        assert info.value.errno == errno.EINVAL
-        assert set(dm.backends()) == {str(inline.resolve())}
-        dm.add_backend("plain", plain)  # its image lock was released too
-    finally:
-        await dm.close()
+    await manager.create("vol", f"0 8 linear {inline} 0")
+    with pytest.raises(FuseblkError) as info:
+        await manager.load("vol", f"0 8 linear {plain} 0")
+    assert info.value.errno == errno.EINVAL
+    assert set(manager.backends()) == {str(inline.resolve())}
+    manager.add_backend("plain", plain)  # its image lock was released too

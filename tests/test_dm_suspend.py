@@ -122,12 +122,9 @@ async def test_concurrent_io_loses_nothing_across_suspend_reload_resume():
 
 
 async def test_concurrent_io_over_an_image_stacked_device_loses_nothing(tmp_path):
-    dm = await image_manager(tmp_path, {"img": (1 << 20, "none")})
-    try:
+    async with image_manager(tmp_path, {"img": (1 << 20, "none")}) as dm:
         await dm.create("lower", "0 2048 linear img 0")
         await stress_suspend_reload(dm, "lower")
-    finally:
-        await dm.close()
 
 
 async def test_removed_device_fails_waiting_io_with_enodev():
