@@ -38,11 +38,7 @@ def _load() -> None:
     if not _loaded:
         _loaded = True
         for mod in _MODULES:
-            try:
-                importlib.import_module(f"fuseblk.targets.{mod}")
-            except ModuleNotFoundError as exc:  # a target not written yet
-                if exc.name != f"fuseblk.targets.{mod}":
-                    raise
+            importlib.import_module(f"fuseblk.targets.{mod}")
 
 
 def get_target(name: str) -> type[Target] | None:
