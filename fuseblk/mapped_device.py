@@ -64,8 +64,9 @@ class MappedDevice:
         self._lock = trio.Lock()  # md->suspend_lock: one suspend/resume/swap at a time
         self._touched: dict[int, BlockDevice] = {}  # every device a live table ever reached
         self._unprepared = _Unprepared(self)
-        # key -> does the live profile support it: a config check costs more than the rest of
-        # the hot path. Cleared whenever the profile's capabilities change.
+        # key -> does the live profile support it: a dict hit is ~0.25 us cheaper per context bio
+        # than profile.supports() (tools/bench_dm_overhead.py, "with context": 5.96 vs 6.22 us).
+        # Cleared whenever the profile's capabilities change.
         self._supported: dict[BlkCryptoKey, bool] = {}
         self.removed = False
 
