@@ -35,6 +35,14 @@ FALLBACK_POLICIES = ("device", "target")
 
 
 class DeviceManager:
+    """Every backend and mapped device of one daemon, by name.
+
+    Table-changing verbs (create, load, clear, resume, suspend, remove, rename) must not
+    interleave: create checks the name and registers the device on either side of an await, and
+    a concurrent release of unused images would not see a table not yet installed. The control
+    server serializes them; other callers must too.
+    """
+
     def __init__(self, clock: Callable[[], float] | None = None) -> None:
         """``clock`` (seconds, monotonic) is what time-driven targets such as flakey see."""
         self.clock = clock or time.monotonic
