@@ -5,7 +5,8 @@ server and the signal watcher. Every way out — SIGINT/SIGTERM, a ``shutdown`` 
 an external ``umount``, an exception — goes through the same sequence, so the mount never goes
 stale and the images always end clean:
 
-1. ``pyfuse3.terminate()``: stop taking requests; requests in flight run to completion
+1. suspended devices are resumed with their live table (held requests must finish), then
+   ``pyfuse3.terminate()``: stop taking requests; requests in flight run to completion
    (pyfuse3's workers finish the request they hold before looking at the session again);
 2. ``DeviceManager.flush_all()`` and ``close()``: every backend flushed, headers written;
 3. ``pyfuse3.close(unmount=True)``: the mount disappears (libfuse detaches it lazily, so a
@@ -40,6 +41,7 @@ from fuseblk.fuse_ops import DeviceFiles, ServedManager
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 30.0  # seconds for the mount's first request to be answered
+SHUTDOWN_IO_TIMEOUT = 5.0  # seconds shutdown waits for requests in flight before terminating
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,14 @@ async def serve(
                 on_ready()
             await session.shutdown.wait()
             log.info("unmounting %s (%s)", mountpoint, session.reason)
+            # Requests held by a suspended device would never finish, and terminate() waits
+            # for requests in flight: let them complete against the live table first.
+            for name in await manager.lift_suspensions():
+                log.warning("shutdown: resumed suspended device %s so held I/O completes", name)
+            with trio.move_on_after(SHUTDOWN_IO_TIMEOUT) as waited:
+                await ops.wait_io_idle()
+            if waited.cancelled_caught:
+                log.warning("shutdown: I/O still in flight after %s s", SHUTDOWN_IO_TIMEOUT)
             if not session.fuse_done.is_set():
                 pyfuse3.terminate()
             await session.fuse_done.wait()

@@ -313,6 +313,14 @@ class DeviceManager:
             if flush is not None:
                 await flush()
 
+    def open_devices(self) -> dict[str, int]:
+        """Devices with open handles (a process, a loop device) and how many: what blocks umount."""
+        return {name: md.open_count for name, md in self._devices.items() if md.open_count > 0}
+
+    async def lift_suspensions(self) -> list[str]:
+        """Resume every suspended device with its live table (daemon shutdown); their names."""
+        return [name for name, md in list(self._devices.items()) if await md.lift_suspension()]
+
     async def close(self) -> None:
         """Remove every mapped device (upper ones first), then detach every backend."""
         while self._devices:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 import pyfuse3
+import trio
 
 from fuseblk.block_io import BlockIO, block_size_of
 from fuseblk.device import BlockDevice
@@ -51,7 +52,9 @@ class DeviceSource(Protocol):
 
 
 class ServedManager(DeviceSource, Protocol):
-    """What the daemon needs on top: flushing and closing everything at shutdown."""
+    """What the daemon needs on top: releasing held I/O, flushing and closing at shutdown."""
+
+    async def lift_suspensions(self) -> list[str]: ...
 
     async def flush_all(self) -> None: ...
 
@@ -79,6 +82,27 @@ def _fuse_errors(op: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Corouti
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
+
+
+class _RequestCount:
+    """``with count:`` around a request; ``idle`` is set while none is running (cheap: hot path)."""
+
+    __slots__ = ("running", "idle")
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.idle = trio.Event()
+        self.idle.set()
+
+    def __enter__(self) -> None:
+        if self.running == 0:
+            self.idle = trio.Event()
+        self.running += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.running -= 1
+        if self.running == 0:
+            self.idle.set()
 
 
 def _adjust_open_count(device: BlockDevice, delta: int) -> None:
@@ -131,6 +155,7 @@ class DeviceFiles(pyfuse3.Operations):
         self._next_inode = pyfuse3.ROOT_INODE + 1
         self._handles: dict[int, DeviceFile] = {}  # open files: a handle keeps its device
         self._next_fh = 1
+        self._serving_io = _RequestCount()  # reads, writes, flushes: shutdown waits for them
         self._root_time_ns = time.time_ns()
         for name in manager.names():
             self._add(name)
@@ -349,23 +374,32 @@ class DeviceFiles(pyfuse3.Operations):
     @_fuse_errors
     async def read(self, fh: int, off: int, size: int) -> memoryview:  # type: ignore[override]
         # pyfuse3 replies with any contiguous buffer; a view avoids copying the block buffer.
-        return await self._handle(fh).io.read(off, size)
+        with self._serving_io:
+            return await self._handle(fh).io.read(off, size)
 
     @_fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         entry = self._handle(fh)
-        written = await entry.io.write(off, buf)
+        with self._serving_io:
+            written = await entry.io.write(off, buf)
         entry.mtime_ns = time.time_ns()
         return written
 
     @_fuse_errors
     async def flush(self, fh: int) -> None:
         """close(2): like closing a block device, make what was written durable."""
-        await self._handle(fh).io.flush()
+        with self._serving_io:
+            await self._handle(fh).io.flush()
 
     @_fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
-        await self._handle(fh).io.flush()
+        with self._serving_io:
+            await self._handle(fh).io.flush()
+
+    async def wait_io_idle(self) -> None:
+        """Until no read, write or flush is being served: the daemon's shutdown waits here, so
+        that terminating the FUSE session never aborts a request that is still completing."""
+        await self._serving_io.idle.wait()
 
     async def release(self, fh: int) -> None:
         entry = self._handles.pop(fh, None)

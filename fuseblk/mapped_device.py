@@ -271,10 +271,26 @@ class MappedDevice:
                 await self._suspend_locked()
                 self.inactive = None
                 await self._swap(table)
-            elif self._gate.suspended and self.live is not None:
-                for target in self.live.targets:
-                    await target.resume()
-            self._gate.resume()
+                self._gate.resume()
+            else:
+                await self._resume_live_locked()
+
+    async def lift_suspension(self) -> bool:
+        """Admit I/O again with the live table, leaving any inactive table loaded.
+
+        For the daemon's shutdown: bios held by a suspend must complete (with the table they
+        were submitted against) before the mount can go; True if the device was suspended.
+        """
+        async with self._lock:
+            was_suspended = self._gate.suspended
+            await self._resume_live_locked()
+            return was_suspended
+
+    async def _resume_live_locked(self) -> None:
+        if self._gate.suspended and self.live is not None:
+            for target in self.live.targets:
+                await target.resume()
+        self._gate.resume()
 
     async def _swap(self, table: Table) -> None:
         """``dm_swap_table`` plus ``dm_update_crypto_profile``; called with the lock, I/O quiesced."""
