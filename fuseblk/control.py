@@ -296,8 +296,19 @@ class ControlCommands:
             )
         await dev.submit(Bio.discard(offset, length))
 
-    async def cmd_shutdown(self) -> None:
-        """Nothing here: the connection calls ``on_shutdown`` after the reply went out."""
+    async def cmd_shutdown(self, force: bool = False) -> None:
+        """Refuse while devices are open (like umount(8)), unless forced.
+
+        An open handle may be a loop device or a mounted filesystem: unmounting under it would
+        leave it reading nothing. The connection calls ``on_shutdown`` after the reply went out.
+        """
+        busy = {} if force else self.manager.open_devices()
+        if busy:
+            what = ", ".join(f"{name} ({n} open)" for name, n in sorted(busy.items()))
+            raise FuseblkError(
+                errno.EBUSY,
+                f"devices are in use: {what}; close them (losetup -d, umount) or use --force",
+            )
 
 
 async def _lines(stream: trio.abc.ReceiveStream, limit: int) -> AsyncIterator[bytes | None]:

@@ -58,7 +58,7 @@ COMMANDS: dict[str, dict[str, Arg]] = {
     },
     "discard": {"name": _NAME, "offset": Arg(int), "length": Arg(int)},
     "stats": {"name": _OPT_NAME},
-    "shutdown": {},
+    "shutdown": {"force": Arg(bool, required=False)},
 }
 
 

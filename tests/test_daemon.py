@@ -15,6 +15,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from multiprocessing import get_context
 from pathlib import Path
@@ -245,6 +246,63 @@ def test_startup_errors_come_back_from_the_daemon(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"{config}:2: devices.d.table: line 1:" in result.stderr
     assert not is_mounted(tmp_path / "mnt")
+
+
+_HELD_READER = """
+import os, mmap, sys
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECT)
+buf = mmap.mmap(-1, 4096)
+os.preadv(fd, [buf], 0)
+sys.stdout.buffer.write(buf[:])
+sys.stdout.flush()
+os._exit(0)  # the close after a forced umount fails: not what this checks
+"""
+
+
+def test_umount_of_a_suspended_device_with_held_io_completes_it_and_exits(
+    tmp_path: Path,
+) -> None:
+    state, mnt = tmp_path / "state", tmp_path / "mnt"
+    data = random.randbytes(4096)
+    with daemon_mount(mnt, "--state-dir", str(state)) as pid:
+        _write(mnt / "plain", 0, data)
+        fuseblk("dm", "--mount", str(mnt), "suspend", "plain")
+        reader = subprocess.Popen(
+            [sys.executable, "-c", _HELD_READER, str(mnt / "plain")], stdout=subprocess.PIPE
+        )
+        try:
+            with pytest.raises(subprocess.TimeoutExpired):
+                reader.wait(timeout=0.5)  # held by the suspend
+            # --force: the held reader has the file open. SIGTERM takes the same path.
+            result = fuseblk("umount", "--force", "--timeout", "20", str(mnt), check=False)
+            assert result.returncode == 0, result.stderr
+            assert reader.communicate(timeout=10)[0] == data
+            _wait_gone(pid)
+        finally:
+            if is_mounted(mnt):  # never leave a reader stuck in D state behind
+                fuseblk("dm", "--mount", str(mnt), "resume", "plain", check=False)
+            reader.kill()
+            reader.wait(timeout=10)
+    assert header(state / "legacy.img")["clean_shutdown"]
+
+
+def test_umount_refuses_while_a_device_file_is_open_unless_forced(tmp_path: Path) -> None:
+    state, mnt = tmp_path / "state", tmp_path / "mnt"
+    with daemon_mount(mnt, "--state-dir", str(state)) as pid:
+        fd = os.open(mnt / "plain", os.O_RDONLY)
+        try:
+            result = fuseblk("umount", str(mnt), check=False)
+            assert result.returncode == 1
+            assert "plain (1 open)" in result.stderr and "--force" in result.stderr
+            assert "fusermount" not in result.stderr
+            assert is_mounted(mnt) and len(os.pread(fd, 512, 0)) == 512
+            result = fuseblk("umount", "--force", str(mnt), check=False)
+            assert result.returncode == 0, result.stderr
+            assert not is_mounted(mnt)
+        finally:
+            with contextlib.suppress(OSError):  # ENOTCONN once the forced umount is done
+                os.close(fd)
+        _wait_gone(pid)
 
 
 def test_umount_falls_back_to_fusermount_when_the_daemon_hangs(tmp_path: Path) -> None:

@@ -78,6 +78,11 @@ def add_parser(subparsers: Any) -> None:
         metavar="S",
         help="seconds to wait (default 60)",
     )
+    u.add_argument(
+        "--force",
+        action="store_true",
+        help="unmount even while device files are open (a loop device over one then reads nothing)",
+    )
     u.set_defaults(func=run_umount)
 
 
@@ -128,7 +133,7 @@ def run_umount(args: argparse.Namespace) -> int:
         raise FuseblkError(errno.EINVAL, f"{mountpoint} is not mounted")
     if fstype != FUSEBLK_FSTYPE:
         raise FuseblkError(errno.EINVAL, f"{mountpoint} is not a fuseblk mount ({fstype})")
-    problem = _ask_daemon_to_shut_down(mountpoint, args.timeout)
+    problem = _ask_daemon_to_shut_down(mountpoint, args.timeout, args.force)
     if problem is None and _wait_unmounted(mountpoint, args.timeout):
         return 0
     print(f"fuseblk umount: {problem or 'the daemon did not unmount in time'}", file=sys.stderr)
@@ -141,8 +146,11 @@ def run_umount(args: argparse.Namespace) -> int:
     raise FuseblkError(errno.EBUSY, f"{mountpoint} is still mounted")
 
 
-def _ask_daemon_to_shut_down(mountpoint: str, timeout: float) -> str | None:
+def _ask_daemon_to_shut_down(mountpoint: str, timeout: float, force: bool) -> str | None:
     """None once the daemon accepted; otherwise why it could not be asked.
+
+    A daemon that refuses because devices are open (EBUSY) is final: that error is raised, and
+    nothing falls back to fusermount behind the user's back.
 
     The daemon is found by its record (the mountpoint as given at mount), not by resolving the
     path: resolving stats the mount, which would hang on a hung daemon.
@@ -155,8 +163,10 @@ def _ask_daemon_to_shut_down(mountpoint: str, timeout: float) -> str | None:
         return f"no fuseblk daemon is registered for {mountpoint}"
     try:
         with ControlClient(daemons[0].socket, timeout=timeout) as client:
-            client.call("shutdown")
+            client.call("shutdown", force=True) if force else client.call("shutdown")
     except FuseblkError as err:
+        if err.errno == errno.EBUSY:
+            raise
         return f"the daemon did not answer: {err.message}"
     return None
 
