@@ -9,7 +9,7 @@ DISCARD carry no buffer.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from fuseblk import SECTOR_SIZE
 from fuseblk.crypt_context import BioCryptContext
@@ -84,13 +84,14 @@ class Bio:
 
     def remap(self, offset: int) -> Bio:
         """The same bio sent to ``offset`` of another device: the DUN does not change."""
-        return replace(self, offset=offset)
+        # Built directly: dataclasses.replace costs ~1 µs, and every target remaps every bio.
+        return Bio(self.op, offset, self.length, self.buf, self.crypt_ctx)
 
     def with_ctx(self, ctx: BioCryptContext | None) -> Bio:
-        return replace(self, crypt_ctx=ctx)
+        return Bio(self.op, self.offset, self.length, self.buf, ctx)
 
     def with_buf(self, buf: memoryview | bytearray | bytes) -> Bio:
-        return replace(self, buf=memoryview(buf).cast("B"))
+        return Bio(self.op, self.offset, self.length, memoryview(buf).cast("B"), self.crypt_ctx)
 
     def __repr__(self) -> str:
         ctx = f", {self.crypt_ctx!r}" if self.crypt_ctx else ""

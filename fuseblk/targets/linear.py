@@ -37,9 +37,7 @@ class LinearTarget(Target):
         if bio.length == 0:  # FLUSH
             await blk_crypto.submit_bio(self.dev, bio)
         else:
-            # bio.remap() without dataclasses.replace: this is the hot path of every stack.
-            remapped = Bio(bio.op, self._base + bio.offset, bio.length, bio.buf, bio.crypt_ctx)
-            await blk_crypto.submit_bio(self.dev, remapped)
+            await blk_crypto.submit_bio(self.dev, bio.remap(self._base + bio.offset))
 
     def table_args(self, show_keys: bool = False) -> str:
         return f"{self.dev.name} {self.start}"
