@@ -35,7 +35,11 @@ def add_parser(subparsers: Any) -> None:
         description="Start the fuseblk daemon: each mapped device becomes a file in MOUNTPOINT. "
         "Without --config, serves the built-in default setup (base, secure, plain).",
     )
-    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an empty directory")
+    p.add_argument(
+        "mountpoint",
+        metavar="MOUNTPOINT",
+        help="the directory to mount on (its contents are hidden while mounted)",
+    )
     p.add_argument(
         "--config", metavar="FILE", help="TOML file with backends and devices (docs/config.md)"
     )
