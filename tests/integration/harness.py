@@ -286,6 +286,7 @@ def fio_command(
         "--do_verify=1",
         "--verify_fatal=1",
         "--verify_backlog=64",
+        "--verify_state_save=0",  # no local-verify-*.state files in the caller's directory
         "--randrepeat=0",
         "--group_reporting",
         "--output-format=json",
