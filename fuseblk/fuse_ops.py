@@ -75,7 +75,10 @@ def _fuse_errors(op: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Corouti
         except pyfuse3.FUSEError:
             raise
         except FuseblkError as err:
-            log.debug("%s: %s (%s)", op.__name__, err.message, err.errno_name)
+            # An I/O error is news to whoever reads the log (as the kernel's "I/O error, dev"
+            # lines are); EPERM, ENOSPC and the like are the caller's business.
+            level = logging.WARNING if err.errno == errno.EIO else logging.DEBUG
+            log.log(level, "%s: %s (%s)", op.__name__, err.message, err.errno_name)
             raise pyfuse3.FUSEError(err.errno) from None
         except Exception:
             log.exception("%s failed unexpectedly", op.__name__)

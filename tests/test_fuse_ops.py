@@ -7,6 +7,7 @@ blocking file I/O on the mount, exactly as dd or fio would.
 from __future__ import annotations
 
 import errno
+import logging
 import mmap
 import os
 import random
@@ -154,14 +155,21 @@ def test_create_unlink_mkdir_rename_are_eperm(mnt: Path) -> None:
         os.rename(mnt / "small", mnt / "other")
 
 
-def test_device_errors_reach_the_caller_as_eio(mnt: Path, manager: MemoryManager) -> None:
+def test_device_errors_reach_the_caller_as_eio_and_the_log_as_warnings(
+    mnt: Path, manager: MemoryManager, caplog: pytest.LogCaptureFixture
+) -> None:
     manager.devices["small"].fail = True
     fd = os.open(mnt / "small", os.O_RDONLY)
     try:
-        with pytest.raises(OSError) as info:
+        with (
+            caplog.at_level(logging.WARNING, logger="fuseblk.fuse_ops"),
+            pytest.raises(OSError) as info,
+        ):
             os.pread(fd, 512, 0)
         assert info.value.errno == errno.EIO
+        assert any("EIO" in r.getMessage() for r in caplog.records if r.name == "fuseblk.fuse_ops")
     finally:
+        manager.devices["small"].fail = False
         os.close(fd)
 
 
