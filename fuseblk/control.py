@@ -280,8 +280,17 @@ class ControlCommands:
             raw = bytes.fromhex(key_hex)
         except ValueError:
             raise einval("evict_key: key_hex is not hexadecimal") from None
-        key = BlkCryptoKey.create(mode, raw, data_unit_size, dun_bytes)
-        await self.manager.evict_key(name, key)
+        if dun_bytes is not None:
+            await self.manager.evict_key(
+                name, BlkCryptoKey.create(mode, raw, data_unit_size, dun_bytes)
+            )
+            return
+        # A key is its bytes and its configuration: without a DUN width, evict it under every
+        # width the mode allows (default-key picks the width from the target's size).
+        first = BlkCryptoKey.create(mode, raw, data_unit_size, 1)
+        for width in range(1, first.mode.iv_size + 1):
+            key = BlkCryptoKey.create(first.mode, raw, data_unit_size, width)
+            await self.manager.evict_key(name, key)
 
     async def cmd_discard(self, name: str, offset: int, length: int) -> None:
         """``BLKDISCARD`` by hand: the FUSE layer cannot offer it (pyfuse3 has no fallocate)."""

@@ -247,16 +247,36 @@ async def _write_through_secure(server: Server, conn: Conn) -> None:
     await server.manager.get("secure").submit(Bio.write(0, b"x" * 8192))
 
 
+async def _inline_evictions(conn: Conn) -> int:
+    profile = (await conn.ok("stats"))["backends"]["inline"]["profile"]
+    assert profile.get("programs", 0) >= 1
+    return int(profile.get("evictions", 0))
+
+
 async def test_evict_key_removes_it_from_the_hardware_below(server: Server, conn: Conn) -> None:
     await _write_through_secure(server, conn)
-    before = (await conn.ok("stats"))["backends"]["inline"]["profile"]
-    assert before.get("programs", 0) >= 1
-    args = {"mode": "AES-256-XTS", "key_hex": KEY_HEX, "data_unit_size": 4096, "dun_bytes": 8}
-    await conn.ok("evict_key", name="secure", **args)
-    after = (await conn.ok("stats"))["backends"]["inline"]["profile"]
-    assert after.get("evictions", 0) == before.get("evictions", 0) + 1
+    before = await _inline_evictions(conn)
+    # the width default-key chose is in its status: the key is named by it exactly
+    (status,) = await conn.ok("status", name="secure")
+    assert "dun_bytes=2" in status["status"]  # 16 MiB of 4096-byte units: DUNs 0..4095
+    args = {"mode": "AES-256-XTS", "key_hex": KEY_HEX, "data_unit_size": 4096}
+    await conn.ok("evict_key", name="secure", dun_bytes=8, **args)  # another key: nothing
+    assert await _inline_evictions(conn) == before
+    await conn.ok("evict_key", name="secure", dun_bytes=2, **args)
+    assert await _inline_evictions(conn) == before + 1
     # evicting a key that is not there is not an error (blk_crypto_evict_key)
-    await conn.ok("evict_key", name="secure", **args)
+    await conn.ok("evict_key", name="secure", dun_bytes=2, **args)
+
+
+async def test_evict_key_without_a_dun_width_evicts_it_under_every_width(
+    server: Server, conn: Conn
+) -> None:
+    await _write_through_secure(server, conn)
+    before = await _inline_evictions(conn)
+    await conn.ok(
+        "evict_key", name="secure", mode="AES-256-XTS", key_hex=KEY_HEX, data_unit_size=4096
+    )
+    assert await _inline_evictions(conn) == before + 1
 
 
 async def test_evict_key_with_a_bad_key_is_einval(conn: Conn) -> None:
@@ -292,7 +312,6 @@ async def test_key_bytes_never_appear_in_responses_or_logs(
         mode="AES-256-XTS",
         key_hex=KEY_HEX,
         data_unit_size=4096,
-        dun_bytes=8,
     )
     await conn.fails("load", name="secure", table=secure_table() + "garbage line\n")
     await conn.send(

@@ -297,8 +297,6 @@ def test_evict_key(
         *key_args,
         "--data-unit-size",
         "4096",
-        "--dun-bytes",
-        "8",
     )
     assert (status, out, err) == (0, "", "")
     assert _profile_counters(daemon)["evictions"] == evictions + 1

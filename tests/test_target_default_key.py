@@ -5,11 +5,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dm_helpers import DeviceEnv, manager
+from dm_helpers import DeviceEnv, image_manager, manager
 from memdev import MemDevice, MemKeyslotHardware, make_key
 
 from fuseblk.backend import Backend
@@ -20,7 +19,7 @@ from fuseblk.crypt_context import BioCryptContext
 from fuseblk.crypto_profile import CryptoProfile
 from fuseblk.dm import DeviceManager
 from fuseblk.errors import FuseblkError, TableError
-from fuseblk.fallback import configure_fallback, get_fallback
+from fuseblk.fallback import get_fallback
 from fuseblk.hw_profiles import load_profile
 from fuseblk.key import BlkCryptoKey, KeyType
 from fuseblk.modes import CryptoMode
@@ -35,11 +34,7 @@ HEX64 = KEY64.hex()
 DEV_SIZE = 1 << 20
 
 
-@pytest.fixture(autouse=True)
-def fresh_global_fallback() -> Iterator[None]:
-    configure_fallback()
-    yield
-    configure_fallback()
+pytestmark = pytest.mark.usefixtures("fresh_global_fallback")
 
 
 def xts_hardware() -> CryptoProfile:
@@ -98,10 +93,42 @@ def test_wrong_cipher_lists_the_supported_ones() -> None:
         default_key(f"aes-cbc-essiv:sha256 {'00' * 16} 0 mem 0")
 
 
-def test_key_is_raw_with_sector_size_data_units_and_8_dun_bytes() -> None:
+def test_key_is_raw_with_sector_size_data_units() -> None:
     target = default_key(f"aes-xts-plain64 {HEX64} 0 mem 0 2 sector_size:4096 iv_large_sectors")
-    assert target.key == BlkCryptoKey.create(CryptoMode.AES_256_XTS, KEY64, 4096, 8)
+    # 512 KiB of 4096-byte units: DUNs 0..127 fit in one byte
+    assert target.key == BlkCryptoKey.create(CryptoMode.AES_256_XTS, KEY64, 4096, 1)
     assert target.io_granularity == 4096
+
+
+@pytest.mark.parametrize(
+    ("iv_offset", "length", "sector_size", "dun_bytes"),
+    [
+        (0, 512, 512, 1),  # largest DUN 0: Android would ask for 0 bytes and fail
+        (0, 256 * 512, 512, 1),  # largest DUN 255
+        (0, 257 * 512, 512, 2),  # largest DUN 256
+        (1 << 24, 512, 512, 4),  # the offset counts: largest DUN 2^24
+        (8 * ((1 << 18) - 1), 4096, 4096, 3),  # largest DUN 2^18 - 1, as on the 1 GiB secure
+        ((1 << 35) - 8, 4096, 4096, 4),  # largest DUN 2^32 - 1: still 32 bits
+        (1 << 35, 4096, 4096, 5),  # largest DUN 2^32: no longer fits eMMC's 32-bit DUN
+    ],
+)
+def test_dun_bytes_are_the_fewest_that_hold_the_largest_dun(
+    iv_offset: int, length: int, sector_size: int, dun_bytes: int
+) -> None:
+    opts = f" 2 sector_size:{sector_size} iv_large_sectors" if sector_size != 512 else ""
+    target = default_key(f"aes-xts-plain64 {HEX64} {iv_offset} mem 0{opts}", length=length)
+    assert target.key.dun_bytes == dun_bytes
+
+
+def test_status_names_the_key_by_identifier_and_configuration() -> None:
+    target = default_key(
+        f"aes-xts-plain64 {HEX64} 0 mem 0 2 sector_size:4096 iv_large_sectors", length=1 << 20
+    )
+    key = target.key
+    assert target.status() == (
+        f"AES-256-XTS key_id={key.key_id} data_unit_size=4096 dun_bytes={key.dun_bytes}"
+    )
+    assert HEX64 not in target.status()
 
 
 def test_table_hides_the_key_unless_asked() -> None:
@@ -236,7 +263,7 @@ async def test_default_setup_stack_encrypts_inline_and_in_the_fallback(
 
     data = os.urandom(256 * 1024)  # straddles the inline/legacy boundary at 512 KiB
     await secure.submit(Bio.write(384 * 1024, data))
-    key = BlkCryptoKey.create(CryptoMode.AES_256_XTS, KEY64, 4096, 8)
+    key = BlkCryptoKey.create(CryptoMode.AES_256_XTS, KEY64, 4096, 1)  # DUNs 0..255
     expected = get_cipher(key).encrypt(data, 384 * 1024 // 4096)
     stored = bytearray(256 * 1024)
     await inline.submit(Bio.read(384 * 1024, memoryview(stored)[: 128 * 1024]))
@@ -266,3 +293,22 @@ async def test_malformed_table_names_line_target_and_field(
     assert info.value.errno == errno.EINVAL
     assert info.value.field == "default-key option 'iv_large_sectors'"
     assert HEX64 not in info.value.message
+
+
+async def test_narrow_dun_hardware_encrypts_inline_when_the_target_is_small_enough(
+    tmp_path: Path,
+) -> None:
+    """eMMC (CQHCI) takes 32-bit DUNs: Android's width lets default-key use it, not the fallback."""
+    async with image_manager(tmp_path, {"emmc": (1 << 20, "emmc")}) as dm:
+        table = f"0 2048 default-key aes-xts-plain64 {HEX64} 0 emmc 0 2 sector_size:4096 iv_large_sectors"
+        secure = await dm.create("secure", table)
+        data = os.urandom(64 * 1024)
+        await secure.submit(Bio.write(128 * 1024, data))
+        key = BlkCryptoKey.create(CryptoMode.AES_256_XTS, KEY64, 4096, 1)
+        emmc = dm.backends()["emmc"]
+        assert emmc.crypto_profile is not None and emmc.crypto_profile.find_slot(key) is not None
+        assert dm.stats("emmc")["backends"]["emmc"].get("inline_bios", 0) >= 1
+        assert get_fallback().profile.find_slot(key) is None
+        stored = bytearray(len(data))
+        await emmc.submit(Bio.read(128 * 1024, stored))
+        assert stored == get_cipher(key).encrypt(data, 128 * 1024 // 4096)

@@ -127,7 +127,13 @@ def add_parser(subparsers: Any) -> None:
     key.add_argument("--key-hex", metavar="H", help="the raw key as hex")
     key.add_argument("--key-file", metavar="F", help="file holding the raw key bytes, or their hex")
     p.add_argument("--data-unit-size", type=int, required=True, metavar="N")
-    p.add_argument("--dun-bytes", type=int, default=None, metavar="N")
+    p.add_argument(
+        "--dun-bytes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the key's DUN width (default-key's is in `dm status`); default: every width",
+    )
     p = verb(
         "discard",
         do_discard,

@@ -12,11 +12,15 @@ do the work (inline, or the software fallback when that device cannot), with
 context (an encrypted file's contents, from a layer above) passes through untouched, as
 Android's ``bio_should_skip_dm_default_key`` lets fscrypt's contents through.
 
+The key's ``dun_bytes`` is Android's: the fewest bytes that hold the target's largest DUN,
+``(iv_offset + length_in_sectors - 1) >> log2(sector_size / 512)``. That is what lets a key
+go inline on hardware with narrow DUNs (eMMC's CQHCI takes 32 bits: the ``emmc`` profile) rather
+than always falling back. ``fuseblk dm status`` shows the width, which ``dm evict-key`` needs.
+
 Differences from Android, on purpose:
 
-- The key's ``dun_bytes`` is 8 (Android computes the fewest bytes that hold the largest DUN of
-  the target): a fixed width lets ``fuseblk dm evict-key --dun-bytes 8`` name the key, at the
-  cost of falling back on hardware with narrower DUNs (the ``emmc`` profile's 4 bytes).
+- A target whose largest DUN is 0 (one data unit at ``iv_offset`` 0) gets a 1-byte DUN; Android
+  asks for a 0-byte one, which ``blk_crypto_init_key`` refuses, so the table fails to load.
 - An ``iv_offset`` that is not a multiple of the sector size is refused when the table loads;
   Android accepts it and then kills every bio.
 
@@ -35,6 +39,7 @@ from fuseblk import SECTOR_SHIFT, SECTOR_SIZE
 from fuseblk.bio import Bio, BioOp
 from fuseblk.blk_crypto import submit_bio
 from fuseblk.crypt_context import BioCryptContext
+from fuseblk.dun import dun_bytes_needed
 from fuseblk.errors import FuseblkError
 from fuseblk.fallback import get_fallback
 from fuseblk.key import BlkCryptoKey
@@ -60,7 +65,6 @@ log = logging.getLogger(__name__)
 
 _POSITIONAL = ("cipher", "key", "iv_offset", "device", "offset")
 _MAX_OPT_PARAMS = 4  # as default_key_ctr_optional
-DUN_BYTES = 8
 
 
 @register
@@ -103,7 +107,10 @@ class DefaultKeyTarget(Target):
         check_whole_units(self.iv_offset, iv_offset_text, self.sector_size, length)
         self._unit_shift = self.sector_size.bit_length() - 1 - SECTOR_SHIFT
         self.dev, self.offset = get_device_at(env, self.dev_ref, offset_text, length)
-        self.key = BlkCryptoKey.create(self.spec.mode, raw, self.sector_size, DUN_BYTES)
+        max_dun = (self.iv_offset + (length >> SECTOR_SHIFT) - 1) >> self._unit_shift
+        self.key = BlkCryptoKey.create(
+            self.spec.mode, raw, self.sector_size, max(1, dun_bytes_needed(max_dun))
+        )
         self.io_granularity = self.sector_size
 
     def table_args(self, show_keys: bool = False) -> str:
@@ -114,6 +121,15 @@ class DefaultKeyTarget(Target):
         return (
             f"{self.spec.text} {key} {self.iv_offset} {self.dev.name} {self.offset >> SECTOR_SHIFT}"
             + format_optional(opts)
+        )
+
+    def status(self) -> str:
+        """Android prints nothing here. The key's configuration (never its bytes) is shown
+        because ``dm evict-key`` must name it exactly, DUN width included."""
+        key = self.key
+        return (
+            f"{key.mode.sysfs_name} key_id={key.key_id} data_unit_size={key.data_unit_size}"
+            f" dun_bytes={key.dun_bytes}"
         )
 
     def devices(self) -> list[BlockDevice]:
