@@ -136,6 +136,13 @@ def test_stats_lines_without_counters() -> None:
     assert stats_lines({"devices": {}, "backends": {}}) == ["No statistics"]
 
 
+def test_stats_lines_of_a_device_with_no_io_yet_still_name_it() -> None:
+    assert stats_lines({"devices": {"fresh": {}}, "backends": {}}) == [
+        "DEVICES                fresh",
+        "(nothing counted yet)      0",
+    ]
+
+
 def test_stats_lines_fallback_is_one_column_even_with_only_profile_counters() -> None:
     # a fresh fallback has counted nothing of its own yet, only (say) a key eviction
     stats = {"devices": {}, "backends": {}, "fallback": {"profile": {"evictions": 1}}}

@@ -156,12 +156,14 @@ def stats_lines(stats: Mapping[str, Any]) -> list[str]:
     for section, entities in stats_sections(stats):
         names = list(entities)
         counters = sorted({c for group in entities.values() for c in group})
-        if not counters:
+        if not names:
             continue
         if out:
             out.append("")
         rows: list[list[object]] = [[section.upper(), *names]]
         for counter in counters:
             rows.append([counter, *(entities[n].get(counter, 0) for n in names)])
+        if not counters:  # a device nobody has used yet: say so rather than print nothing
+            rows.append(["(nothing counted yet)", *("0" for _ in names)])
         out.extend(align(rows))
     return out or ["No statistics"]
