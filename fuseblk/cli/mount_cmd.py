@@ -123,9 +123,9 @@ def run_mount(args: argparse.Namespace) -> int:
         return run_daemon(
             build, settings, setup_child=functools.partial(setup_logging, args.log_level, log_file)
         )
-    except FuseblkError as err:  # reported by the daemon, or a refused mountpoint: exit 1
+    except FuseblkError as err:  # reported by the daemon: exit as a foreground mount would
         print(f"fuseblk mount: {err.message}", file=sys.stderr)
-        return 1
+        return 2 if err.errno == errno.EINVAL else 1
 
 
 def run_umount(args: argparse.Namespace) -> int:
