@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
 
 import pytest
 from memdev import MemDevice, make_key
@@ -24,11 +23,7 @@ XTS_4K = CryptoCapabilities({CryptoMode.AES_256_XTS: dus_mask(4096)}, 8, KeyType
 KEY = make_key(1, dus=4096, dun_bytes=8)
 
 
-@pytest.fixture(autouse=True)
-def fresh_global_fallback() -> Iterator[None]:
-    configure_fallback()
-    yield
-    configure_fallback()
+pytestmark = pytest.mark.usefixtures("fresh_global_fallback")
 
 
 def inline_device() -> MemDevice:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
 
 import pytest
 import trio
@@ -26,11 +25,7 @@ from fuseblk.modes import CryptoMode
 KEY = make_key(1)
 
 
-@pytest.fixture(autouse=True)
-def fresh_global_fallback() -> Iterator[None]:
-    configure_fallback()
-    yield
-    configure_fallback()
+pytestmark = pytest.mark.usefixtures("fresh_global_fallback")
 
 
 class FillsThenFailsDevice(MemDevice):

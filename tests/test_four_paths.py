@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from fuseblk.backend import Backend
 from fuseblk.bio import Bio
 from fuseblk.capabilities import CryptoCapabilities, dus_mask
 from fuseblk.dm import DeviceManager
-from fuseblk.fallback import configure_fallback, get_fallback
+from fuseblk.fallback import get_fallback
 from fuseblk.hw_profiles import HardwareKind, HardwareProfile
 from fuseblk.key import KeyType
 from fuseblk.modes import CryptoMode
@@ -50,11 +49,7 @@ KEYS = {
 CASES = [(mode, dus) for mode in CIPHERS for dus in (4096, 512)]
 
 
-@pytest.fixture(autouse=True)
-def fresh_global_fallback() -> Iterator[None]:
-    configure_fallback()
-    yield
-    configure_fallback()
+pytestmark = pytest.mark.usefixtures("fresh_global_fallback")
 
 
 def inline_hardware(mode: CryptoMode) -> HardwareProfile:

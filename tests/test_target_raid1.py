@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,6 @@ from fuseblk.crypto_profile import CryptoProfile
 from fuseblk.device import BlockDevice
 from fuseblk.dm import DeviceManager
 from fuseblk.errors import FuseblkError
-from fuseblk.fallback import configure_fallback
 from fuseblk.hw_profiles import load_profile
 from fuseblk.key import KeyType
 from fuseblk.modes import CryptoMode
@@ -36,11 +34,7 @@ DEV_SIZE = 1 << 20
 LENGTH = 512 * 1024
 
 
-@pytest.fixture(autouse=True)
-def fresh_global_fallback() -> Iterator[None]:
-    configure_fallback()
-    yield
-    configure_fallback()
+pytestmark = pytest.mark.usefixtures("fresh_global_fallback")
 
 
 class Leg(MemDevice):

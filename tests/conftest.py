@@ -1,0 +1,19 @@
+"""Fixtures shared by the unit tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from fuseblk.fallback import configure_fallback
+
+
+@pytest.fixture
+def fresh_global_fallback() -> Iterator[None]:
+    """A new blk-crypto-fallback (the process-wide one, as in the kernel) before and after the
+    test, so keyslots and counters a test leaves there never reach the next one. Modules whose
+    tests go through the fallback use it with ``pytestmark``."""
+    configure_fallback()
+    yield
+    configure_fallback()
