@@ -43,6 +43,7 @@ from fuseblk.control_protocol import (
 )
 from fuseblk.errors import FuseblkError, einval
 from fuseblk.key import BlkCryptoKey
+from fuseblk.modes import CryptoMode
 
 log = logging.getLogger("fuseblk.control")
 
@@ -287,9 +288,9 @@ class ControlCommands:
             return
         # A key is its bytes and its configuration: without a DUN width, evict it under every
         # width the mode allows (default-key picks the width from the target's size).
-        first = BlkCryptoKey.create(mode, raw, data_unit_size, 1)
-        for width in range(1, first.mode.iv_size + 1):
-            key = BlkCryptoKey.create(first.mode, raw, data_unit_size, width)
+        crypto_mode = CryptoMode.parse(mode)
+        for width in range(1, crypto_mode.iv_size + 1):
+            key = BlkCryptoKey.create(crypto_mode, raw, data_unit_size, width)
             await self.manager.evict_key(name, key)
 
     async def cmd_discard(self, name: str, offset: int, length: int) -> None:

@@ -312,3 +312,11 @@ async def test_narrow_dun_hardware_encrypts_inline_when_the_target_is_small_enou
         stored = bytearray(len(data))
         await emmc.submit(Bio.read(128 * 1024, stored))
         assert stored == get_cipher(key).encrypt(data, 128 * 1024 // 4096)
+        # the last data unit has the largest DUN, 255: still within the key's one byte
+        last = os.urandom(4096)
+        await secure.submit(Bio.write((1 << 20) - 4096, last))
+        back = bytearray(4096)
+        await secure.submit(Bio.read((1 << 20) - 4096, back))
+        assert back == last
+        await emmc.submit(Bio.read((1 << 20) - 4096, back))
+        assert back == get_cipher(key).encrypt(last, 255)
