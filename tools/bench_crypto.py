@@ -35,17 +35,11 @@ from fuseblk.modes import CryptoMode
 
 
 def mb_per_s(fn: Callable[[], object], nbytes: int, runs: int) -> float:
-    fn()  # warm up: key tables, scratch buffers
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return nbytes / statistics.median(times) / 1e6
+    return nbytes / median_us(fn, runs)  # bytes per µs is MB/s
 
 
 def median_us(fn: Callable[[], object], runs: int) -> float:
-    fn()
+    fn()  # warm up: key tables, scratch buffers
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
