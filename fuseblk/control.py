@@ -281,15 +281,11 @@ class ControlCommands:
             raw = bytes.fromhex(key_hex)
         except ValueError:
             raise einval("evict_key: key_hex is not hexadecimal") from None
-        if dun_bytes is not None:
-            await self.manager.evict_key(
-                name, BlkCryptoKey.create(mode, raw, data_unit_size, dun_bytes)
-            )
-            return
         # A key is its bytes and its configuration: without a DUN width, evict it under every
         # width the mode allows (default-key picks the width from the target's size).
         crypto_mode = CryptoMode.parse(mode)
-        for width in range(1, crypto_mode.iv_size + 1):
+        widths = range(1, crypto_mode.iv_size + 1) if dun_bytes is None else [dun_bytes]
+        for width in widths:
             key = BlkCryptoKey.create(crypto_mode, raw, data_unit_size, width)
             await self.manager.evict_key(name, key)
 
