@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from test_control_harness import private_runtime_dir
 
 from fuseblk.fallback import configure_fallback
 
@@ -17,3 +19,9 @@ def fresh_global_fallback() -> Iterator[None]:
     configure_fallback()
     yield
     configure_fallback()
+
+
+@pytest.fixture
+def rundir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private runtime directory for control sockets, as the daemon's would be."""
+    yield from private_runtime_dir(monkeypatch)

@@ -7,7 +7,7 @@ import functools
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from test_control_harness import manager_factory, private_runtime_dir
+from test_control_harness import manager_factory
 
 from fuseblk import __version__
 from fuseblk.bio import Bio
@@ -24,12 +24,6 @@ from fuseblk.control_client import ControlClient
 from fuseblk.control_protocol import MAX_LINE, PROTOCOL_VERSION
 from fuseblk.dm import DeviceManager
 from fuseblk.errors import FuseblkError
-
-
-@pytest.fixture
-def rundir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    yield from private_runtime_dir(monkeypatch)
-
 
 KEY = bytes(range(64))
 KEY_HEX = KEY.hex()

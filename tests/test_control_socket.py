@@ -10,22 +10,15 @@ import socket
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
-from test_control_harness import private_runtime_dir
 
 from fuseblk.control import find_daemons, runtime_dir, serve_control, socket_path_for
 from fuseblk.control_client import ControlClient, resolve_socket
 from fuseblk.dm import DeviceManager
 from fuseblk.errors import FuseblkError
-
-
-@pytest.fixture
-def rundir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    yield from private_runtime_dir(monkeypatch)
 
 
 async def start_server(nursery: trio.Nursery, path: Path, mountpoint: Path | None = None) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from fuse_helpers import needs_fuse
-from test_control_harness import DaemonThread, cli_env, manager_factory, private_runtime_dir
+from test_control_harness import DaemonThread, cli_env, manager_factory
 
 from fuseblk.backend import punch_hole
 from fuseblk.bio import Bio
@@ -28,11 +28,6 @@ KEY_HEX = KEY.hex()
 SECTORS = 16 * 1024 * 1024 // 512
 BASE = f"0 {SECTORS // 2} linear inline 0\n{SECTORS // 2} {SECTORS // 2} linear legacy 0\n"
 SECURE = f"0 {SECTORS} default-key aes-xts-plain64 {KEY_HEX} 0 base 0 2 sector_size:4096 iv_large_sectors\n"
-
-
-@pytest.fixture
-def rundir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    yield from private_runtime_dir(monkeypatch)
 
 
 @pytest.fixture

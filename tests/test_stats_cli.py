@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_control_harness import DaemonThread, cli_env, manager_factory, private_runtime_dir
+from test_control_harness import DaemonThread, cli_env, manager_factory
 
 from fuseblk.bio import Bio
 from fuseblk.cli import main
@@ -21,11 +21,6 @@ TABLES = {
     "base": f"0 {SECTORS // 2} linear inline 0\n{SECTORS // 2} {SECTORS // 2} linear legacy 0\n",
     "secure": f"0 {SECTORS} default-key aes-xts-plain64 {KEY_HEX} 0 base 0 2 sector_size:4096 iv_large_sectors\n",
 }
-
-
-@pytest.fixture
-def rundir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    yield from private_runtime_dir(monkeypatch)
 
 
 @pytest.fixture
