@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from fuseblk.bio import Bio
 
 if TYPE_CHECKING:
-    from fuseblk.crypto_profile import CryptoProfile
+    from fuseblk.blkcrypto.keyslot_manager import CryptoProfile
 
 
 @runtime_checkable

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from test_control_harness import private_runtime_dir
 
-from fuseblk.fallback import configure_fallback
+from fuseblk.blkcrypto.fallback import configure_fallback
 
 
 @pytest.fixture

@@ -18,22 +18,22 @@ from pathlib import Path
 import pytest
 import trio
 
-from fuseblk.backend import Backend
 from fuseblk.bio import Bio, BioOp
-from fuseblk.blk_crypto import submit_bio
+from fuseblk.blkcrypto.fallback import CryptoFallback, configure_fallback
+from fuseblk.blkcrypto.keyslot_manager import CryptoProfile
+from fuseblk.blkcrypto.submit import submit_bio
 from fuseblk.capabilities import CryptoCapabilities, dus_mask
 from fuseblk.ciphers import get_cipher
 from fuseblk.crypt_context import BioCryptContext
-from fuseblk.crypto_profile import CryptoProfile
 from fuseblk.device import BlockDevice
-from fuseblk.dm import DeviceManager
+from fuseblk.dm.manager import DeviceManager
+from fuseblk.dm.targets.base import TargetArgError
 from fuseblk.errors import FuseblkError
-from fuseblk.fallback import CryptoFallback, configure_fallback
-from fuseblk.hw_profiles import load_profile
+from fuseblk.hw.backend import Backend
+from fuseblk.hw.profiles import load_profile
 from fuseblk.key import BlkCryptoKey, KeyType
 from fuseblk.modes import CryptoMode
 from fuseblk.stats import Counters
-from fuseblk.targets.base import TargetArgError
 
 MiB = 1 << 20
 XTS = CryptoMode.AES_256_XTS

@@ -145,7 +145,7 @@ class MemoryManager:
 
 
 def is_mounted(path: Path) -> bool:
-    from fuseblk.daemon import is_mountpoint
+    from fuseblk.fuse.daemon import is_mountpoint
 
     return is_mountpoint(path)
 
@@ -168,7 +168,7 @@ def force_unmount(path: Path) -> None:
 @contextlib.contextmanager
 def serve_in_thread(manager: Any, mountpoint: Path, **options: Any) -> Iterator[Path]:
     """Mount ``manager`` at ``mountpoint`` from a thread of this process; unmount on exit."""
-    from fuseblk.daemon import MountSettings, serve
+    from fuseblk.fuse.daemon import MountSettings, serve
 
     settings = MountSettings(mountpoint=mountpoint, **options)
     ready = threading.Event()
@@ -197,7 +197,7 @@ def serve_in_thread(manager: Any, mountpoint: Path, **options: Any) -> Iterator[
     finally:
         token = state.get("token")
         if token is not None and thread.is_alive():
-            from fuseblk.daemon import request_shutdown
+            from fuseblk.fuse.daemon import request_shutdown
 
             with contextlib.suppress(trio.RunFinishedError):
                 trio.from_thread.run_sync(request_shutdown, trio_token=token)
@@ -247,7 +247,7 @@ def daemon_pid(mountpoint: Path) -> int:
 
 def _maybe_pid(mountpoint: Path) -> int | None:
     """The daemon's pid from its control record (the mountpoint as it was given, absolute)."""
-    from fuseblk.control import find_daemons
+    from fuseblk.control.server import find_daemons
 
     wanted = os.path.abspath(mountpoint)
     for daemon in find_daemons():

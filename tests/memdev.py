@@ -15,8 +15,8 @@ import os
 import trio
 
 from fuseblk.bio import Bio, BioOp
-from fuseblk.blk_crypto import supports_natively
-from fuseblk.crypto_profile import CryptoProfile
+from fuseblk.blkcrypto.keyslot_manager import CryptoProfile
+from fuseblk.blkcrypto.submit import supports_natively
 from fuseblk.errors import FuseblkError
 from fuseblk.key import BlkCryptoKey
 from fuseblk.modes import CryptoMode

@@ -17,16 +17,16 @@ import pytest
 import trio
 from test_image_format import headers_of
 
-from fuseblk import backend as backend_mod
-from fuseblk import image_format
-from fuseblk.backend import Backend
 from fuseblk.bio import Bio
 from fuseblk.ciphers import get_cipher
 from fuseblk.crypt_context import BioCryptContext
 from fuseblk.device import BlockDevice
 from fuseblk.errors import FuseblkError
-from fuseblk.hw_profiles import load_profile
-from fuseblk.image_format import DATA_OFFSET, SlotRecordState
+from fuseblk.hw import backend as backend_mod
+from fuseblk.hw import image_format
+from fuseblk.hw.backend import Backend
+from fuseblk.hw.image_format import DATA_OFFSET, SlotRecordState
+from fuseblk.hw.profiles import load_profile
 from fuseblk.key import BlkCryptoKey
 from fuseblk.modes import CryptoMode
 
@@ -169,7 +169,7 @@ async def test_unsupported_context_reaching_the_hardware_is_eio_and_logged(
     tiny: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
     key = new_key(mode=CryptoMode.ADIANTUM)  # tiny does AES-256-XTS only
-    caplog.set_level(logging.ERROR, logger="fuseblk.backend")
+    caplog.set_level(logging.ERROR, logger="fuseblk.hw.backend")
     with pytest.raises(FuseblkError) as err:
         await tiny.submit(Bio.write(0, bytes(4096), BioCryptContext.at(key, 0)))
     assert err.value.errno == errno.EIO
@@ -215,7 +215,7 @@ def test_another_process_holding_the_image_makes_open_ebusy_until_it_is_killed(
         [
             sys.executable,
             "-c",
-            "import sys, time; from fuseblk.backend import Backend; "
+            "import sys, time; from fuseblk.hw.backend import Backend; "
             "b = Backend.open(sys.argv[1]); print('held', flush=True); time.sleep(60)",
             str(path),
         ],

@@ -9,13 +9,13 @@ import pytest
 from memdev import MemDevice, make_key
 
 from fuseblk.bio import Bio
-from fuseblk.blk_crypto import describe_path, submit_bio
+from fuseblk.blkcrypto.fallback import configure_fallback, get_fallback
+from fuseblk.blkcrypto.keyslot_manager import CryptoProfile
+from fuseblk.blkcrypto.submit import describe_path, submit_bio
 from fuseblk.capabilities import CryptoCapabilities, dus_mask
 from fuseblk.ciphers import get_cipher
 from fuseblk.crypt_context import BioCryptContext
-from fuseblk.crypto_profile import CryptoProfile
 from fuseblk.errors import FuseblkError
-from fuseblk.fallback import configure_fallback, get_fallback
 from fuseblk.key import KeyType
 from fuseblk.modes import CryptoMode
 

@@ -10,8 +10,8 @@ import trio
 from fuse_helpers import MemoryDevice
 
 from fuseblk.bio import BioOp
-from fuseblk.block_io import BlockIO
 from fuseblk.errors import FuseblkError
+from fuseblk.fuse.block_io import BlockIO
 
 
 def make(size: int = 64 * 1024, block_size: int = 4096) -> tuple[MemoryDevice, BlockIO]:

@@ -1,4 +1,4 @@
-"""Adiantum: the authors' test vectors (read in place from the shared folder), and the
+"""Adiantum: the authors' test vectors (tests/vectors/adiantum, with their licence), and the
 per-data-unit cipher built on it (tweak = the DUN as 32 little-endian bytes)."""
 
 from __future__ import annotations
@@ -18,28 +18,8 @@ from fuseblk.ciphers.adiantum import AdiantumKeys
 from fuseblk.ciphers.chacha import key_words, keystream
 from fuseblk.key import BlkCryptoKey
 
-VECTOR_FILE = Path("testvectors") / "adiantum" / "Adiantum_XChaCha12_32_AES256.json"
-
-
-def _shared_dir() -> Path:
-    env = os.environ.get("FUSEBLK_SHARED_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared"
-
-
-def _load_vectors() -> list[dict[str, object]]:
-    path = _shared_dir() / VECTOR_FILE
-    if not path.is_file():
-        return []
-    vectors: list[dict[str, object]] = json.loads(path.read_text())
-    return vectors
-
-
-VECTORS = _load_vectors()
-needs_vectors = pytest.mark.skipif(
-    not VECTORS,
-    reason=f"Adiantum test vectors not found at {_shared_dir() / VECTOR_FILE} "
-    "(set FUSEBLK_SHARED_DIR to the folder holding testvectors/)",
-)
+VECTOR_FILE = Path(__file__).parent / "vectors" / "adiantum" / "Adiantum_XChaCha12_32_AES256.json"
+VECTORS: list[dict[str, object]] = json.loads(VECTOR_FILE.read_text())
 
 
 def _case(v: dict[str, object]) -> tuple[bytes, bytes, bytes, bytes]:
@@ -57,7 +37,6 @@ def _row(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8).reshape(1, -1)
 
 
-@needs_vectors
 @pytest.mark.parametrize("index", range(len(VECTORS)))
 def test_authors_vectors_encrypt_and_decrypt(index: int) -> None:
     key, tweak, pt, ct = _case(VECTORS[index])
@@ -74,12 +53,10 @@ def _blk_crypto_cases() -> list[tuple[bytes, bytes, bytes, bytes]]:
     ]
 
 
-@needs_vectors
 def test_blk_crypto_shaped_vectors_exist() -> None:
     assert {len(c[2]) for c in _blk_crypto_cases()} >= {16, 128, 512, 4096}
 
 
-@needs_vectors
 @pytest.mark.parametrize("index", range(len(_blk_crypto_cases())))
 def test_blk_crypto_vectors_through_get_cipher_with_the_dun_as_tweak(index: int) -> None:
     key, tweak, pt, ct = _blk_crypto_cases()[index]

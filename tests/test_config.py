@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fuseblk.config import BackendSpec, Config, build_devices, load_config, parse_config
-from fuseblk.default_setup import default_config, default_state_dir
+from fuseblk.config.config_file import BackendSpec, Config, build_devices, load_config, parse_config
+from fuseblk.config.default_setup import default_config, default_state_dir
 from fuseblk.errors import FuseblkError
 
 EXAMPLE = """\

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import trio
 
-from fuseblk.backend import Backend
-from fuseblk.control import RUNTIME_DIR_ENV, serve_control, socket_path_for
-from fuseblk.dm import DeviceManager
-from fuseblk.hw_profiles import load_profile
+from fuseblk.control.server import RUNTIME_DIR_ENV, serve_control, socket_path_for
+from fuseblk.dm.manager import DeviceManager
+from fuseblk.hw.backend import Backend
+from fuseblk.hw.profiles import load_profile
 
 
 def private_runtime_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:

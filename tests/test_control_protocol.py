@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fuseblk.control_protocol import (
+from fuseblk.control.protocol import (
     COMMANDS,
     RequestError,
     decode_request,

@@ -19,10 +19,10 @@ from test_control_harness import manager_factory
 
 from fuseblk import __version__
 from fuseblk.bio import Bio
-from fuseblk.control import serve_control, socket_path_for
-from fuseblk.control_client import ControlClient
-from fuseblk.control_protocol import MAX_LINE, PROTOCOL_VERSION
-from fuseblk.dm import DeviceManager
+from fuseblk.control.client import ControlClient
+from fuseblk.control.protocol import MAX_LINE, PROTOCOL_VERSION
+from fuseblk.control.server import serve_control, socket_path_for
+from fuseblk.dm.manager import DeviceManager
 from fuseblk.errors import FuseblkError
 
 KEY = bytes(range(64))

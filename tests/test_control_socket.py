@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from fuseblk.control import find_daemons, runtime_dir, serve_control, socket_path_for
-from fuseblk.control_client import ControlClient, resolve_socket
-from fuseblk.dm import DeviceManager
+from fuseblk.control.client import ControlClient, resolve_socket
+from fuseblk.control.server import find_daemons, runtime_dir, serve_control, socket_path_for
+from fuseblk.dm.manager import DeviceManager
 from fuseblk.errors import FuseblkError
 
 

@@ -9,9 +9,9 @@ import trio
 import trio.testing
 from memdev import MemKeyslotHardware, make_key
 
+from fuseblk.blkcrypto.keyslot_manager import CryptoProfile, Keyslot
 from fuseblk.capabilities import CryptoCapabilities, dus_mask
 from fuseblk.ciphers import get_cipher
-from fuseblk.crypto_profile import CryptoProfile, Keyslot
 from fuseblk.errors import FuseblkError
 from fuseblk.key import KeyType
 from fuseblk.modes import CryptoMode

@@ -22,10 +22,10 @@ from dm_helpers import (
 )
 
 from fuseblk.bio import Bio
+from fuseblk.blkcrypto.fallback import CryptoFallback, configure_fallback
 from fuseblk.crypt_context import BioCryptContext
-from fuseblk.dm import DeviceManager
+from fuseblk.dm.manager import DeviceManager
 from fuseblk.errors import FuseblkError
-from fuseblk.fallback import CryptoFallback, configure_fallback
 
 __all__ = ["fallback", "manager"]  # the fixtures, re-exported for pytest
 SZ = 2 * MiB // 512

@@ -18,10 +18,10 @@ import pytest
 from fuse_helpers import needs_fuse
 from test_control_harness import DaemonThread, cli_env, manager_factory
 
-from fuseblk.backend import punch_hole
 from fuseblk.bio import Bio
 from fuseblk.cli import main
-from fuseblk.control import find_daemons
+from fuseblk.control.server import find_daemons
+from fuseblk.hw.backend import punch_hole
 
 KEY = bytes(range(64))
 KEY_HEX = KEY.hex()
@@ -429,7 +429,7 @@ def test_relative_image_paths_in_tables_and_messages_are_the_callers(
     daemon: DaemonThread, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # the daemon runs in / (it chdirs after forking): "./x.img" must reach it as an absolute path
-    from fuseblk.control_client import ControlClient
+    from fuseblk.control.client import ControlClient
 
     sent: list[dict] = []
     real_call = ControlClient.call

@@ -7,9 +7,9 @@ import errno
 import pytest
 from dm_helpers import XTS, MemDisk, caps, fallback, make_key, manager_over, pattern, write
 
+from fuseblk.blkcrypto.fallback import CryptoFallback
 from fuseblk.crypt_context import BioCryptContext
 from fuseblk.errors import FuseblkError
-from fuseblk.fallback import CryptoFallback
 
 __all__ = ["fallback"]
 

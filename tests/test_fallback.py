@@ -10,15 +10,15 @@ import trio
 from memdev import MemDevice, make_key
 
 from fuseblk.bio import Bio
-from fuseblk.ciphers import get_cipher
-from fuseblk.crypt_context import BioCryptContext
-from fuseblk.errors import FuseblkError
-from fuseblk.fallback import (
+from fuseblk.blkcrypto.fallback import (
     DEFAULT_NUM_SLOTS,
     CryptoFallback,
     configure_fallback,
     get_fallback,
 )
+from fuseblk.ciphers import get_cipher
+from fuseblk.crypt_context import BioCryptContext
+from fuseblk.errors import FuseblkError
 from fuseblk.key import BlkCryptoKey, KeyType
 from fuseblk.modes import CryptoMode
 

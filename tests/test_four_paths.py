@@ -22,12 +22,12 @@ import trio
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from dm_helpers import manager
 
-from fuseblk.backend import Backend
 from fuseblk.bio import Bio
+from fuseblk.blkcrypto.fallback import get_fallback
 from fuseblk.capabilities import CryptoCapabilities, dus_mask
-from fuseblk.dm import DeviceManager
-from fuseblk.fallback import get_fallback
-from fuseblk.hw_profiles import HardwareKind, HardwareProfile
+from fuseblk.dm.manager import DeviceManager
+from fuseblk.hw.backend import Backend
+from fuseblk.hw.profiles import HardwareKind, HardwareProfile
 from fuseblk.key import KeyType
 from fuseblk.modes import CryptoMode
 

@@ -162,12 +162,12 @@ def test_device_errors_reach_the_caller_as_eio_and_the_log_as_warnings(
     fd = os.open(mnt / "small", os.O_RDONLY)
     try:
         with (
-            caplog.at_level(logging.WARNING, logger="fuseblk.fuse_ops"),
+            caplog.at_level(logging.WARNING, logger="fuseblk.fuse.ops"),
             pytest.raises(OSError) as info,
         ):
             os.pread(fd, 512, 0)
         assert info.value.errno == errno.EIO
-        assert any("EIO" in r.getMessage() for r in caplog.records if r.name == "fuseblk.fuse_ops")
+        assert any("EIO" in r.getMessage() for r in caplog.records if r.name == "fuseblk.fuse.ops")
     finally:
         manager.devices["small"].fail = False
         os.close(fd)
@@ -285,8 +285,8 @@ def test_statfs_reports_the_devices(mnt: Path) -> None:
 
 
 def test_a_second_mount_on_the_same_mountpoint_is_refused(mnt: Path) -> None:
-    from fuseblk.daemon import MountSettings, run_foreground
     from fuseblk.errors import FuseblkError
+    from fuseblk.fuse.daemon import MountSettings, run_foreground
 
     async def build() -> MemoryManager:
         raise AssertionError("must refuse before building devices")

@@ -9,7 +9,7 @@ import pytest
 
 from fuseblk.capabilities import dus_list
 from fuseblk.errors import FuseblkError
-from fuseblk.hw_profiles import (
+from fuseblk.hw.profiles import (
     HardwareKind,
     available_profiles,
     build_profile,

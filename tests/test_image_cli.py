@@ -12,11 +12,17 @@ from pathlib import Path
 import pytest
 import trio
 
-from fuseblk.backend import Backend
 from fuseblk.bio import Bio
 from fuseblk.crypt_context import BioCryptContext
-from fuseblk.hw_profiles import load_profile
-from fuseblk.image_format import BACKUP_OFFSET, DATA_OFFSET, HEADER_SIZE, read_headers, write_copy
+from fuseblk.hw.backend import Backend
+from fuseblk.hw.image_format import (
+    BACKUP_OFFSET,
+    DATA_OFFSET,
+    HEADER_SIZE,
+    read_headers,
+    write_copy,
+)
+from fuseblk.hw.profiles import load_profile
 from fuseblk.key import BlkCryptoKey
 
 MiB = 1 << 20

@@ -12,11 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fuseblk import image_format
 from fuseblk.capabilities import CryptoCapabilities
 from fuseblk.errors import FuseblkError, ImageFormatError
-from fuseblk.hw_profiles import HardwareKind, HardwareProfile, load_profile
-from fuseblk.image_format import (
+from fuseblk.hw import image_format
+from fuseblk.hw.image_format import (
     BACKUP_OFFSET,
     BODY_SIZE,
     DATA_OFFSET,
@@ -30,6 +29,7 @@ from fuseblk.image_format import (
     read_headers,
     write_headers,
 )
+from fuseblk.hw.profiles import HardwareKind, HardwareProfile, load_profile
 from fuseblk.key import CryptoConfig, KeyType
 from fuseblk.modes import CryptoMode
 

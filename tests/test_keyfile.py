@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fuseblk.default_setup import default_config
+from fuseblk.config.default_setup import default_config
 from fuseblk.errors import FuseblkError
 from fuseblk.keyfile import KeyFileError, read_key_file
 

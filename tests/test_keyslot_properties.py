@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from memdev import MemKeyslotHardware, make_key
 
+from fuseblk.blkcrypto.keyslot_manager import CryptoProfile, Keyslot
 from fuseblk.capabilities import CryptoCapabilities
-from fuseblk.crypto_profile import CryptoProfile, Keyslot
 from fuseblk.errors import FuseblkError
 from fuseblk.key import BlkCryptoKey
 

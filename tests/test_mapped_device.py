@@ -19,9 +19,9 @@ from dm_helpers import (
 )
 
 from fuseblk.bio import Bio
+from fuseblk.blkcrypto.fallback import CryptoFallback
 from fuseblk.crypt_context import BioCryptContext
 from fuseblk.errors import FuseblkError
-from fuseblk.fallback import CryptoFallback
 from fuseblk.modes import CryptoMode
 
 __all__ = ["fallback"]  # the fixture, re-exported for pytest
@@ -212,7 +212,7 @@ async def test_split_on_a_data_unit_boundary_advances_the_dun():
 async def _mixed_write(
     fallback_policy: str,
 ) -> tuple[MemDisk, MemDisk, dict[str, int], CryptoFallback]:
-    from fuseblk.fallback import configure_fallback
+    from fuseblk.blkcrypto.fallback import configure_fallback
 
     fb = configure_fallback()
     inline, legacy = MemDisk("inline", caps=UFS), MemDisk("legacy")

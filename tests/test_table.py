@@ -9,8 +9,8 @@ from dm_helpers import DeviceEnv, MemDisk, MiB, manager_over
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fuseblk.dm.table import Table
 from fuseblk.errors import FuseblkError, TableError
-from fuseblk.table import Table
 
 ENV = DeviceEnv({name: MemDisk(name, MiB) for name in "abc"}, "dm-test")
 
@@ -88,7 +88,7 @@ async def test_unknown_target_lists_known_targets():
 
 async def test_malformed_table_destroys_targets_already_built():
     destroyed = []
-    from fuseblk.targets.delay import DelayTarget
+    from fuseblk.dm.targets.delay import DelayTarget
 
     original = DelayTarget.destroy
 

@@ -15,17 +15,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from memdev import MemDevice, make_key
 
-from fuseblk.backend import Backend
 from fuseblk.bio import Bio, BioOp
 from fuseblk.ciphers import get_cipher
 from fuseblk.crypt_context import BioCryptContext
-from fuseblk.dm import DeviceManager
+from fuseblk.dm.manager import DeviceManager
+from fuseblk.dm.targets import get_target
+from fuseblk.dm.targets.base import TargetArgError
+from fuseblk.dm.targets.cipher_spec import parse_crypt_cipher
+from fuseblk.dm.targets.crypt import CryptTarget, iv_runs
 from fuseblk.errors import FuseblkError, TableError
-from fuseblk.hw_profiles import load_profile
-from fuseblk.targets import get_target
-from fuseblk.targets.base import TargetArgError
-from fuseblk.targets.cipher_spec import parse_crypt_cipher
-from fuseblk.targets.crypt import CryptTarget, iv_runs
+from fuseblk.hw.backend import Backend
+from fuseblk.hw.profiles import load_profile
 
 __all__ = ["manager"]  # the fixture, re-exported for pytest
 

@@ -11,21 +11,21 @@ import pytest
 from dm_helpers import DeviceEnv, image_manager, manager
 from memdev import MemDevice, MemKeyslotHardware, make_key
 
-from fuseblk.backend import Backend
 from fuseblk.bio import Bio, BioOp
+from fuseblk.blkcrypto.fallback import get_fallback
+from fuseblk.blkcrypto.keyslot_manager import CryptoProfile
 from fuseblk.capabilities import CryptoCapabilities, dus_mask
 from fuseblk.ciphers import get_cipher
 from fuseblk.crypt_context import BioCryptContext
-from fuseblk.crypto_profile import CryptoProfile
-from fuseblk.dm import DeviceManager
+from fuseblk.dm.manager import DeviceManager
+from fuseblk.dm.targets import get_target
+from fuseblk.dm.targets.base import TargetArgError
+from fuseblk.dm.targets.default_key import DefaultKeyTarget
 from fuseblk.errors import FuseblkError, TableError
-from fuseblk.fallback import get_fallback
-from fuseblk.hw_profiles import load_profile
+from fuseblk.hw.backend import Backend
+from fuseblk.hw.profiles import load_profile
 from fuseblk.key import BlkCryptoKey, KeyType
 from fuseblk.modes import CryptoMode
-from fuseblk.targets import get_target
-from fuseblk.targets.base import TargetArgError
-from fuseblk.targets.default_key import DefaultKeyTarget
 
 __all__ = ["manager"]  # the fixture, re-exported for pytest
 

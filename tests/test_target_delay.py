@@ -8,7 +8,7 @@ from dm_helpers import XTS, MemDisk, caps, ciphertext, make_key, manager_over, p
 
 from fuseblk.bio import Bio
 from fuseblk.crypt_context import BioCryptContext
-from fuseblk.targets.delay import DelayTarget
+from fuseblk.dm.targets.delay import DelayTarget
 
 
 async def test_delay_zero_is_a_plain_remap():

@@ -20,8 +20,8 @@ from dm_helpers import (
 
 from fuseblk.bio import Bio
 from fuseblk.crypt_context import BioCryptContext
+from fuseblk.dm.targets.flakey import FlakeyTarget
 from fuseblk.errors import FuseblkError
-from fuseblk.targets.flakey import FlakeyTarget
 
 SZ = 64
 

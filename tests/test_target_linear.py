@@ -5,7 +5,7 @@ from __future__ import annotations
 from dm_helpers import XTS, MemDisk, caps, ciphertext, make_key, manager_over, pattern, read, write
 
 from fuseblk.crypt_context import BioCryptContext
-from fuseblk.targets.linear import LinearTarget
+from fuseblk.dm.targets.linear import LinearTarget
 
 
 async def test_linear_maps_offsets_relative_to_the_target_start():

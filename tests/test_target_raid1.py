@@ -12,21 +12,21 @@ import trio.testing
 from dm_helpers import DeviceEnv, manager
 from memdev import MemDevice, MemKeyslotHardware, make_key
 
-from fuseblk.backend import Backend
 from fuseblk.bio import Bio, BioOp
+from fuseblk.blkcrypto.keyslot_manager import CryptoProfile
 from fuseblk.capabilities import CryptoCapabilities, dus_mask
 from fuseblk.crypt_context import BioCryptContext
-from fuseblk.crypto_profile import CryptoProfile
 from fuseblk.device import BlockDevice
-from fuseblk.dm import DeviceManager
+from fuseblk.dm.manager import DeviceManager
+from fuseblk.dm.targets import get_target, raid1
+from fuseblk.dm.targets.base import TargetArgError
+from fuseblk.dm.targets.raid1 import Raid1Target
 from fuseblk.errors import FuseblkError
-from fuseblk.hw_profiles import load_profile
+from fuseblk.hw.backend import Backend
+from fuseblk.hw.profiles import load_profile
 from fuseblk.key import KeyType
 from fuseblk.modes import CryptoMode
 from fuseblk.stats import Counters
-from fuseblk.targets import get_target, raid1
-from fuseblk.targets.base import TargetArgError
-from fuseblk.targets.raid1 import Raid1Target
 
 __all__ = ["manager"]  # the fixture, re-exported for pytest
 

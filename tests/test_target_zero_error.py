@@ -8,12 +8,12 @@ import pytest
 from dm_helpers import MemDisk, fallback, make_key, manager_over, pattern, read, write
 
 from fuseblk.bio import Bio
+from fuseblk.blkcrypto.fallback import CryptoFallback
 from fuseblk.ciphers import get_cipher
 from fuseblk.crypt_context import BioCryptContext
+from fuseblk.dm.targets.error import ErrorTarget
+from fuseblk.dm.targets.zero import ZeroTarget
 from fuseblk.errors import FuseblkError
-from fuseblk.fallback import CryptoFallback
-from fuseblk.targets.error import ErrorTarget
-from fuseblk.targets.zero import ZeroTarget
 
 __all__ = ["fallback"]
 

@@ -103,7 +103,7 @@ def bench(
 
 
 def daemon_pid(mountpoint: Path) -> int | None:
-    from fuseblk.control import find_daemons
+    from fuseblk.control.server import find_daemons
 
     wanted = os.path.abspath(mountpoint)
     return next((d.pid for d in find_daemons() if d.mountpoint == wanted), None)
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     if not shutil.which("fio"):
         parser.error("fio is not installed")
 
-    from fuseblk.image_format import DATA_OFFSET
+    from fuseblk.hw.image_format import DATA_OFFSET
 
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="fuseblk-bench-") as tmp:

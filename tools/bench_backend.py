@@ -17,10 +17,10 @@ from pathlib import Path
 
 import trio
 
-from fuseblk.backend import Backend
 from fuseblk.bio import Bio
 from fuseblk.crypt_context import BioCryptContext
-from fuseblk.hw_profiles import load_profile
+from fuseblk.hw.backend import Backend
+from fuseblk.hw.profiles import load_profile
 from fuseblk.key import BlkCryptoKey
 
 

@@ -21,12 +21,12 @@ from collections.abc import Callable
 import trio
 
 from fuseblk.bio import Bio
-from fuseblk.blk_crypto import submit_bio
+from fuseblk.blkcrypto.keyslot_manager import CryptoProfile
+from fuseblk.blkcrypto.submit import submit_bio
 from fuseblk.capabilities import CryptoCapabilities
 from fuseblk.crypt_context import BioCryptContext
-from fuseblk.crypto_profile import CryptoProfile
 from fuseblk.device import BlockDevice
-from fuseblk.dm import DeviceManager
+from fuseblk.dm.manager import DeviceManager
 from fuseblk.key import BlkCryptoKey
 
 

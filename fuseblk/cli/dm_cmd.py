@@ -17,7 +17,7 @@ from typing import Any
 
 from fuseblk import SECTOR_SIZE
 from fuseblk.cli import output
-from fuseblk.control_client import ControlClient
+from fuseblk.control.client import ControlClient
 from fuseblk.errors import FuseblkError
 from fuseblk.keyfile import KeyFileError, read_key_file
 from fuseblk.modes import CryptoMode

@@ -19,20 +19,20 @@ import sys
 from typing import Any
 
 from fuseblk.errors import FuseblkError, einval
-from fuseblk.hw_profiles import (
-    HardwareKind,
-    HardwareProfile,
-    available_profiles,
-    build_profile,
-    load_profile,
-)
-from fuseblk.image_format import (
+from fuseblk.hw.image_format import (
     HeaderSet,
     ImageHeader,
     create_image_file,
     lock_image,
     read_headers,
     write_copy,
+)
+from fuseblk.hw.profiles import (
+    HardwareKind,
+    HardwareProfile,
+    available_profiles,
+    build_profile,
+    load_profile,
 )
 from fuseblk.sizes import format_size, parse_size
 

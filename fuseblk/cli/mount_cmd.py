@@ -91,9 +91,9 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run_mount(args: argparse.Namespace) -> int:
-    from fuseblk.config import build_devices, load_config
-    from fuseblk.daemon import MountSettings, check_mountpoint, run_daemon, run_foreground
-    from fuseblk.default_setup import default_config, default_state_dir
+    from fuseblk.config.config_file import build_devices, load_config
+    from fuseblk.config.default_setup import default_config, default_state_dir
+    from fuseblk.fuse.daemon import MountSettings, check_mountpoint, run_daemon, run_foreground
     from fuseblk.logs import parse_level, setup_logging
 
     parse_level(args.log_level)
@@ -129,7 +129,7 @@ def run_mount(args: argparse.Namespace) -> int:
 
 
 def run_umount(args: argparse.Namespace) -> int:
-    from fuseblk.daemon import FUSEBLK_FSTYPE, mount_type
+    from fuseblk.fuse.daemon import FUSEBLK_FSTYPE, mount_type
 
     mountpoint = os.path.abspath(args.mountpoint)
     fstype = mount_type(mountpoint)
@@ -159,8 +159,8 @@ def _ask_daemon_to_shut_down(mountpoint: str, timeout: float, force: bool) -> st
     The daemon is found by its record (the mountpoint as given at mount), not by resolving the
     path: resolving stats the mount, which would hang on a hung daemon.
     """
-    from fuseblk.control import find_daemons
-    from fuseblk.control_client import ControlClient
+    from fuseblk.control.client import ControlClient
+    from fuseblk.control.server import find_daemons
 
     daemons = [d for d in find_daemons() if d.mountpoint == mountpoint]
     if not daemons:
@@ -176,7 +176,7 @@ def _ask_daemon_to_shut_down(mountpoint: str, timeout: float, force: bool) -> st
 
 
 def _wait_unmounted(mountpoint: str, timeout: float) -> bool:
-    from fuseblk.daemon import is_mountpoint
+    from fuseblk.fuse.daemon import is_mountpoint
 
     deadline = time.monotonic() + timeout
     while is_mountpoint(mountpoint):

@@ -13,7 +13,7 @@ from typing import Any
 
 from fuseblk.cli import output
 from fuseblk.cli.dm_cmd import common_options
-from fuseblk.control_client import ControlClient
+from fuseblk.control.client import ControlClient
 from fuseblk.errors import FuseblkError
 
 

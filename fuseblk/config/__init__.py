@@ -1,0 +1,1 @@
+"""Mount configuration: config files, the built-in default setup, building the devices."""

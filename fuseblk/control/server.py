@@ -1,0 +1,468 @@
+"""The daemon's control socket: where it lives, and the server that runs DeviceManager commands.
+
+Every mounted daemon listens on a 0600 Unix socket in a per-user runtime directory, named after a
+hash of the mountpoint, beside a small JSON record ``{mountpoint, pid, socket}``. The hash lets a
+client find the daemon of a given mountpoint; the records let it find *the* daemon when only one
+runs, which is why ``--mount`` is optional on the command line.
+
+The server runs inside the daemon's trio nursery, one task per connection, and only translates
+JSON-line requests (:mod:`fuseblk.control.protocol`) into calls on the :class:`DeviceManager`.
+Errors go back as the errno the kernel would return; the connection and the daemon survive
+malformed requests.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import inspect
+import json
+import logging
+import os
+import socket as _stdsocket
+import stat
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from fuseblk import SECTOR_SIZE, __version__
+from fuseblk.bio import Bio
+from fuseblk.control.protocol import (
+    MAX_LINE,
+    PROTOCOL_VERSION,
+    Request,
+    RequestError,
+    decode_request,
+    encode,
+    error_response,
+    ok_response,
+    redacted_args,
+)
+from fuseblk.errors import FuseblkError, einval
+from fuseblk.key import BlkCryptoKey
+from fuseblk.modes import CryptoMode
+
+log = logging.getLogger("fuseblk.control.server")
+
+RUNTIME_DIR_ENV = "FUSEBLK_RUNTIME_DIR"  # overrides the runtime directory (tests, odd setups)
+_SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
+
+
+# --- where daemons are found -------------------------------------------------------------------
+
+
+def runtime_dir() -> Path:
+    """``$FUSEBLK_RUNTIME_DIR``, else ``$XDG_RUNTIME_DIR/fuseblk``, ``/run/fuseblk`` for root,
+    or ``/tmp/fuseblk-UID``: private to the user, so the sockets' 0600 mode is not the only guard."""
+    override = os.environ.get(RUNTIME_DIR_ENV)
+    if override:
+        return Path(override)
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return Path(xdg) / "fuseblk"
+    if os.geteuid() == 0:
+        return Path("/run/fuseblk")
+    return Path(f"/tmp/fuseblk-{os.geteuid()}")
+
+
+def _mount_key(mountpoint: str | os.PathLike[str]) -> str:
+    # realpath: "mnt", "./mnt" and "/abs/mnt" must find the same daemon. Call this before the
+    # mount is up when inside the daemon: resolving the mountpoint stats it.
+    real = os.path.realpath(os.fspath(mountpoint))
+    return hashlib.sha256(real.encode()).hexdigest()[:16]
+
+
+def socket_path_for(mountpoint: str | os.PathLike[str]) -> Path:
+    """The control socket of the daemon serving ``mountpoint`` (whether or not one runs)."""
+    return runtime_dir() / f"{_mount_key(mountpoint)}.sock"
+
+
+def check_private(directory: Path) -> None:
+    """EPERM unless ``directory`` is ours and closed to others.
+
+    The /tmp fallback could have been created by another user beforehand; a client trusting
+    records there could be sent to an impostor's socket (and hand it a key).
+    """
+    try:
+        st = directory.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise FuseblkError(
+            errno.EPERM,
+            f"runtime directory {directory} must be a directory owned by uid {os.geteuid()} "
+            "with mode 0700",
+        )
+
+
+def _record_path(socket_path: Path) -> Path:
+    return socket_path.with_suffix(".json")
+
+
+@dataclass(frozen=True)
+class DaemonInfo:
+    """A running daemon as its record describes it."""
+
+    mountpoint: str | None
+    pid: int
+    socket: Path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def find_daemons() -> list[DaemonInfo]:
+    """Live daemons of this user, by mountpoint; records of dead ones are removed on the way."""
+    directory = runtime_dir()
+    check_private(directory)
+    found: list[DaemonInfo] = []
+    try:
+        records = sorted(directory.glob("*.json"))
+    except OSError:
+        return []
+    for record in records:
+        info = _read_record(record)
+        if info is not None and _pid_alive(info.pid) and info.socket.exists():
+            found.append(info)
+            continue
+        log.info("removing stale control record %s", record)
+        record.unlink(missing_ok=True)
+        record.with_suffix(".sock").unlink(missing_ok=True)
+    return sorted(found, key=lambda d: (d.mountpoint or "", str(d.socket)))
+
+
+def _read_record(record: Path) -> DaemonInfo | None:
+    try:
+        obj = json.loads(record.read_text())
+        pid = obj["pid"]
+        sock = obj["socket"]
+        mountpoint = obj.get("mountpoint")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(pid, int) or not isinstance(sock, str):
+        return None
+    return DaemonInfo(mountpoint if isinstance(mountpoint, str) else None, pid, Path(sock))
+
+
+def _write_record(socket_path: Path, mountpoint: str | None) -> Path:
+    record = _record_path(socket_path)
+    tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+    tmp.write_text(
+        json.dumps({"mountpoint": mountpoint, "pid": os.getpid(), "socket": str(socket_path)})
+    )
+    os.replace(tmp, record)  # readers see the whole record or none
+    return record
+
+
+# --- the server --------------------------------------------------------------------------------
+
+
+def jsonable(value: Any) -> Any:
+    """A manager result made fit for JSON: capabilities, enums and paths become plain values.
+
+    Bytes are never sent (they could be key material); they become a placeholder.
+    """
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    to_json = getattr(value, "to_json", None)
+    if callable(to_json):
+        return jsonable(to_json())
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return str(value)
+
+
+class ControlCommands:
+    """The commands of docs/control-protocol.md, each one call (or a few) on the manager.
+
+    Table-changing commands are serialized: like the kernel's per-device locks, it keeps two
+    clients from interleaving a load and a resume of the same device.
+    """
+
+    def __init__(self, manager: Any, on_shutdown: Callable[[], object] | None = None) -> None:
+        self.manager = manager
+        self.on_shutdown = on_shutdown
+        self._table_lock = trio.Lock()
+
+    async def execute(self, req: Request) -> Any:
+        handler = getattr(self, f"cmd_{req.cmd}")
+        result = handler(**req.args)
+        if inspect.isawaitable(result):
+            result = await result
+        return jsonable(result)
+
+    def _names(self, name: str | None) -> list[str]:
+        if name is not None:
+            self.manager.get(name)  # ENXIO for an unknown device, before any output
+            return [name]
+        return sorted(self.manager.names())
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def cmd_ping(self) -> dict[str, Any]:
+        return {"version": __version__, "protocol": PROTOCOL_VERSION, "pid": os.getpid()}
+
+    cmd_version = cmd_ping
+
+    async def cmd_create(self, name: str, table: str, fallback: str | None = None) -> None:
+        async with self._table_lock:
+            if fallback is None:
+                await self.manager.create(name, table)
+            else:
+                await self.manager.create(name, table, fallback=fallback)
+
+    async def cmd_load(self, name: str, table: str) -> None:
+        async with self._table_lock:
+            await self.manager.load(name, table)
+
+    async def cmd_resume(self, name: str) -> None:
+        async with self._table_lock:
+            await self.manager.resume(name)
+
+    async def cmd_suspend(self, name: str) -> None:
+        async with self._table_lock:
+            await self.manager.suspend(name)
+
+    async def cmd_remove(self, name: str) -> None:
+        async with self._table_lock:
+            await self.manager.remove(name)
+
+    async def cmd_rename(self, old: str, new: str) -> None:
+        async with self._table_lock:
+            self.manager.rename(old, new)
+
+    # -- queries --------------------------------------------------------------------------------
+    def cmd_table(self, name: str | None = None, show_keys: bool = False) -> list[dict[str, Any]]:
+        return [
+            {"name": n, "table": self.manager.table(n, show_keys=bool(show_keys))}
+            for n in self._names(name)
+        ]
+
+    def cmd_status(self, name: str | None = None) -> list[dict[str, Any]]:
+        return [{"name": n, "status": self.manager.status(n)} for n in self._names(name)]
+
+    def cmd_info(self, name: str | None = None) -> list[dict[str, Any]]:
+        return [self.manager.info(n) for n in self._names(name)]
+
+    def cmd_ls(self) -> list[dict[str, Any]]:
+        return [{"name": n, "size": self.manager.get(n).size} for n in self._names(None)]
+
+    def cmd_stats(self, name: str | None = None) -> Any:
+        return self.manager.stats(name)
+
+    # -- I/O and keys ---------------------------------------------------------------------------
+    async def cmd_message(self, name: str, sector: int, args: list[Any]) -> dict[str, Any]:
+        if not args or not all(isinstance(a, str) for a in args):
+            raise einval("message: 'args' must be a non-empty list of strings")
+        if sector < 0:
+            raise einval("message: sector must not be negative")
+        reply = await self.manager.message(name, sector, list(args))
+        return {"reply": reply or ""}
+
+    async def cmd_evict_key(
+        self, name: str, mode: str, key_hex: str, data_unit_size: int, dun_bytes: int | None = None
+    ) -> None:
+        try:
+            raw = bytes.fromhex(key_hex)
+        except ValueError:
+            raise einval("evict_key: key_hex is not hexadecimal") from None
+        # A key is its bytes and its configuration: without a DUN width, evict it under every
+        # width the mode allows (default-key picks the width from the target's size).
+        crypto_mode = CryptoMode.parse(mode)
+        widths = range(1, crypto_mode.iv_size + 1) if dun_bytes is None else [dun_bytes]
+        for width in widths:
+            key = BlkCryptoKey.create(crypto_mode, raw, data_unit_size, width)
+            await self.manager.evict_key(name, key)
+
+    async def cmd_discard(self, name: str, offset: int, length: int) -> None:
+        """``BLKDISCARD`` by hand: the FUSE layer cannot offer it (pyfuse3 has no fallocate)."""
+        dev = self.manager.get(name)
+        if offset < 0 or length <= 0:
+            raise einval("discard: offset must be >= 0 and length > 0")
+        if offset % SECTOR_SIZE or length % SECTOR_SIZE:
+            raise einval(f"discard: offset and length must be multiples of {SECTOR_SIZE}")
+        if offset + length > dev.size:
+            raise einval(
+                f"discard: range ends at {offset + length}, beyond the device's {dev.size} bytes"
+            )
+        await dev.submit(Bio.discard(offset, length))
+
+    async def cmd_shutdown(self, force: bool = False) -> None:
+        """Refuse while devices are open (like umount(8)), unless forced.
+
+        An open handle may be a loop device or a mounted filesystem: unmounting under it would
+        leave it reading nothing. The connection calls ``on_shutdown`` after the reply went out.
+        """
+        busy = {} if force else self.manager.open_devices()
+        if busy:
+            what = ", ".join(f"{name} ({n} open)" for name, n in sorted(busy.items()))
+            raise FuseblkError(
+                errno.EBUSY,
+                f"devices are in use: {what}; close them (losetup -d, umount) or use --force",
+            )
+
+
+async def _lines(stream: trio.abc.ReceiveStream, limit: int) -> AsyncIterator[bytes | None]:
+    """Request lines; ``None`` stands for a line longer than ``limit``, which is skipped whole."""
+    buf = bytearray()
+    skipping = False
+    while True:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            return
+        buf += chunk
+        while True:
+            nl = buf.find(b"\n")
+            if nl < 0:
+                break
+            line = bytes(buf[:nl])
+            del buf[: nl + 1]
+            if skipping:
+                skipping = False
+                continue
+            if len(line) > limit:
+                yield None
+                continue
+            yield line
+        if len(buf) > limit and not skipping:
+            buf.clear()
+            skipping = True
+            yield None
+        elif skipping:
+            buf.clear()
+
+
+async def _serve_connection(stream: trio.abc.Stream, commands: ControlCommands) -> None:
+    try:
+        async with stream:
+            async for line in _lines(stream, MAX_LINE):
+                if line is None:
+                    err = FuseblkError(errno.EMSGSIZE, f"request longer than {MAX_LINE} bytes")
+                    await stream.send_all(encode(error_response(None, err)))
+                    continue
+                if not line.strip():
+                    continue
+                response, shutdown = await _answer(line, commands)
+                await stream.send_all(encode(response))
+                if shutdown and commands.on_shutdown is not None:
+                    result = commands.on_shutdown()
+                    if inspect.isawaitable(result):
+                        await result
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the client went away
+
+
+async def _answer(line: bytes, commands: ControlCommands) -> tuple[dict[str, Any], bool]:
+    try:
+        req = decode_request(line)
+    except RequestError as exc:
+        log.info("control: rejected request: %s", exc.err.message)
+        return error_response(exc.req_id, exc.err), False
+    log.info("control: %s %s", req.cmd, redacted_args(req.cmd, req.args))
+    try:
+        result = await commands.execute(req)
+    except FuseblkError as err:
+        log.info("control: %s failed: %s (%s)", req.cmd, err.message, err.errno_name)
+        return error_response(req.id, err), False
+    except Exception as exc:  # a bug below: report it, keep serving
+        log.error("control: %s failed with an internal error", req.cmd, exc_info=True)
+        internal = FuseblkError(errno.EIO, f"{req.cmd}: internal error ({type(exc).__name__})")
+        return error_response(req.id, internal), False
+    return ok_response(req.id, result), req.cmd == "shutdown"
+
+
+async def _bind(socket_path: Path) -> trio.socket.SocketType:
+    if len(os.fsencode(socket_path)) > _SUN_PATH_MAX:
+        raise FuseblkError(errno.ENAMETOOLONG, f"control socket path too long: {socket_path}")
+    socket_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_private(socket_path.parent)
+    if socket_path.exists() or socket_path.is_symlink():
+        if await _answers(socket_path):
+            raise FuseblkError(errno.EADDRINUSE, f"another fuseblk daemon serves {socket_path}")
+        socket_path.unlink(missing_ok=True)  # left behind by a daemon that died
+    sock = trio.socket.socket(_stdsocket.AF_UNIX, _stdsocket.SOCK_STREAM)
+    try:
+        old_umask = os.umask(0o177)  # never a moment with a wider mode
+        try:
+            await sock.bind(os.fspath(socket_path))
+        finally:
+            os.umask(old_umask)
+        os.chmod(socket_path, 0o600)
+        sock.listen(16)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _answers(socket_path: Path) -> bool:
+    probe = trio.socket.socket(_stdsocket.AF_UNIX, _stdsocket.SOCK_STREAM)
+    with probe:
+        with trio.move_on_after(2):
+            try:
+                await probe.connect(os.fspath(socket_path))
+                return True
+            except OSError:
+                return False
+    return True  # it accepted the connection attempt but hung: something is there
+
+
+async def serve_control(
+    manager: Any,
+    socket_path: Path,
+    *,
+    on_shutdown: Callable[[], object],
+    mountpoint: str | os.PathLike[str] | None = None,
+    task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``manager`` on ``socket_path`` until cancelled; ``task_status.started(socket_path)``
+    once clients can connect. Writes the daemon record next to the socket (``mountpoint`` is
+    only displayed; pass it absolute) and removes both on the way out.
+
+    ``on_shutdown`` (sync or async) is called after the reply to a ``shutdown`` request was sent.
+    """
+    socket_path = Path(socket_path)
+    sock = await _bind(socket_path)
+    mp = os.path.abspath(os.fspath(mountpoint)) if mountpoint is not None else None
+    record = _write_record(socket_path, mp)
+    log.info("control socket listening on %s", socket_path)
+    commands = ControlCommands(manager, on_shutdown)
+    listener = trio.SocketListener(sock)
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await _serve_connection(stream, commands)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            task_status.started(socket_path)
+            await trio.serve_listeners(
+                handler,
+                [listener],
+                handler_nursery=nursery,
+            )
+    finally:
+        sock.close()  # no await here: this runs while being cancelled
+        if _owns(record):
+            record.unlink(missing_ok=True)
+            socket_path.unlink(missing_ok=True)
+
+
+def _owns(record: Path) -> bool:
+    """Whether the record is still this process's (a successor may have taken the path)."""
+    info = _read_record(record)
+    return info is None or info.pid == os.getpid()

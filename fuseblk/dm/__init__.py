@@ -1,0 +1,1 @@
+"""Device mapper: the manager, mapped devices, tables, the suspend gate, and ``targets/``."""

@@ -1,0 +1,178 @@
+"""Device-mapper tables: dmsetup text in, constructed targets out (``struct dm_table``).
+
+A table is one ``<start> <length> <target> <args...>`` line per target, in 512-byte sectors,
+covering the device contiguously from sector 0; ``#`` starts a comment, blank lines are ignored.
+Parsing constructs every target (``ctr``) before anything else happens, so a malformed table is
+refused as a whole: targets already built are destroyed and the caller's live table is never
+touched. Errors name the line and the field.
+
+The table also answers the questions dm core asks of it: which target covers an offset, which
+devices lie below, what logical block size it needs, and which inline-encryption capabilities it
+can offer (``dm_table_construct_crypto_profile``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+from typing import TYPE_CHECKING
+
+from fuseblk import SECTOR_SIZE
+from fuseblk.capabilities import CryptoCapabilities, intersect
+from fuseblk.dm.targets import Target, TargetArgError, TargetEnv, get_target, target_names
+from fuseblk.errors import FuseblkError, TableError
+
+if TYPE_CHECKING:
+    from fuseblk.device import BlockDevice
+
+DEFAULT_BLOCK_SIZE = SECTOR_SIZE
+
+
+class Table:
+    """Constructed targets in device order. Build with :meth:`parse`; release with :meth:`destroy`."""
+
+    def __init__(self, targets: list[Target]) -> None:
+        self.targets = targets
+        self.starts = [t.begin for t in targets]
+        self.size = sum(t.length for t in targets)
+        # Fixed when the table is loaded, like t->crypto_profile: devices below may change later.
+        self.crypto_caps = _construct_crypto_caps(targets)
+
+    @classmethod
+    async def parse(cls, text: str, env: TargetEnv) -> Table:
+        """Construct every target of ``text``; any error destroys what was built and raises TableError."""
+        built: list[Target] = []
+        try:
+            next_sector = 0
+            for lineno, raw in enumerate(text.splitlines(), start=1):
+                fields = raw.split("#", 1)[0].split()
+                if not fields:
+                    continue
+                target = _construct_line(lineno, fields, next_sector, env)
+                built.append(target)
+                next_sector += target.length // SECTOR_SIZE
+        except BaseException:
+            for target in reversed(built):
+                await target.destroy()
+            raise
+        return cls(built)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.targets
+
+    def lines(self, show_keys: bool = False) -> list[tuple[int, int, str, str]]:
+        """``(start, length, target, args)`` per target, sectors, as dmsetup table shows them."""
+        return [
+            (t.begin // SECTOR_SIZE, t.length // SECTOR_SIZE, t.name, t.table_args(show_keys))
+            for t in self.targets
+        ]
+
+    def format(self, show_keys: bool = False) -> str:
+        """dmsetup-table text; keys appear only with ``show_keys`` (targets decide how to hide them)."""
+        return "".join(
+            f"{start} {length} {name}{' ' + args if args else ''}\n"
+            for start, length, name, args in self.lines(show_keys)
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Table):
+            return NotImplemented
+        return self.lines(show_keys=True) == other.lines(show_keys=True)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Table({len(self.targets)} targets, {self.size // SECTOR_SIZE} sectors)"
+
+    def index_at(self, offset: int) -> int:
+        """Index of the target covering byte ``offset`` (which must be inside the table)."""
+        return bisect.bisect_right(self.starts, offset) - 1
+
+    def target_at_sector(self, sector: int) -> Target:
+        """The target covering ``sector``; EINVAL outside the table (``dm_table_find_target``)."""
+        if not 0 <= sector < self.size // SECTOR_SIZE:
+            raise FuseblkError(errno.EINVAL, f"sector {sector} is outside the table")
+        return self.targets[self.index_at(sector * SECTOR_SIZE)]
+
+    def devices(self) -> list[BlockDevice]:
+        """Every device below, once each, in table order."""
+        seen: dict[int, BlockDevice] = {}
+        for target in self.targets:
+            for dev in target.devices():
+                seen.setdefault(id(dev), dev)
+        return list(seen.values())
+
+    @property
+    def block_size(self) -> int:
+        """The logical block size: the largest ``io_granularity`` of any target."""
+        return max(
+            (t.io_granularity for t in self.targets),
+            default=DEFAULT_BLOCK_SIZE,
+        )
+
+    @property
+    def passes_crypto(self) -> bool:
+        return all(t.passes_crypto for t in self.targets)
+
+    async def destroy(self) -> None:
+        """``dtr`` every target (the table was replaced or its device removed)."""
+        for target in reversed(self.targets):
+            await target.destroy()
+
+
+def _construct_line(lineno: int, fields: list[str], expected_start: int, env: TargetEnv) -> Target:
+    if len(fields) < 3:
+        raise TableError(
+            lineno, "target", "<start> <length> <target> [<args>...]", " ".join(fields)
+        )
+    start_text, length_text, name, *args = fields
+    # isascii: str.isdigit() also accepts digits that int() cannot read, such as '²'
+    if not start_text.isascii() or not start_text.isdigit():
+        raise TableError(lineno, "start", "a sector number", start_text)
+    if int(start_text) != expected_start:
+        what = "a gap" if int(start_text) > expected_start else "an overlap"
+        raise TableError(
+            lineno,
+            "start",
+            f"sector {expected_start} (targets must cover the device contiguously; this is {what})",
+            start_text,
+        )
+    if not length_text.isascii() or not length_text.isdigit() or int(length_text) == 0:
+        raise TableError(lineno, "length", "a positive number of sectors", length_text)
+    cls = get_target(name)
+    if cls is None:
+        raise TableError(lineno, "target", f"one of {', '.join(target_names())}", name)
+    begin, length = expected_start * SECTOR_SIZE, int(length_text) * SECTOR_SIZE
+    try:
+        return cls(env, begin, length, args)
+    except TargetArgError as exc:
+        err = TableError(lineno, f"{name} {exc.field}", exc.expected, exc.got)
+        if exc.errno is not None:
+            err.errno = exc.errno
+        raise err from None
+    except TableError:
+        raise
+    except FuseblkError as exc:
+        err = TableError(lineno, name, "valid arguments", exc.message)
+        err.errno = exc.errno
+        raise err from None
+
+
+def _construct_crypto_caps(targets: list[Target]) -> CryptoCapabilities | None:
+    """``dm_table_construct_crypto_profile``: None when the table can offer no inline encryption.
+
+    Start from everything; a target that does not pass crypto leaves nothing; otherwise intersect
+    with every device below (a device without a profile leaves nothing). A target with no devices
+    does not restrict.
+    """
+    if not targets:
+        return None
+    caps = CryptoCapabilities.everything()
+    for target in targets:
+        if not target.passes_crypto:
+            return None
+        for dev in target.devices():
+            profile = dev.crypto_profile
+            caps = intersect(caps, profile.caps if profile is not None else None)
+    return None if caps.is_empty else caps

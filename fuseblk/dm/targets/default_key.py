@@ -1,0 +1,186 @@
+"""Android's dm-default-key: give every bio without an encryption context one with this key.
+
+Table line: ``default-key <cipher> <hexkey> <iv_offset> <device> <offset> [<#opt_params> <opt_params>]``
+with ``aes-xts-plain64`` (AES-256-XTS, 64-byte key) or ``xchacha12,aes-adiantum-plain64``
+(Adiantum, 32-byte key); options ``allow_discards``, ``sector_size:N`` (512..4096) and
+``iv_large_sectors``, which Android requires whenever ``sector_size`` is not 512 (it implements
+only the large-sector IV). ``wrappedkey_v0`` is refused: only raw keys exist here.
+
+Unlike dm-crypt it encrypts nothing itself: it attaches ``(key, DUN)`` and lets the device below
+do the work (inline, or the software fallback when that device cannot), with
+``DUN = (iv_offset + sector_in_target) >> log2(sector_size / 512)``. A bio that already carries a
+context (an encrypted file's contents, from a layer above) passes through untouched, as
+Android's ``bio_should_skip_dm_default_key`` lets fscrypt's contents through.
+
+The key's ``dun_bytes`` is Android's: the fewest bytes that hold the target's largest DUN,
+``(iv_offset + length_in_sectors - 1) >> log2(sector_size / 512)``. That is what lets a key
+go inline on hardware with narrow DUNs (eMMC's CQHCI takes 32 bits: the ``emmc`` profile) rather
+than always falling back. ``fuseblk dm status`` shows the width, which ``dm evict-key`` needs.
+
+Differences from Android, on purpose:
+
+- A target whose largest DUN is 0 (one data unit at ``iv_offset`` 0) gets a 1-byte DUN; Android
+  asks for a 0-byte one, which ``blk_crypto_init_key`` refuses, so the table fails to load.
+- An ``iv_offset`` that is not a multiple of the sector size is refused when the table loads;
+  Android accepts it and then kills every bio.
+
+``dmsetup table`` shows the key as ``-`` (as Android does) unless ``--showkeys``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TYPE_CHECKING
+
+from fuseblk import SECTOR_SHIFT, SECTOR_SIZE
+from fuseblk.bio import Bio, BioOp
+from fuseblk.blkcrypto.fallback import get_fallback
+from fuseblk.blkcrypto.submit import submit_bio
+from fuseblk.crypt_context import BioCryptContext
+from fuseblk.dm.mapped_device import evict_from_device
+from fuseblk.dm.targets import register
+from fuseblk.dm.targets.base import Target, TargetArgError, TargetEnv
+from fuseblk.dm.targets.cipher_spec import (
+    DEFAULT_KEY_SUPPORTED,
+    check_whole_units,
+    format_optional,
+    parse_default_key_cipher,
+    parse_hex_key,
+    parse_sector_size,
+    positional,
+    split_optional,
+)
+from fuseblk.dm.targets.ctr_args import get_device_at, parse_sector
+from fuseblk.dun import dun_bytes_needed
+from fuseblk.errors import FuseblkError
+from fuseblk.key import BlkCryptoKey
+
+if TYPE_CHECKING:
+    from fuseblk.device import BlockDevice
+
+log = logging.getLogger(__name__)
+
+_POSITIONAL = ("cipher", "key", "iv_offset", "device", "offset")
+_MAX_OPT_PARAMS = 4  # as default_key_ctr_optional
+
+
+@register
+class DefaultKeyTarget(Target):
+    name = "default-key"
+    version = (2, 1, 0)
+    passes_crypto = True
+
+    def __init__(self, env: TargetEnv, begin: int, length: int, args: list[str]) -> None:
+        super().__init__(env, begin, length, args)
+        cipher_text, key_text, iv_offset_text, self.dev_ref, offset_text = positional(
+            args, _POSITIONAL
+        )
+        self.spec = parse_default_key_cipher(cipher_text)
+        raw = parse_hex_key(key_text, self.spec, DEFAULT_KEY_SUPPORTED)
+        self.iv_offset = parse_sector(iv_offset_text, "iv_offset")
+        self.allow_discards = False
+        self.sector_size = SECTOR_SIZE
+        iv_large_sectors = False
+        for opt in split_optional(args[len(_POSITIONAL) :], _MAX_OPT_PARAMS):
+            if opt == "allow_discards":
+                self.allow_discards = True
+            elif opt.startswith("sector_size:"):
+                self.sector_size = parse_sector_size(opt, opt.partition(":")[2])
+            elif opt == "iv_large_sectors":
+                iv_large_sectors = True
+            elif opt == "wrappedkey_v0":
+                raise TargetArgError(
+                    f"option {opt!r}", "raw keys: hardware-wrapped keys are not supported"
+                )
+            else:
+                raise TargetArgError(
+                    f"option {opt!r}", "allow_discards, sector_size:N or iv_large_sectors"
+                )
+        if self.sector_size != SECTOR_SIZE and not iv_large_sectors:
+            raise TargetArgError(
+                "option 'iv_large_sectors'",
+                f"to be given with sector_size:{self.sector_size} (default-key implements only large-sector IVs)",
+            )
+        check_whole_units(self.iv_offset, iv_offset_text, self.sector_size, length)
+        self._unit_shift = self.sector_size.bit_length() - 1 - SECTOR_SHIFT
+        self.dev, self.offset = get_device_at(env, self.dev_ref, offset_text, length)
+        max_dun = (self.iv_offset + (length >> SECTOR_SHIFT) - 1) >> self._unit_shift
+        self.key = BlkCryptoKey.create(
+            self.spec.mode, raw, self.sector_size, max(1, dun_bytes_needed(max_dun))
+        )
+        self.io_granularity = self.sector_size
+
+    def table_args(self, show_keys: bool = False) -> str:
+        key = self.key.raw.hex() if show_keys else "-"
+        opts = ["allow_discards"] if self.allow_discards else []
+        if self.sector_size != SECTOR_SIZE:
+            opts += [f"sector_size:{self.sector_size}", "iv_large_sectors"]
+        return (
+            f"{self.spec.text} {key} {self.iv_offset} {self.dev.name} {self.offset >> SECTOR_SHIFT}"
+            + format_optional(opts)
+        )
+
+    def status(self) -> str:
+        """Android prints nothing here. The key's configuration (never its bytes) is shown
+        because ``dm evict-key`` must name it exactly, DUN width included."""
+        key = self.key
+        return (
+            f"{key.mode.sysfs_name} key_id={key.key_id} data_unit_size={key.data_unit_size}"
+            f" dun_bytes={key.dun_bytes}"
+        )
+
+    def devices(self) -> list[BlockDevice]:
+        return [self.dev]
+
+    def dun_of(self, offset: int) -> int:
+        """The DUN of the data unit at byte ``offset`` of the target."""
+        return (self.iv_offset + (offset >> SECTOR_SHIFT)) >> self._unit_shift
+
+    async def map(self, bio: Bio) -> None:
+        if bio.op is BioOp.FLUSH:
+            await submit_bio(self.dev, bio)
+            return
+        lower = bio.remap(self.offset + bio.offset)
+        if bio.op is BioOp.DISCARD:
+            if not self.allow_discards:
+                raise FuseblkError(
+                    errno.EOPNOTSUPP, "default-key: discards need the allow_discards option"
+                )
+            await submit_bio(self.dev, lower)
+            return
+        if bio.crypt_ctx is not None:
+            await submit_bio(self.dev, lower)  # a context from above: not ours to replace
+            self._count("default_key_passthrough_bios")
+            return
+        if bio.offset % self.sector_size:
+            # default_key_map's DM_MAPIO_KILL for a bio that does not start on a data unit
+            raise FuseblkError(
+                errno.EIO,
+                f"default-key: I/O at {bio.offset} not aligned to sector_size {self.sector_size}",
+            )
+        ctx = BioCryptContext.at(self.key, self.dun_of(bio.offset))
+        await submit_bio(self.dev, lower.with_ctx(ctx))
+
+    async def destroy(self) -> None:
+        """``default_key_dtr``: evict the key below so no keyslot keeps it after the table goes.
+
+        Android evicts from the device's profile only. Here a mapped device below passes the
+        eviction to every device it ever reached, and the fallback is asked too, because the
+        devices below may have sent some of our bios there (evict from every device the key
+        touched). A key still in use (EBUSY) is logged and left: the table is going anyway.
+        """
+        await self._evict(partial(evict_from_device, self.dev), self.dev.name)
+        await self._evict(get_fallback().evict_key, "the crypto fallback")
+
+    async def _evict(self, evict: Callable[[BlkCryptoKey], Awaitable[None]], where: str) -> None:
+        try:
+            await evict(self.key)
+        except FuseblkError as exc:
+            if exc.errno != errno.EBUSY:
+                raise
+            log.warning(
+                "default-key: key %s still in use in %s: not evicted", self.key.key_id, where
+            )

@@ -1,0 +1,512 @@
+"""The backend image's on-disk header: declared once with ``construct``, two copies, crash-safe.
+
+Layout of an image file (all integers little-endian)::
+
+    0        primary header copy   (HEADER_SIZE = 16 KiB)
+    512 KiB  backup header copy    (HEADER_SIZE)
+    1 MiB    data area: data_size bytes of plain sectors (ciphertext as the hardware stored it)
+
+so ``losetup -o 1048576`` on an image shows the stored sectors directly. Each copy is::
+
+    magic "FBLKIMG\\0" | version u16 | header_size u32       stable in every format version
+    uuid[16] | label[64] utf-8, NUL padded | sequence u64 | flags u32 (bit 0: clean shutdown)
+    data_offset u64 | data_size u64
+    hardware: kind u8 | num_slots u16 | max_dun_bytes u8 | key_types u8 | mode_count u8
+              mode_count x (mode u8, data-unit-size bitmask u32)
+    slot_count u16 | slot_count x (state u8, mode u8, data_unit_size u32, dun_bytes u8,
+                                   key_id[16], generation u64)
+    reserved: zeroes up to header_size - 32
+    sha256 of everything above (last 32 bytes of the copy)
+
+The keyslot table is for inspection only: a slot records its configuration and the key's
+one-way identifier, never key bytes. Counts (``mode_count``, ``slot_count``) and the checksum are
+derived when building, so a header is built from values alone.
+
+Crash safety: an update writes and fsyncs the primary, then the backup, both with the new
+sequence number. Reading takes the valid copy with the highest sequence number, so a crash at any
+point leaves either the old or the new header readable. A copy with a valid checksum but a newer
+format version refuses the whole image (its writer knew things we don't). So that "newer" can be
+told from "damaged", every format version keeps the magic, version and header_size (16 KiB) at
+the start and the SHA-256 in the copy's last 32 bytes; new fields go into the reserved space.
+"""
+
+from __future__ import annotations
+
+import enum
+import fcntl
+import hashlib
+import os
+import uuid as uuid_mod
+from dataclasses import dataclass, field
+from errno import EBUSY, EEXIST, EIO
+from typing import Any
+
+import construct as cs
+from construct import this
+
+from fuseblk.capabilities import CryptoCapabilities
+from fuseblk.errors import FuseblkError, ImageFormatError
+from fuseblk.hw.profiles import MAX_KEYSLOTS, HardwareKind, HardwareProfile
+from fuseblk.key import KEY_IDENTIFIER_SIZE, CryptoConfig, KeyType
+from fuseblk.modes import CryptoMode
+
+MAGIC = b"FBLKIMG\x00"
+FORMAT_VERSION = 1
+HEADER_SIZE = 16 * 1024
+CHECKSUM_SIZE = 32
+BODY_SIZE = HEADER_SIZE - CHECKSUM_SIZE
+PRIMARY_OFFSET = 0
+BACKUP_OFFSET = 512 * 1024
+DATA_ALIGNMENT = 1024 * 1024
+DATA_OFFSET = DATA_ALIGNMENT
+LABEL_SIZE = 64
+FLAG_CLEAN_SHUTDOWN = 1
+
+# --- the format, as data -------------------------------------------------------------------
+
+_PREFIX = cs.Struct(
+    "magic" / cs.Bytes(len(MAGIC)),
+    "version" / cs.Int16ul,
+    "header_size" / cs.Int32ul,
+)
+
+_MODE_CAPABILITY = cs.Struct(
+    "mode" / cs.Int8ul,  # CryptoMode value
+    "dus_mask" / cs.Int32ul,  # bit i set: data units of 2^i bytes
+)
+
+_HARDWARE = cs.Struct(
+    "kind" / cs.Int8ul,  # HardwareKind value
+    "num_slots" / cs.Int16ul,
+    "max_dun_bytes" / cs.Int8ul,
+    "key_types" / cs.Int8ul,  # KeyType bitmask
+    "mode_count" / cs.Rebuild(cs.Int8ul, cs.len_(this.modes)),
+    "modes" / cs.Array(this.mode_count, _MODE_CAPABILITY),
+)
+
+_SLOT = cs.Struct(
+    "state" / cs.Int8ul,  # SlotRecordState value
+    "mode" / cs.Int8ul,  # CryptoMode value, 0 when empty
+    "data_unit_size" / cs.Int32ul,
+    "dun_bytes" / cs.Int8ul,
+    "key_id" / cs.Bytes(KEY_IDENTIFIER_SIZE),
+    "generation" / cs.Int64ul,
+)
+
+_BODY = cs.Struct(
+    "magic" / cs.Const(MAGIC),
+    "version" / cs.Int16ul,
+    "header_size" / cs.Int32ul,
+    "uuid" / cs.Bytes(16),
+    "label" / cs.PaddedString(LABEL_SIZE, "utf8"),
+    "sequence" / cs.Int64ul,
+    "flags" / cs.Int32ul,
+    "data_offset" / cs.Int64ul,
+    "data_size" / cs.Int64ul,
+    "hardware" / _HARDWARE,
+    "slot_count" / cs.Rebuild(cs.Int16ul, cs.len_(this.slots)),
+    "slots" / cs.Array(this.slot_count, _SLOT),
+)
+
+
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _sealed(body: cs.Construct) -> cs.Construct:
+    """A body followed by the SHA-256 of its bytes: one declaration for building and verifying."""
+    return cs.Struct(
+        "body" / cs.RawCopy(body),
+        "checksum" / cs.Checksum(cs.Bytes(CHECKSUM_SIZE), _sha256, this.body.data),
+    )
+
+
+# The largest keyslot table must fit in a copy, leaving the rest as reserved space.
+assert MAX_KEYSLOTS * _SLOT.sizeof() + 1024 < BODY_SIZE
+
+HEADER = _sealed(cs.Padded(BODY_SIZE, _BODY))  # the whole copy, reserved space zero-filled
+_ENVELOPE = _sealed(cs.Bytes(BODY_SIZE))  # verifies the checksum before interpreting anything
+
+
+# --- typed views ------------------------------------------------------------------------------
+
+
+class SlotRecordState(enum.Enum):
+    EMPTY = 0
+    PROGRAMMED = 1
+
+
+@dataclass(frozen=True)
+class SlotRecord:
+    """One keyslot as recorded for inspection: configuration and key identifier, no key."""
+
+    state: SlotRecordState = SlotRecordState.EMPTY
+    config: CryptoConfig | None = None
+    key_id: bytes = bytes(KEY_IDENTIFIER_SIZE)
+    generation: int = 0
+
+    @property
+    def programmed(self) -> bool:
+        return self.state is SlotRecordState.PROGRAMMED
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"state": self.state.name.lower(), "generation": self.generation}
+        if self.config is not None:
+            out.update(
+                mode=self.config.mode.sysfs_name,
+                data_unit_size=self.config.data_unit_size,
+                dun_bytes=self.config.dun_bytes,
+                key_id=self.key_id.hex(),
+            )
+        return out
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """One parsed (or to-be-built) header copy."""
+
+    hardware: HardwareProfile
+    data_size: int
+    uuid: uuid_mod.UUID = field(default_factory=uuid_mod.uuid4)
+    label: str = ""
+    sequence: int = 1
+    clean_shutdown: bool = True
+    data_offset: int = DATA_OFFSET
+    slots: tuple[SlotRecord, ...] = ()
+    version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.slots and self.hardware.kind is HardwareKind.KEYSLOTS:
+            object.__setattr__(self, "slots", (SlotRecord(),) * self.hardware.num_slots)
+        _validate(self)
+
+    @property
+    def image_size(self) -> int:
+        return self.data_offset + self.data_size
+
+    def empty_slots(self) -> tuple[SlotRecord, ...]:
+        return (SlotRecord(),) * len(self.slots)
+
+    def to_bytes(self) -> bytes:
+        hw = self.hardware
+        body = {
+            "version": self.version,
+            "header_size": HEADER_SIZE,
+            "uuid": self.uuid.bytes,
+            "label": self.label,
+            "sequence": self.sequence,
+            "flags": FLAG_CLEAN_SHUTDOWN if self.clean_shutdown else 0,
+            "data_offset": self.data_offset,
+            "data_size": self.data_size,
+            "hardware": {
+                "kind": hw.kind.value,
+                "num_slots": hw.num_slots,
+                "max_dun_bytes": hw.caps.max_dun_bytes,
+                "key_types": int(hw.caps.key_types),
+                "modes": [{"mode": m.value, "dus_mask": mask} for m, mask in hw.caps.modes.items()],
+            },
+            "slots": [_slot_container(s) for s in self.slots],
+        }
+        try:
+            data: bytes = HEADER.build({"body": {"value": body}})
+        except cs.ConstructError as exc:
+            raise ImageFormatError(f"cannot build header: {exc}") from exc
+        return data
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ImageHeader:
+        """Parse one copy; anything wrong is an ImageFormatError saying what."""
+        if len(data) < _PREFIX.sizeof():
+            raise ImageFormatError(f"truncated: {len(data)} bytes, no header")
+        prefix = _PREFIX.parse(data)
+        if prefix.magic != MAGIC:
+            raise ImageFormatError("bad magic (not a fuseblk image header)")
+        if prefix.header_size != HEADER_SIZE:  # fixed in every version, see the module docstring
+            raise ImageFormatError(f"bad header size {prefix.header_size} (expected {HEADER_SIZE})")
+        if len(data) < HEADER_SIZE:
+            raise ImageFormatError(f"truncated: {len(data)} of {HEADER_SIZE} header bytes")
+        try:
+            _ENVELOPE.parse(data[:HEADER_SIZE])
+        except cs.ChecksumError:
+            raise ImageFormatError("bad checksum") from None
+        if prefix.version > FORMAT_VERSION:
+            raise _newer_version(prefix.version)
+        if prefix.version < 1:
+            raise ImageFormatError(f"bad format version {prefix.version}")
+        try:
+            parsed = HEADER.parse(data[:HEADER_SIZE]).body.value
+        except (cs.ConstructError, UnicodeDecodeError) as exc:
+            raise ImageFormatError(f"malformed header: {exc}") from None
+        return _from_container(parsed)
+
+
+class NewerFormatError(ImageFormatError):
+    """A copy written by a newer fuseblk: never to be overwritten by this one."""
+
+
+def _newer_version(version: int) -> NewerFormatError:
+    return NewerFormatError(
+        f"format version {version} is newer than this fuseblk supports ({FORMAT_VERSION}); "
+        "upgrade fuseblk to use this image"
+    )
+
+
+def _slot_container(slot: SlotRecord) -> dict[str, Any]:
+    cfg = slot.config
+    return {
+        "state": slot.state.value,
+        "mode": cfg.mode.value if cfg else 0,
+        "data_unit_size": cfg.data_unit_size if cfg else 0,
+        "dun_bytes": cfg.dun_bytes if cfg else 0,
+        "key_id": slot.key_id,
+        "generation": slot.generation,
+    }
+
+
+def _mode(value: int, where: str) -> CryptoMode:
+    try:
+        return CryptoMode(value)
+    except ValueError:
+        raise ImageFormatError(f"unknown crypto mode number {value} in {where}") from None
+
+
+def _from_container(c: Any) -> ImageHeader:
+    hw = c.hardware
+    try:
+        kind = HardwareKind(hw.kind)
+    except ValueError:
+        known = ", ".join(f"{k.value}={k.label}" for k in HardwareKind)
+        raise ImageFormatError(
+            f"unknown hardware kind {hw.kind} (known: {known}); written by a newer fuseblk?"
+        ) from None
+    modes: dict[CryptoMode, int] = {}
+    for entry in hw.modes:
+        mode = _mode(entry.mode, "hardware modes")
+        if mode in modes:
+            raise ImageFormatError(f"hardware mode {mode.sysfs_name} listed twice")
+        modes[mode] = entry.dus_mask
+    if hw.key_types & ~int(KeyType.RAW | KeyType.HW_WRAPPED):
+        raise ImageFormatError(f"unknown key types bitmask {hw.key_types:#x}")
+    caps = CryptoCapabilities(modes, hw.max_dun_bytes, KeyType(hw.key_types))
+    try:
+        hardware = HardwareProfile(kind, hw.num_slots, caps)
+    except FuseblkError as exc:  # the profile's invariants
+        raise ImageFormatError(f"inconsistent hardware descriptor: {exc}") from None
+    slots = []
+    for i, s in enumerate(c.slots):
+        try:
+            state = SlotRecordState(s.state)
+        except ValueError:
+            raise ImageFormatError(f"keyslot {i}: unknown state {s.state}") from None
+        config = None
+        if state is SlotRecordState.PROGRAMMED:
+            config = CryptoConfig(_mode(s.mode, f"keyslot {i}"), s.data_unit_size, s.dun_bytes)
+        slots.append(SlotRecord(state, config, bytes(s.key_id), s.generation))
+    return ImageHeader(
+        hardware=hardware,
+        data_size=c.data_size,
+        uuid=uuid_mod.UUID(bytes=bytes(c.uuid)),
+        label=c.label,
+        sequence=c.sequence,
+        clean_shutdown=bool(c.flags & FLAG_CLEAN_SHUTDOWN),
+        data_offset=c.data_offset,
+        slots=tuple(slots),
+        version=c.version,
+    )
+
+
+def _validate(h: ImageHeader) -> None:
+    """Semantic checks shared by building and parsing (parsing reports them as format errors)."""
+    if h.data_offset < BACKUP_OFFSET + HEADER_SIZE or h.data_offset % DATA_ALIGNMENT:
+        raise ImageFormatError(
+            f"data offset {h.data_offset} is not a 1 MiB-aligned offset past the headers"
+        )
+    if h.data_size <= 0 or h.data_size % 512:
+        raise ImageFormatError(f"data size {h.data_size} is not a positive multiple of 512")
+    expected_slots = h.hardware.num_slots if h.hardware.kind is HardwareKind.KEYSLOTS else 0
+    if len(h.slots) != expected_slots:
+        raise ImageFormatError(
+            f"keyslot table has {len(h.slots)} entries, hardware has {expected_slots} slots"
+        )
+    try:
+        label_bytes = h.label.encode()
+    except UnicodeEncodeError:
+        raise ImageFormatError("label is not encodable as UTF-8") from None
+    if len(label_bytes) > LABEL_SIZE:
+        raise ImageFormatError(f"label longer than {LABEL_SIZE} bytes")
+    if "\x00" in h.label:
+        raise ImageFormatError("label contains a NUL character")
+    if not 0 <= h.sequence < 1 << 64:
+        raise ImageFormatError(f"sequence number {h.sequence} out of range")
+
+
+# --- reading and writing both copies ----------------------------------------------------------
+
+
+COPY_OFFSETS = {"primary": PRIMARY_OFFSET, "backup": BACKUP_OFFSET}
+
+
+@dataclass(frozen=True)
+class HeaderCopy:
+    """One copy as found on disk: parsed, or the reason it could not be."""
+
+    name: str
+    offset: int
+    header: ImageHeader | None
+    error: str | None = None
+    newer: bool = False  # written by a newer format version
+
+    @property
+    def valid(self) -> bool:
+        return self.header is not None
+
+    def status(self) -> str:
+        if self.header is None:
+            return f"damaged: {self.error}"
+        return f"ok (sequence {self.header.sequence})"
+
+
+@dataclass(frozen=True)
+class HeaderSet:
+    """Both copies and the one to use: the valid copy with the highest sequence number."""
+
+    primary: HeaderCopy
+    backup: HeaderCopy
+
+    @property
+    def copies(self) -> tuple[HeaderCopy, HeaderCopy]:
+        return (self.primary, self.backup)
+
+    @property
+    def current(self) -> ImageHeader:
+        valid = [c.header for c in self.copies if c.header is not None]
+        if not valid:
+            raise ImageFormatError(
+                "no valid header: "
+                + "; ".join(f"{c.name} copy at offset {c.offset}: {c.error}" for c in self.copies)
+            )
+        return max(valid, key=lambda h: h.sequence)
+
+    @property
+    def problems(self) -> list[str]:
+        """What is wrong with either copy (stale copies included), empty when both are current."""
+        out = [f"{c.name} header copy is damaged: {c.error}" for c in self.copies if not c.valid]
+        if self.primary.valid and self.backup.valid:
+            a, b = self.primary.header, self.backup.header
+            assert a is not None and b is not None
+            if a.to_bytes() != b.to_bytes():
+                older = self.primary if a.sequence < b.sequence else self.backup
+                out.append(f"{older.name} header copy is stale")
+        return out
+
+
+def read_copy(fd: int, name: str) -> HeaderCopy:
+    offset = COPY_OFFSETS[name]
+    data = os.pread(fd, HEADER_SIZE, offset)
+    try:
+        return HeaderCopy(name, offset, ImageHeader.from_bytes(data))
+    except ImageFormatError as exc:
+        return HeaderCopy(name, offset, None, exc.message, isinstance(exc, NewerFormatError))
+
+
+def read_headers(fd: int) -> HeaderSet:
+    """Both copies; refuses (ImageFormatError) if either is from a newer format version."""
+    headers = HeaderSet(read_copy(fd, "primary"), read_copy(fd, "backup"))
+    for copy in headers.copies:
+        if copy.newer:
+            raise NewerFormatError(f"{copy.name} header: {copy.error}")
+    return headers
+
+
+def write_copy(fd: int, name: str, data: bytes) -> None:
+    """Write one copy and make it durable before anything else happens."""
+    offset = COPY_OFFSETS[name]
+    written = os.pwrite(fd, data, offset)
+    if written != len(data):
+        raise OSError(f"short write of the {name} header: {written} of {len(data)} bytes")
+    os.fsync(fd)
+
+
+def write_headers(fd: int, header: ImageHeader) -> None:
+    """Crash-safe update: primary then backup, each synced before the next step."""
+    data = header.to_bytes()
+    write_copy(fd, "primary", data)
+    write_copy(fd, "backup", data)
+
+
+def create_image_file(
+    path: str | os.PathLike[str],
+    hardware: HardwareProfile,
+    data_size: int,
+    label: str = "",
+    overwrite: bool = False,
+) -> ImageHeader:
+    """Make a new sparse image: headers written and synced, the data area a hole.
+
+    Refuses an existing file unless ``overwrite``; never writes zeroes into the data area.
+    """
+    fd, header = open_new_image(path, hardware, data_size, label, overwrite)
+    os.close(fd)
+    return header
+
+
+def open_new_image(
+    path: str | os.PathLike[str],
+    hardware: HardwareProfile,
+    data_size: int,
+    label: str = "",
+    overwrite: bool = False,
+) -> tuple[int, ImageHeader]:
+    """:func:`create_image_file`, returning the file still open and locked (no window between
+    creating an image and attaching it in which another process could take it)."""
+    header = ImageHeader(hardware, data_size, label=label, sequence=1, clean_shutdown=True)
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | (0 if overwrite else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise FuseblkError(EEXIST, f"{os.fspath(path)} already exists") from None
+    except OSError as exc:
+        raise FuseblkError(
+            exc.errno or EIO, f"cannot create {os.fspath(path)}: {exc.strerror}"
+        ) from None
+    try:
+        lock_image(fd, path)  # before truncating: never clobber an attached image
+        try:
+            os.ftruncate(fd, 0)
+            os.ftruncate(fd, header.image_size)
+            write_headers(fd, header)
+            _fsync_parent(path)
+        except OSError as exc:
+            raise FuseblkError(
+                exc.errno or EIO, f"cannot create {os.fspath(path)}: {exc.strerror}"
+            ) from None
+    except BaseException:
+        os.close(fd)
+        if not overwrite:  # we made this file: leave nothing half-made behind
+            os.unlink(path)
+        raise
+    return fd, header
+
+
+def _fsync_parent(path: str | os.PathLike[str]) -> None:
+    """Make the new file's directory entry durable too (a crash must not lose the whole image)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def lock_image(fd: int, path: str | os.PathLike[str]) -> None:
+    """Take the image's exclusive owner lock, or fail at once with EBUSY.
+
+    ``flock`` belongs to the open file description, so a second open in the same process conflicts
+    too, and the kernel drops the lock when its holder dies: a killed owner leaves nothing behind.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise FuseblkError(
+            EBUSY, f"{os.fspath(path)} is in use (locked by another process or another open)"
+        ) from None
