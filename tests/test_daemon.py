@@ -12,6 +12,7 @@ import json
 import mmap
 import os
 import random
+import shlex
 import shutil
 import signal
 import stat
@@ -261,14 +262,18 @@ def test_startup_errors_come_back_from_the_daemon(tmp_path: Path, foreground: bo
 
 
 def mount_fails(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> str:
-    """Run ``fuseblk mount ARGS``; assert it failed as a user should see it; its stderr."""
-    result = subprocess.run(
-        fuseblk_cmd("mount", *args),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=None if env is None else {**os.environ, **env},
-    )
+    """Run ``fuseblk mount MOUNTPOINT ARGS``; assert it failed as a user should see it; its
+    stderr. A daemon it left behind anyway (mounted, or still starting) is stopped."""
+    try:
+        result = subprocess.run(
+            fuseblk_cmd("mount", *args),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=None if env is None else {**os.environ, **env},
+        )
+    finally:
+        _stop_daemons_of(Path(args[0]))
     assert result.returncode != 0, result.stderr
     assert "Traceback" not in result.stderr and "ExceptionGroup" not in result.stderr
     assert len(result.stderr.splitlines()) == 1, result.stderr
@@ -309,6 +314,24 @@ def test_a_control_socket_path_too_long_is_one_line(tmp_path: Path) -> None:
     )
     assert err.startswith("fuseblk mount: control socket path too long")
     assert not is_mounted(tmp_path / "mnt")
+
+
+def test_a_dev_fuse_that_cannot_mount_is_one_line(tmp_path: Path) -> None:
+    """/dev/fuse replaced by an empty file, in a mount namespace of the test's own."""
+    if not shutil.which("unshare") or run("unshare", "--mount", "true", check=False).returncode:
+        pytest.skip("needs unshare --mount (CAP_SYS_ADMIN)")
+    fake, mnt = tmp_path / "not-fuse", tmp_path / "mnt"
+    fake.write_bytes(b"")
+    mnt.mkdir()
+    mount = fuseblk_cmd("mount", str(mnt), "--state-dir", str(tmp_path / "state"))
+    script = f"mount --bind {shlex.quote(str(fake))} /dev/fuse && exec {shlex.join(mount)}"
+    try:
+        result = run("unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+                     check=False)  # fmt: skip
+    finally:
+        _stop_daemons_of(mnt)
+    assert result.returncode == 1
+    assert result.stderr == f"fuseblk mount: cannot mount {mnt}: fuse_session_mount failed\n"
 
 
 def test_startup_error_unwraps_groups_holding_only_fuseblk_errors() -> None:
@@ -713,6 +736,23 @@ def _read(path: Path, offset: int, length: int) -> bytes:
     finally:
         os.close(fd)
     return bytes(buf)
+
+
+def _stop_daemons_of(mountpoint: Path) -> None:
+    """Unmount ``mountpoint`` and kill every ``fuseblk mount`` process serving it."""
+    if is_mounted(mountpoint):
+        run("fusermount3", "-uz", str(mountpoint), check=False)
+    wanted = os.fsencode(os.path.abspath(mountpoint))
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"mount" in argv and wanted in argv:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def _wait_gone(pid: int, timeout: float = 20) -> None:
