@@ -43,8 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _flush_stdout()
         return status
     except FuseblkError as err:
-        print(f"fuseblk {args.command}: {one_line(err.message)}", file=sys.stderr)
-        return exit_status(err)
+        print(f"fuseblk {args.command}: {_one_line(err.message)}", file=sys.stderr)
+        return _exit_status(err)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -60,12 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def exit_status(err: FuseblkError) -> int:
+def _exit_status(err: FuseblkError) -> int:
     """2 when the input was wrong (EINVAL), 1 when the operation failed."""
     return 2 if err.errno == errno.EINVAL else 1
 
 
-def one_line(message: str) -> str:
+def _one_line(message: str) -> str:
     return " ".join(message.split("\n"))
 
 

@@ -108,7 +108,7 @@ class Config:
 # -- reading ------------------------------------------------------------------------------------
 
 
-def keypath(*keys: str) -> str:
+def toml_key_path(*keys: str) -> str:
     """Keys as TOML writes them: ``backends.fast.size``, or ``devices."a b".table`` (quoted, so
     a key holding a newline or a dot cannot garble the one-line error)."""
     return ".".join(k if _BARE_KEY.fullmatch(k) else json.dumps(k) for k in keys)
@@ -157,13 +157,13 @@ class _Reader:
         """``data`` must be a table whose keys are all ``known`` (any key when None)."""
         if not isinstance(data, dict):
             raise self.error(
-                self.where.key(path[-1], *path[:-1]), keypath(*path), "expected a table"
+                self.where.key(path[-1], *path[:-1]), toml_key_path(*path), "expected a table"
             )
         for key in data:
             if known is not None and key not in known:
                 raise self.error(
                     self.where.key(key, *path),
-                    keypath(*path, key),
+                    toml_key_path(*path, key),
                     f"unknown key (known: {', '.join(sorted(known))})",
                 )
 
@@ -177,7 +177,7 @@ class _Reader:
             )
             raise self.error(
                 self.where.key(key, *path),
-                keypath(*path, key),
+                toml_key_path(*path, key),
                 f"expected {names}, got {value!r}",
             )
         return value
@@ -191,7 +191,7 @@ class _Reader:
         except RuntimeError as exc:  # ~nosuchuser/...
             problem = str(exc)
         if problem:
-            raise self.error(self.where.key(key, *path), keypath(*path, key), problem)
+            raise self.error(self.where.key(key, *path), toml_key_path(*path, key), problem)
         return expanded
 
     def policy(self, data: dict[str, Any], path: tuple[str, ...]) -> str | None:
@@ -201,7 +201,7 @@ class _Reader:
         if value not in FALLBACK_POLICIES:
             raise self.error(
                 self.where.key("fallback", *path),
-                keypath(*path, "fallback"),
+                toml_key_path(*path, "fallback"),
                 f"expected one of {', '.join(FALLBACK_POLICIES)}, got {value!r}",
             )
         return str(value)
@@ -264,7 +264,7 @@ def _backends(r: _Reader, data: dict[str, Any], base: Path) -> list[BackendSpec]
         r.table(entry, path, {"image", "profile", "size", "label"})
         line = r.where.section(*path)
         if "image" not in entry:
-            raise r.error(line, keypath(*path, "image"), "missing (the image file's path)")
+            raise r.error(line, toml_key_path(*path, "image"), "missing (the image file's path)")
         image = r.path(entry, path, "image")
         profile = r.value(entry, path, "profile", str) if "profile" in entry else None
         if profile is not None and is_profile_path(profile):
@@ -276,7 +276,7 @@ def _backends(r: _Reader, data: dict[str, Any], base: Path) -> list[BackendSpec]
                 size = parse_size(str(raw))
             except FuseblkError as err:
                 raise r.error(
-                    r.where.key("size", *path), keypath(*path, "size"), err.message
+                    r.where.key("size", *path), toml_key_path(*path, "size"), err.message
                 ) from None
         label = r.value(entry, path, "label", str) if "label" in entry else ""
         specs.append(BackendSpec(name, base / image, profile, size, label, line))
@@ -290,10 +290,12 @@ def _devices(r: _Reader, data: dict[str, Any], backend_names: set[str]) -> list[
         path = ("devices", name)
         r.table(entry, path, {"table", "fallback"})
         if name in backend_names:
-            raise r.error(r.where.section(*path), keypath(*path), "a backend has the same name")
+            raise r.error(
+                r.where.section(*path), toml_key_path(*path), "a backend has the same name"
+            )
         if "table" not in entry:
             raise r.error(
-                r.where.section(*path), keypath(*path, "table"), "missing (the dmsetup table)"
+                r.where.section(*path), toml_key_path(*path, "table"), "missing (the dmsetup table)"
             )
         table = r.value(entry, path, "table", str)
         specs[name] = DeviceSpec(name, table, r.policy(entry, path), r.where.key("table", *path))
@@ -325,7 +327,7 @@ def _dependency_order(r: _Reader, specs: dict[str, DeviceSpec]) -> list[DeviceSp
             spec = specs[visiting[-1]]
             raise r.error(
                 spec.line,
-                keypath("devices", spec.name, "table"),
+                toml_key_path("devices", spec.name, "table"),
                 f"devices refer to each other in a cycle: {cycle}",
             )
         visiting.append(name)
@@ -378,12 +380,12 @@ async def build_devices(config: Config) -> DeviceManager:
                     )
                 )
             except FuseblkError as err:
-                raise error(spec.line, keypath("backends", spec.name), err) from None
+                raise error(spec.line, toml_key_path("backends", spec.name), err) from None
         for dev in config.devices:
             try:
                 await manager.create(dev.name, dev.table, fallback=dev.fallback or opts.fallback)
             except FuseblkError as err:
-                raise error(dev.line, keypath("devices", dev.name, "table"), err) from None
+                raise error(dev.line, toml_key_path("devices", dev.name, "table"), err) from None
     except BaseException:
         await manager.close()
         raise

@@ -236,7 +236,10 @@ def test_bad_invocations_fail_in_one_line_and_change_nothing(
             found.append("the reference data on plain changed")
         if any(found):
             text = "\n    ".join(p for p in found if p)
-            problems.append(f"fuseblk {' '.join(case.argv)}\n    {text}")
+            shown = " ".join(
+                a if len(a) <= 60 else f"{a[:20]}...({len(a)} chars)" for a in case.argv
+            )
+            problems.append(f"fuseblk {shown}\n    {text}")
         devices, reference = now_devices, now_reference  # each case is judged on its own
         if not m.is_mounted():
             break  # nothing after this would say anything more
@@ -253,7 +256,7 @@ def _problem(case: Bad, tmp: Path) -> str | None:
             stderr=subprocess.PIPE,
             timeout=TIMEOUT,
             env={**os.environ, **case.env},
-            preexec_fn=(lambda: os.close(1)) if case.close_stdout else None,  # noqa: PLW1509
+            preexec_fn=(lambda: os.close(1)) if case.close_stdout else None,  # as `>&-`
         )
     except subprocess.TimeoutExpired:
         return f"still running after {TIMEOUT} s"
