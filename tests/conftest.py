@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_control_harness import private_runtime_dir
+from control_helpers import private_runtime_dir
 
 from fuseblk.blkcrypto.fallback import configure_fallback
 

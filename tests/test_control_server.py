@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from test_control_harness import manager_factory
+from control_helpers import manager_factory
 
 from fuseblk import __version__
 from fuseblk.bio import Bio

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from control_helpers import DaemonThread, cli_env, manager_factory
 from fuse_helpers import needs_fuse
-from test_control_harness import DaemonThread, cli_env, manager_factory
 
 from fuseblk.bio import Bio
 from fuseblk.cli import main

@@ -1,6 +1,5 @@
 """Shared by the control-plane tests: a daemon's control server in a background thread.
 
-Not a test module itself (it holds no tests); it is named so it sits with the tests it serves.
 ``DaemonThread`` runs :func:`fuseblk.control.serve_control` in its own trio loop, as the FUSE
 daemon does, so a CLI subprocess or a synchronous client can talk to it over the real socket.
 """
