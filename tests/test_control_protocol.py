@@ -210,7 +210,8 @@ def test_garbage_response_is_eproto() -> None:
 
 def test_every_documented_command_has_a_schema() -> None:
     documented = {
-        "create", "load", "resume", "suspend", "remove", "rename", "table", "status", "info", "ls",
+        "create", "load", "clear", "resume", "suspend", "remove", "rename", "table", "status",
+        "info", "ls",
         "message", "evict_key", "discard", "stats", "shutdown", "ping", "version",
     }  # fmt: skip
     assert set(COMMANDS) == documented

@@ -509,6 +509,19 @@ async def test_a_client_that_does_not_read_its_replies_is_dropped(short_server: 
     assert await (await short_server.connect()).ok("ls") == []
 
 
+async def test_clear_drops_the_inactive_table_only(conn: Conn) -> None:
+    await conn.ok("create", name="dev", table="0 8 linear legacy 0\n")
+    await conn.ok("load", name="dev", table="0 16 linear legacy 0\n")
+    assert await conn.ok("clear", name="dev") is None
+    (info,) = await conn.ok("info", name="dev")
+    assert (info["state"], info["tables"], info["size"]) == ("ACTIVE", ["LIVE"], 8 * 512)
+    await conn.ok("resume", name="dev")  # nothing left to swap in
+    assert await conn.ok("table", name="dev") == [{"name": "dev", "table": "0 8 linear legacy 0\n"}]
+    assert await conn.ok("clear", name="dev") is None  # no inactive table: nothing to do
+    err = await conn.fails("clear", name="missing")
+    assert err["errno"] == errno.ENXIO
+
+
 async def test_the_client_refuses_a_request_over_max_line_as_too_long(server: Server) -> None:
     def scenario() -> FuseblkError:
         with ControlClient(server.socket_path) as client:

@@ -65,6 +65,7 @@ COMMANDS: dict[str, dict[str, Arg]] = {
         "fallback": Arg(str, required=False, max_chars=MAX_NAME_CHARS),
     },
     "load": {"name": _NAME, "table": Arg(str, secret=True)},
+    "clear": {"name": _NAME},
     "resume": {"name": _NAME},
     "suspend": {"name": _NAME},
     "remove": {"name": _NAME},

@@ -232,6 +232,10 @@ class ControlCommands:
         async with self._table_lock:
             await self.manager.load(name, table)
 
+    async def cmd_clear(self, name: str) -> None:
+        async with self._table_lock:
+            await self.manager.clear(name)
+
     async def cmd_resume(self, name: str) -> None:
         async with self._table_lock:
             await self.manager.resume(name)
