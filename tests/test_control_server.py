@@ -464,7 +464,7 @@ async def test_connections_beyond_the_limit_are_refused_with_eagain(server: Serv
         assert f"too many control connections (at most {limit})" in response["message"]
         assert await refused.closed()
         await held.pop().stream.aclose()
-        await trio.sleep(0.05)  # the server notices the close
+        await trio.testing.wait_all_tasks_blocked()  # the server has seen the close
         assert await (await server.connect()).ok("ls") == []
     for c in held:
         await c.stream.aclose()
@@ -494,6 +494,7 @@ async def test_idle_and_half_sent_connections_free_their_places(short_server: Se
         c = await short_server.connect()
         await c.send(b'{"id": 1, "cmd": "ls"')
     await trio.sleep(SHORT.idle_timeout + 0.3)
+    await trio.testing.wait_all_tasks_blocked()  # the timed-out connections are closed
     assert await (await short_server.connect()).ok("ls") == []
 
 
