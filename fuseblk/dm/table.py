@@ -111,10 +111,6 @@ class Table:
             default=DEFAULT_BLOCK_SIZE,
         )
 
-    @property
-    def passes_crypto(self) -> bool:
-        return all(t.passes_crypto for t in self.targets)
-
     async def destroy(self) -> None:
         """``dtr`` every target (the table was replaced or its device removed)."""
         for target in reversed(self.targets):
