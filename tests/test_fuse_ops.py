@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
+from dm_helpers import MemDisk, manager_over
 from fuse_helpers import (
     MemoryDevice,
     MemoryManager,
@@ -173,14 +175,74 @@ def test_device_errors_reach_the_caller_as_eio_and_the_log_as_warnings(
         os.close(fd)
 
 
-def test_fsync_and_close_flush_the_device(mnt: Path, manager: MemoryManager) -> None:
+def test_fsync_and_fdatasync_flush_the_device_and_close_does_not(
+    mnt: Path, manager: MemoryManager
+) -> None:
     dev = manager.devices["small"]
     fd = os.open(mnt / "small", os.O_RDWR)
     os.pwrite(fd, b"a" * 512, 0)
     os.fsync(fd)
     assert dev.flushes == 1
-    os.close(fd)
+    os.fdatasync(fd)
     assert dev.flushes == 2
+    os.close(fd)  # blkdev_release issues no flush
+    assert dev.flushes == 2
+
+
+@pytest.fixture
+def dm_mnt(tmp_path: Path) -> Iterator[tuple[Path, MemDisk]]:
+    """A real DeviceManager over one RAM disk, mounted: ``flaky`` is dm-flakey always down with
+    ``error_writes`` (up 0 s, down 1 s), ``lin`` is linear over the same disk."""
+    disk = MemDisk("disk", MiB)
+    dm = manager_over(disk)
+    trio.run(dm.create, "flaky", "0 1024 flakey disk 0 0 1 1 error_writes")
+    trio.run(dm.create, "lin", "0 1024 linear disk 1024")
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    with serve_in_thread(dm, mountpoint):
+        yield mountpoint, disk
+
+
+def test_closing_a_flakey_error_writes_device_after_reads_in_its_down_interval_succeeds(
+    dm_mnt: tuple[Path, MemDisk],
+) -> None:
+    mnt, disk = dm_mnt
+    fd = os.open(mnt / "flaky", os.O_RDONLY)
+    try:
+        assert os.pread(fd, 4096, 0) == bytes(4096)  # reads are handled while down
+    finally:
+        os.close(fd)  # no FLUSH, so no EIO (dd: "closing input file")
+    assert disk.counters["flushes"] == 0
+
+
+def test_fsync_on_a_flakey_error_writes_device_in_its_down_interval_is_eio(
+    dm_mnt: tuple[Path, MemDisk],
+) -> None:
+    fd = os.open(dm_mnt[0] / "flaky", os.O_RDWR)
+    try:
+        with pytest.raises(OSError) as info:
+            os.fsync(fd)  # a FLUSH is a write to dm-flakey
+        assert info.value.errno == errno.EIO
+    finally:
+        os.close(fd)
+
+
+def test_fsync_and_fdatasync_of_a_mapped_device_reach_the_disk_below(
+    dm_mnt: tuple[Path, MemDisk],
+) -> None:
+    mnt, disk = dm_mnt
+    fd = os.open(mnt / "lin", os.O_RDWR)
+    try:
+        os.pwrite(fd, b"b" * 4096, 0)
+        assert disk.counters["flushes"] == 0
+        os.fsync(fd)
+        assert disk.counters["flushes"] == 1
+        os.fdatasync(fd)
+        assert disk.counters["flushes"] == 2
+    finally:
+        os.close(fd)
+    assert disk.counters["flushes"] == 2
+    assert disk.data[1024 * 512 : 1024 * 512 + 4096] == b"b" * 4096
 
 
 def test_devices_added_and_removed_while_mounted_appear_and_disappear(

@@ -1,8 +1,9 @@
 """The FUSE layer: one regular file per mapped device; file requests become bios.
 
 This module only translates. Reads and writes go to :class:`fuseblk.fuse.block_io.BlockIO` (which
-owns alignment, clamping and read-modify-write), fsync/flush become a FLUSH bio, and the
-directory mirrors the device manager's names. Every operation runs under :func:`_fuse_errors`,
+owns alignment, clamping and read-modify-write), fsync and fdatasync become a FLUSH bio, close
+flushes nothing (as closing a Linux block device), and the directory mirrors the device manager's
+names. Every operation runs under :func:`_fuse_errors`,
 the one place where :class:`FuseblkError` becomes ``FUSEError(errno)``.
 
 Files are opened with ``direct_io`` so the kernel's page cache neither hides the device nor
@@ -388,14 +389,14 @@ class DeviceFiles(pyfuse3.Operations):
         entry.mtime_ns = time.time_ns()
         return written
 
-    @_fuse_errors
     async def flush(self, fh: int) -> None:
-        """close(2): like closing a block device, make what was written durable."""
-        with self._serving_io:
-            await self._handle(fh).io.flush()
+        """close(2) flushes nothing, as closing a Linux block device issues no cache flush
+        (``blkdev_release``): only fsync does. A FLUSH here would fail the close of a device
+        that fails writes, such as dm-flakey's ``error_writes`` while down, after mere reads."""
 
     @_fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
+        """fsync and fdatasync: ``blkdev_fsync`` → ``blkdev_issue_flush``, a FLUSH bio."""
         with self._serving_io:
             await self._handle(fh).io.flush()
 
