@@ -257,6 +257,19 @@ def test_devices_added_and_removed_while_mounted_appear_and_disappear(
     assert "late" not in os.listdir(mnt)
 
 
+def test_a_device_whose_name_is_no_file_name_is_left_out_of_the_listing(
+    mnt: Path, manager: MemoryManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="fuseblk.fuse.ops"):
+        manager.add(MemoryDevice("\ud800", 8192))  # a lone surrogate: no UTF-8 spelling
+        manager.add(MemoryDevice("caf\u00e9", 8192))
+        assert sorted(os.listdir(mnt)) == ["big4k", "caf\u00e9", "small"]
+    assert os.stat(mnt / "caf\u00e9").st_size == 8192
+    assert any("not UTF-8" in r.getMessage() for r in caplog.records)
+    with pytest.raises(FileNotFoundError):
+        os.stat(os.fsencode(mnt) + b"/\xed\xa0\x80")  # what surrogatepass would spell
+
+
 def test_renamed_device_keeps_its_inode(mnt: Path, manager: MemoryManager) -> None:
     inode = os.stat(mnt / "small").st_ino
     manager.rename("small", "tiny")
