@@ -31,6 +31,7 @@ from fuse_helpers import (
 pytestmark = [needs_fuse, pytest.mark.integration]
 
 MiB = 1 << 20
+LARGEST_FILE = (1 << 63) - 1  # off_t
 
 
 @pytest.fixture
@@ -192,15 +193,25 @@ def test_fsync_and_fdatasync_flush_the_device_and_close_does_not(
 @pytest.fixture
 def dm_mnt(tmp_path: Path) -> Iterator[tuple[Path, MemDisk]]:
     """A real DeviceManager over one RAM disk, mounted: ``flaky`` is dm-flakey always down with
-    ``error_writes`` (up 0 s, down 1 s), ``lin`` is linear over the same disk."""
+    ``error_writes`` (up 0 s, down 1 s), ``lin`` is linear over the same disk, ``huge`` the
+    largest device there can be."""
     disk = MemDisk("disk", MiB)
     dm = manager_over(disk)
     trio.run(dm.create, "flaky", "0 1024 flakey disk 0 0 1 1 error_writes")
     trio.run(dm.create, "lin", "0 1024 linear disk 1024")
+    trio.run(dm.create, "huge", f"0 {LARGEST_FILE // 512} zero")
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     with serve_in_thread(dm, mountpoint):
         yield mountpoint, disk
+
+
+def test_the_largest_device_is_a_file_of_the_largest_size(dm_mnt: tuple[Path, MemDisk]) -> None:
+    mnt = dm_mnt[0]
+    assert sorted(os.listdir(mnt)) == ["flaky", "huge", "lin"]
+    size = os.stat(mnt / "huge").st_size
+    assert size == LARGEST_FILE // 512 * 512
+    assert _pread(mnt / "huge", 4096, size - 4096) == bytes(4096)
 
 
 def test_closing_a_flakey_error_writes_device_after_reads_in_its_down_interval_succeeds(
