@@ -46,12 +46,28 @@ async def test_info_reports_state_tables_and_events():
     assert info["block_size"] == 512 and info["crypto"] is None and info["open_count"] == 0
 
 
-@pytest.mark.parametrize("name", ["", "a/b", ".", "..", "x" * 128, "é" * 64])
+@pytest.mark.parametrize(
+    "name", ["", "a/b", ".", "..", "x" * 128, "é" * 64, "\ud800", "a\udcffb", "a\0b"]
+)
 async def test_invalid_names_are_einval(name: str):
     dm = manager_over(MemDisk("a"))
     with pytest.raises(FuseblkError) as info:
         await dm.create(name, "")
     assert info.value.errno == errno.EINVAL
+    assert "\n" not in info.value.message
+    await dm.create("d", "")
+    with pytest.raises(FuseblkError) as info:
+        dm.rename("d", name)
+    assert info.value.errno == errno.EINVAL
+    assert dm.names() == ["d"]
+
+
+async def test_a_name_with_a_lone_surrogate_says_it_is_not_utf8_text():
+    dm = manager_over(MemDisk("a"))
+    with pytest.raises(FuseblkError) as info:
+        await dm.create("\ud800", "")
+    assert "not valid UTF-8 text" in info.value.message
+    info.value.message.encode("utf-8")  # the message itself is printable anywhere
 
 
 async def test_names_up_to_dm_name_len_minus_one_bytes_are_valid_for_create_and_rename():

@@ -106,6 +106,16 @@ BAD_TABLES = [
 ]
 
 
+def test_iv_offset_plus_length_stays_a_u64_sector() -> None:
+    sectors = (DEV_SIZE // 2) >> 9
+    last = (1 << 64) - sectors  # the last data unit's IV sector is 2^64 - 1
+    target = crypt(f"aes-xts-plain64 {HEX64} {last} mem 0")
+    assert target.iv_offset == last
+    with pytest.raises(TargetArgError) as info:
+        crypt(f"aes-xts-plain64 {HEX64} {last + 1} mem 0")
+    assert info.value.field == "iv_offset"
+
+
 @pytest.mark.parametrize(("table", "field"), BAD_TABLES)
 def test_every_malformed_table_names_the_field(table: str, field: str) -> None:
     with pytest.raises(TargetArgError) as info:

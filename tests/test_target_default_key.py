@@ -100,6 +100,17 @@ def test_key_is_raw_with_sector_size_data_units() -> None:
     assert target.io_granularity == 4096
 
 
+def test_iv_offset_plus_length_stays_a_u64_sector() -> None:
+    length = DEV_SIZE // 2
+    last = (1 << 64) - (length >> 9)
+    opts = " 2 sector_size:4096 iv_large_sectors"
+    target = default_key(f"aes-xts-plain64 {HEX64} {last} mem 0{opts}", length=length)
+    assert target.key.dun_bytes == 8  # the largest DUN, (2^64 - 1) >> 3, fits in 8 bytes
+    with pytest.raises(TargetArgError) as info:
+        default_key(f"aes-xts-plain64 {HEX64} {last + 8} mem 0{opts}", length=length)
+    assert info.value.field == "iv_offset"
+
+
 @pytest.mark.parametrize(
     ("iv_offset", "length", "sector_size", "dun_bytes"),
     [

@@ -194,6 +194,29 @@ async def test_fail_and_remove_messages() -> None:
         assert info.value.errno == errno.EINVAL
 
 
+async def test_leg_numbers_in_messages_are_ascii_decimal() -> None:
+    l0, l1 = Leg("l0"), Leg("l1")
+    target = mirror("2 l0 0 l1 0 1 nosync", l0, l1)
+    for bad in ("\u0661", "\uff11", "+1", "1" * 5000, "2"):
+        with pytest.raises(FuseblkError) as info:
+            await target.message(["fail", bad])
+        assert info.value.errno == errno.EINVAL
+        assert len(info.value.message) < 6000
+    assert target.status().split()[1] == "AA"
+    await target.message(["fail", "0001"])
+    assert target.status().split()[1] == "AD"
+
+
+async def test_hot_add_stops_at_max_legs() -> None:
+    legs = [Leg(f"l{i}") for i in range(raid1.MAX_LEGS + 1)]
+    table = f"{raid1.MAX_LEGS} " + " ".join(f"l{i} 0" for i in range(raid1.MAX_LEGS))
+    target = mirror(table + " 1 nosync", *legs)
+    with pytest.raises(FuseblkError) as info:
+        await target.message(["add", legs[-1].name, "0"])
+    assert info.value.errno == errno.EINVAL
+    assert len(target.legs) == raid1.MAX_LEGS
+
+
 async def test_initial_resync_copies_the_first_leg_to_the_others() -> None:
     l0, l1 = Leg("l0"), Leg("l1")
     target = mirror("2 l0 0 l1 0", l0, l1)

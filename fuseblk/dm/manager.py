@@ -367,9 +367,17 @@ class DeviceManager:
     # -- helpers ------------------------------------------------------------------------------------------
 
     def _check_new_name(self, name: str) -> None:
+        """A name is a file name in the mount: UTF-8 text, one path component, dm's length."""
         if not name or "/" in name or name in (".", "..") or "\0" in name:
             raise FuseblkError(errno.EINVAL, f"invalid device name {name!r}")
-        if len(name.encode("utf-8", "surrogatepass")) >= DM_NAME_LEN:
+        try:
+            encoded = name.encode("utf-8")
+        except UnicodeEncodeError:
+            # a lone surrogate (JSON can carry "\ud800"): no file name, no dm name spells it
+            raise FuseblkError(
+                errno.EINVAL, f"invalid device name {name!r}: not valid UTF-8 text"
+            ) from None
+        if len(encoded) >= DM_NAME_LEN:
             # dm-ioctl's limit; a longer name would also be listed in the mount but could
             # never be opened there (NAME_MAX is 255)
             raise FuseblkError(

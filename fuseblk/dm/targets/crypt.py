@@ -36,6 +36,7 @@ from fuseblk.dm.targets import register
 from fuseblk.dm.targets.base import Target, TargetArgError, TargetEnv
 from fuseblk.dm.targets.cipher_spec import (
     CRYPT_SUPPORTED,
+    check_iv_range,
     check_whole_units,
     format_optional,
     parse_crypt_cipher,
@@ -105,6 +106,7 @@ class CryptTarget(Target):
         self.spec = parse_crypt_cipher(cipher_text)
         raw = parse_hex_key(key_text, self.spec, CRYPT_SUPPORTED)
         self.iv_offset = parse_sector(iv_offset_text, "iv_offset")
+        check_iv_range(self.iv_offset, iv_offset_text, length)
         check_whole_units(self.iv_offset, iv_offset_text, self.sector_size, length)
         self.dev, self.offset = get_device_at(env, self.dev_ref, offset_text, length)
         self.key = BlkCryptoKey.create(self.spec.mode, raw, self.sector_size)

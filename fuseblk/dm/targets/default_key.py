@@ -45,6 +45,7 @@ from fuseblk.dm.targets import register
 from fuseblk.dm.targets.base import Target, TargetArgError, TargetEnv
 from fuseblk.dm.targets.cipher_spec import (
     DEFAULT_KEY_SUPPORTED,
+    check_iv_range,
     check_whole_units,
     format_optional,
     parse_default_key_cipher,
@@ -104,6 +105,7 @@ class DefaultKeyTarget(Target):
                 "option 'iv_large_sectors'",
                 f"to be given with sector_size:{self.sector_size} (default-key implements only large-sector IVs)",
             )
+        check_iv_range(self.iv_offset, iv_offset_text, length)
         check_whole_units(self.iv_offset, iv_offset_text, self.sector_size, length)
         self._unit_shift = self.sector_size.bit_length() - 1 - SECTOR_SHIFT
         self.dev, self.offset = get_device_at(env, self.dev_ref, offset_text, length)

@@ -4,6 +4,8 @@ Chunk ``c`` of the target lives on stripe ``c % stripes`` at chunk ``c // stripe
 stripe's area. Validation follows dm-stripe: a positive stripe count and chunk size (any size,
 not only powers of two, as since Linux 4.x), the target length divisible by the stripe count
 and the per-stripe width divisible by the chunk size, and exactly two arguments per stripe.
+At most 256 stripes (``MAX_STRIPES``): dm-stripe is bounded only by the size of the ioctl
+buffer that carries the table.
 
 It passes crypto (upstream since ~6.15): striping moves whole sectors and never touches data.
 A chunk boundary that falls inside a data unit of a bio's context cannot be split and fails
@@ -28,6 +30,8 @@ from fuseblk.errors import FuseblkError
 if TYPE_CHECKING:
     from fuseblk.device import BlockDevice
 
+MAX_STRIPES = 256
+
 
 class _Stripe:
     __slots__ = ("dev", "start", "errors")
@@ -51,7 +55,7 @@ class StripedTarget(Target):
             raise TargetArgError(
                 "arguments", "<#stripes> <chunk_sectors> [<dev> <offset>]+", " ".join(args)
             )
-        self.nstripes = parse_uint(args[0], "#stripes", lo=1)
+        self.nstripes = parse_uint(args[0], "#stripes", lo=1, hi=MAX_STRIPES)
         self.chunk_sectors = parse_uint(args[1], "chunk_sectors", lo=1)
         sectors = length // SECTOR_SIZE
         if sectors % self.nstripes:
