@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from memdev import MemKeyslotHardware
 
 from fuseblk.bio import Bio, BioOp
 from fuseblk.blkcrypto.fallback import CryptoFallback, configure_fallback
@@ -69,7 +70,9 @@ class MemDisk:
         self.data = bytearray(size)
         self.counters = Counters()
         self.crypto_profile = (
-            CryptoProfile(caps, num_slots, name=name) if caps is not None else None
+            CryptoProfile(caps, num_slots, MemKeyslotHardware(num_slots), name=name)
+            if caps is not None
+            else None
         )
         self.seen: list[Bio] = []
         self.hold: trio.Event | None = None  # when set to an unset Event, bios wait on it

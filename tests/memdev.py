@@ -17,6 +17,7 @@ import trio
 from fuseblk.bio import Bio, BioOp
 from fuseblk.blkcrypto.keyslot_manager import CryptoProfile
 from fuseblk.blkcrypto.submit import supports_natively
+from fuseblk.ciphers import DataUnitCipher, get_cipher
 from fuseblk.errors import FuseblkError
 from fuseblk.key import BlkCryptoKey
 from fuseblk.modes import CryptoMode
@@ -41,7 +42,7 @@ class MemKeyslotHardware:
         self.gate: trio.Event | None = None  # when set to an unset Event, program_key waits on it
         self.programming = 0  # programs in progress right now
 
-    async def program_key(self, key: BlkCryptoKey, slot: int) -> None:
+    async def program_key(self, key: BlkCryptoKey, slot: int) -> DataUnitCipher:
         self.calls.append(("program", key.key_id, slot))
         self.programming += 1
         try:
@@ -54,6 +55,7 @@ class MemKeyslotHardware:
                     errno.EIO, f"keyslot {slot}: programming key {key.key_id} failed"
                 )
             self.slots[slot] = key
+            return get_cipher(key)
         finally:
             self.programming -= 1
 

@@ -6,7 +6,7 @@ import errno
 import os
 
 import pytest
-from memdev import MemDevice, make_key
+from memdev import MemDevice, MemKeyslotHardware, make_key
 
 from fuseblk.bio import Bio
 from fuseblk.blkcrypto.fallback import configure_fallback, get_fallback
@@ -27,7 +27,9 @@ pytestmark = pytest.mark.usefixtures("fresh_global_fallback")
 
 
 def inline_device() -> MemDevice:
-    return MemDevice(profile=CryptoProfile(XTS_4K, 2, name="ufs"), name="ufs0")
+    return MemDevice(
+        profile=CryptoProfile(XTS_4K, 2, MemKeyslotHardware(2), name="ufs"), name="ufs0"
+    )
 
 
 class PerTargetDevice(MemDevice):

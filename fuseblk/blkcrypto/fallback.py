@@ -18,6 +18,7 @@ import errno
 from fuseblk.bio import Bio, BioOp
 from fuseblk.blkcrypto.keyslot_manager import CryptoProfile
 from fuseblk.capabilities import ALL_DATA_UNIT_SIZES, CryptoCapabilities
+from fuseblk.ciphers import DataUnitCipher, get_cipher
 from fuseblk.device import BlockDevice
 from fuseblk.dun import DUN_MAX_BYTES
 from fuseblk.errors import FuseblkError
@@ -32,6 +33,17 @@ FALLBACK_CAPS = CryptoCapabilities(
 )
 
 
+class _SoftwareKeyslots:
+    """The fallback's keyslot "hardware" (``blk_crypto_fallback_keyslot_program``): programming
+    a slot is expanding the key; the slot's cipher is all there is to forget on eviction."""
+
+    async def program_key(self, key: BlkCryptoKey, slot: int) -> DataUnitCipher:
+        return get_cipher(key)
+
+    async def evict_key(self, key: BlkCryptoKey, slot: int | None) -> None:
+        return None
+
+
 class CryptoFallback:
     """``blk_crypto_fallback_bio_prep`` plus completion, as one awaitable submit."""
 
@@ -40,7 +52,9 @@ class CryptoFallback:
             # Unlike a device, the fallback needs its slots: they hold the expanded ciphers.
             raise FuseblkError(errno.EINVAL, f"the crypto fallback needs keyslots, got {num_slots}")
         self.enabled = enabled
-        self.profile = CryptoProfile(FALLBACK_CAPS, num_slots, name="blk-crypto-fallback")
+        self.profile = CryptoProfile(
+            FALLBACK_CAPS, num_slots, ops=_SoftwareKeyslots(), name="blk-crypto-fallback"
+        )
         self.counters = Counters()
 
     def supports(self, key: BlkCryptoKey) -> bool:

@@ -40,6 +40,7 @@ from fuseblk.stats import Counters
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from fuseblk.ciphers import DataUnitCipher
     from fuseblk.device import BlockDevice
     from fuseblk.dm.targets import Target
     from fuseblk.key import BlkCryptoKey
@@ -380,7 +381,7 @@ class _EvictForwarder:
     def __init__(self, md: MappedDevice) -> None:
         self._md = md
 
-    async def program_key(self, key: BlkCryptoKey, slot: int) -> None:
+    async def program_key(self, key: BlkCryptoKey, slot: int) -> DataUnitCipher:
         raise FuseblkError(errno.EOPNOTSUPP, "a passthrough profile has no keyslots to program")
 
     async def evict_key(self, key: BlkCryptoKey, slot: int | None) -> None:
