@@ -7,12 +7,13 @@ import errno
 import pytest
 from dm_helpers import MemDisk, manager_over, pattern, read, write
 
+from fuseblk.dm.events import DeviceAdded, DeviceRemoved, DeviceRenamed, DeviceResized
 from fuseblk.errors import FuseblkError, TableError
 
 
-def events_of(dm) -> list[tuple]:
-    events: list[tuple] = []
-    dm.listeners.append(lambda *e: events.append(e))
+def events_of(dm) -> list:
+    events: list = []
+    dm.listeners.append(events.append)
     return events
 
 
@@ -29,7 +30,12 @@ async def test_create_load_resume_rename_remove_notify_listeners():
     assert dm.names() == ["e"] and dm.get("e").name == "e"
     await dm.remove("e")
     assert dm.names() == []
-    assert events == [("add", "d"), ("resize", "d", 8192), ("rename", "d", "e"), ("remove", "e")]
+    assert events == [
+        DeviceAdded("d"),
+        DeviceResized("d", 8192),
+        DeviceRenamed("d", "e"),
+        DeviceRemoved("e"),
+    ]
 
 
 async def test_info_reports_state_tables_and_events():
@@ -105,10 +111,12 @@ async def test_remove_is_ebusy_while_a_live_or_inactive_table_stacks_on_it():
 async def test_remove_is_ebusy_while_open():
     dm = manager_over(MemDisk("a"))
     md = await dm.create("d", "0 8 zero")
-    md.open_count = 1
+    md.open()
     with pytest.raises(FuseblkError) as info:
         await dm.remove("d")
     assert info.value.errno == errno.EBUSY
+    md.release()
+    await dm.remove("d")
 
 
 async def test_table_that_reaches_its_own_device_is_refused():
@@ -163,4 +171,7 @@ async def test_close_removes_devices_top_down():
     await dm.create("lower", "0 16 linear a 0")
     await dm.create("upper", "0 16 linear lower 0")
     await dm.close()
-    assert [e for e in events if e[0] == "remove"] == [("remove", "upper"), ("remove", "lower")]
+    assert [e for e in events if isinstance(e, DeviceRemoved)] == [
+        DeviceRemoved("upper"),
+        DeviceRemoved("lower"),
+    ]

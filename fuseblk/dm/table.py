@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 
 from fuseblk import SECTOR_SIZE
 from fuseblk.capabilities import CryptoCapabilities, intersect
-from fuseblk.dm.targets import Target, TargetArgError, TargetEnv, get_target, target_names
+from fuseblk.dm.targets.base import Target, TargetArgError, TargetEnv
+from fuseblk.dm.targets.registry import get_target, target_names
 from fuseblk.errors import FuseblkError, TableError
 
 if TYPE_CHECKING:
