@@ -104,3 +104,15 @@ async def test_eviction_reaches_each_device_through_its_own_evict_key():
     await write(dm.get("upper"), 0, pattern(4096), BioCryptContext.at(key, 0))
     await dm.evict_key("upper", key)
     assert disk.evicted == [key.key_id] and disk.crypto_profile.find_slot(key) is None
+
+
+async def test_raw_key_without_a_dun_width_is_evicted_under_every_width():
+    a = MemDisk("a", caps=UFS)
+    dm = manager_over(a)
+    md = await dm.create("d", "0 32 linear a 0")
+    key = make_key(8, dun_bytes=2)
+    await write(md, 0, pattern(4096), BioCryptContext.at(key, 0))
+    await dm.evict_raw_key("d", XTS, key.raw, 4096, dun_bytes=8)  # another key: nothing
+    assert a.crypto_profile.find_slot(key) is not None
+    await dm.evict_raw_key("d", XTS, key.raw, 4096)
+    assert a.crypto_profile.find_slot(key) is None

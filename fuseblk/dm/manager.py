@@ -19,7 +19,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import trio
+
 from fuseblk import SECTOR_SIZE
+from fuseblk.bio import Bio
 from fuseblk.blkcrypto.block_layer import BlockLayer
 from fuseblk.blkcrypto.fallback import DEFAULT_NUM_SLOTS, CryptoFallback
 from fuseblk.device import Backend as BackendDevice
@@ -36,9 +39,10 @@ from fuseblk.dm.fallback_policy import falls_back_per_target
 from fuseblk.dm.mapped_device import MappedDevice
 from fuseblk.dm.table import Table
 from fuseblk.dm.targets.base import TargetArgError
-from fuseblk.errors import FuseblkError
+from fuseblk.errors import FuseblkError, einval
 from fuseblk.hw.backend import Backend
 from fuseblk.key import BlkCryptoKey
+from fuseblk.modes import CryptoMode
 
 DM_NAME_LEN = 128  # include/uapi/linux/dm-ioctl.h: names are at most 127 bytes
 
@@ -46,10 +50,10 @@ DM_NAME_LEN = 128  # include/uapi/linux/dm-ioctl.h: names are at most 127 bytes
 class DeviceManager:
     """Every backend and mapped device of one daemon, by name.
 
-    Table-changing verbs (create, load, clear, resume, suspend, remove, rename) must not
-    interleave: create checks the name and registers the device on either side of an await, and
-    a concurrent release of unused images would not see a table not yet installed. The control
-    server serializes them; other callers must too.
+    Table-changing verbs (create, load, clear, resume, suspend, remove, rename) take turns, like
+    the kernel's per-device locks: create checks the name and registers the device on either
+    side of an await, and a concurrent release of unused images would not see a table not yet
+    installed, so two callers must not interleave them.
     """
 
     def __init__(
@@ -67,6 +71,7 @@ class DeviceManager:
         self._backends: dict[str, BackendDevice] = {}
         self._devices: dict[str, MappedDevice] = {}
         self._path_images: set[str] = set()  # backends a table opened by path (ours to detach)
+        self._table_lock = trio.Lock()  # table-changing verbs take turns (see the class)
         self.listeners: list[Listener] = []
 
     # -- backends ------------------------------------------------------------------------------
@@ -165,71 +170,80 @@ class DeviceManager:
 
     async def create(self, name: str, table: str, fallback: str = "device") -> MappedDevice:
         """``dmsetup create``: a new device with ``table`` live (an empty table: no table, size 0)."""
-        self._check_new_name(name)
-        md = MappedDevice(name, self.block_layer, falls_back_per_target(fallback))
-        parsed = await self._parse(name, table)
-        if parsed.is_empty:
-            await parsed.destroy()
-        else:
-            await md.install(parsed)
-        self._devices[name] = md
-        self._notify(DeviceAdded(name))
-        return md
+        async with self._table_lock:
+            self._check_new_name(name)
+            md = MappedDevice(name, self.block_layer, falls_back_per_target(fallback))
+            parsed = await self._parse(name, table)
+            if parsed.is_empty:
+                await parsed.destroy()
+            else:
+                await md.install(parsed)
+            self._devices[name] = md
+            self._notify(DeviceAdded(name))
+            return md
 
     async def load(self, name: str, table: str) -> None:
         """``dmsetup load``: construct ``table`` into the inactive slot; the live one is untouched."""
-        md = self.get(name)
-        parsed = await self._parse(name, table)
-        try:
-            if parsed.is_empty:
-                raise FuseblkError(errno.EINVAL, f"{name}: a table needs at least one target")
-            replaced = md.set_inactive(parsed)
-        except BaseException:
-            await parsed.destroy()
-            await self._release_unused_images()  # it may have opened images by path
-            raise
-        if replaced is not None:
-            await replaced.destroy()
-            await self._release_unused_images()
+        async with self._table_lock:
+            md = self.get(name)
+            parsed = await self._parse(name, table)
+            try:
+                if parsed.is_empty:
+                    raise FuseblkError(errno.EINVAL, f"{name}: a table needs at least one target")
+                replaced = md.set_inactive(parsed)
+            except BaseException:
+                await parsed.destroy()
+                await self._release_unused_images()  # it may have opened images by path
+                raise
+            if replaced is not None:
+                await replaced.destroy()
+                await self._release_unused_images()
 
     async def clear(self, name: str) -> None:
         """``dmsetup clear``: drop the inactive table."""
-        await self.get(name).clear_inactive()
-        await self._release_unused_images()
+        async with self._table_lock:
+            await self.get(name).clear_inactive()
+            await self._release_unused_images()
 
     async def resume(self, name: str) -> None:
-        md = self.get(name)
-        old_size = md.size
-        await md.resume()
-        await self._release_unused_images()
-        if md.size != old_size:
-            self._notify(DeviceResized(name, md.size))
+        async with self._table_lock:
+            md = self.get(name)
+            old_size = md.size
+            await md.resume()
+            await self._release_unused_images()
+            if md.size != old_size:
+                self._notify(DeviceResized(name, md.size))
 
     async def suspend(self, name: str) -> None:
-        await self.get(name).suspend()
+        async with self._table_lock:
+            await self.get(name).suspend()
 
     async def remove(self, name: str) -> None:
         """``dmsetup remove``: EBUSY while open or while another table stacks on it."""
-        md = self.get(name)
-        if md.open_count > 0:
-            raise FuseblkError(errno.EBUSY, f"{name}: device is open ({md.open_count})")
-        holders = [
-            other.name for other in self._devices.values() if other is not md and other.holds(md)
-        ]
-        if holders:
-            raise FuseblkError(errno.EBUSY, f"{name}: in use by {', '.join(sorted(holders))}")
-        del self._devices[name]
-        await md.shutdown()
-        self._notify(DeviceRemoved(name))
-        await self._release_unused_images()
+        async with self._table_lock:
+            md = self.get(name)
+            if md.open_count > 0:
+                raise FuseblkError(errno.EBUSY, f"{name}: device is open ({md.open_count})")
+            holders = [
+                other.name
+                for other in self._devices.values()
+                if other is not md and other.holds(md)
+            ]
+            if holders:
+                raise FuseblkError(errno.EBUSY, f"{name}: in use by {', '.join(sorted(holders))}")
+            del self._devices[name]
+            await md.shutdown()
+            self._notify(DeviceRemoved(name))
+            await self._release_unused_images()
 
-    def rename(self, old: str, new: str) -> None:
-        md = self.get(old)
-        self._check_new_name(new)
-        del self._devices[old]
-        md.rename(new)
-        self._devices[new] = md
-        self._notify(DeviceRenamed(old, new))
+    async def rename(self, old: str, new: str) -> None:
+        async with self._table_lock:
+            md = self.get(old)
+            self._check_new_name(new)
+            del self._devices[old]
+            md.rename(new)
+            self._devices[new] = md
+            self._notify(DeviceRenamed(old, new))
 
     def get(self, name: str) -> MappedDevice:
         try:
@@ -292,6 +306,35 @@ class DeviceManager:
     async def evict_key(self, name: str, key: BlkCryptoKey) -> None:
         """Evict ``key`` from every device below ``name`` and from the fallback."""
         await self.get(name).evict_key(key)
+
+    async def evict_raw_key(
+        self,
+        name: str,
+        mode: CryptoMode,
+        raw: bytes,
+        data_unit_size: int,
+        dun_bytes: int | None = None,
+    ) -> None:
+        """``dm evict-key``: a key is its bytes and its configuration. Without a DUN width it is
+        evicted under every width the mode allows (default-key picks the width from the
+        target's size, so the user may not know it)."""
+        widths = range(1, mode.iv_size + 1) if dun_bytes is None else [dun_bytes]
+        for width in widths:
+            key = BlkCryptoKey.create(mode, raw, data_unit_size, width)
+            await self.evict_key(name, key)
+
+    async def discard(self, name: str, offset: int, length: int) -> None:
+        """``BLKDISCARD``: ``length`` bytes at ``offset``, whole sectors inside the device."""
+        dev = self.get(name)
+        if offset < 0 or length <= 0:
+            raise einval("discard: offset must be >= 0 and length > 0")
+        if offset % SECTOR_SIZE or length % SECTOR_SIZE:
+            raise einval(f"discard: offset and length must be multiples of {SECTOR_SIZE}")
+        if offset + length > dev.size:
+            raise einval(
+                f"discard: range ends at {offset + length}, beyond the device's {dev.size} bytes"
+            )
+        await dev.submit(Bio.discard(offset, length))
 
     def stats(self, name: str | None = None) -> dict[str, Any]:
         """Counters per mapped device and per backend (with its keyslot profile's counters)."""
