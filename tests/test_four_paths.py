@@ -23,7 +23,6 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from dm_helpers import manager
 
 from fuseblk.bio import Bio
-from fuseblk.blkcrypto.fallback import get_fallback
 from fuseblk.capabilities import CryptoCapabilities, dus_mask
 from fuseblk.dm.manager import DeviceManager
 from fuseblk.hw.backend import Backend
@@ -47,9 +46,6 @@ KEYS = {
     CryptoMode.ADIANTUM: bytes((i * 53 + 7) % 256 for i in range(32)),
 }
 CASES = [(mode, dus) for mode in CIPHERS for dus in (4096, 512)]
-
-
-pytestmark = pytest.mark.usefixtures("fresh_global_fallback")
 
 
 def inline_hardware(mode: CryptoMode) -> HardwareProfile:
@@ -112,13 +108,13 @@ async def test_four_paths_store_identical_ciphertext(
     )
     profile = manager.backends()["dk-inline-img"].crypto_profile
     assert profile is not None and profile.counters["programs"] >= 1, "inline path not taken"
-    assert get_fallback().counters["bios"] == 0
+    assert manager.block_layer.fallback.counters["bios"] == 0
 
     none = HardwareProfile.none()
     fallback = await through_device(
         manager, tmp_path, "dk-fallback", none, table("default-key", mode, dus, "DEV")
     )
-    assert get_fallback().counters["bios"] >= 1, "fallback path not taken"
+    assert manager.block_layer.fallback.counters["bios"] >= 1, "fallback path not taken"
 
     crypt = await through_device(manager, tmp_path, "crypt", none, table("crypt", mode, dus, "DEV"))
 

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fuseblk.dm.table import Table
-from fuseblk.dm.targets import target_names
+from fuseblk.dm.targets.registry import target_names
 from fuseblk.errors import FuseblkError, TableError
 
 ENV = DeviceEnv({name: MemDisk(name, MiB) for name in "abc"}, "dm-test")

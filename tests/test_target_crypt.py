@@ -19,10 +19,10 @@ from fuseblk.bio import Bio, BioOp
 from fuseblk.ciphers import get_cipher
 from fuseblk.crypt_context import BioCryptContext
 from fuseblk.dm.manager import DeviceManager
-from fuseblk.dm.targets import get_target
 from fuseblk.dm.targets.base import TargetArgError
 from fuseblk.dm.targets.cipher_spec import parse_crypt_cipher
 from fuseblk.dm.targets.crypt import CryptTarget, iv_runs
+from fuseblk.dm.targets.registry import get_target
 from fuseblk.errors import FuseblkError, TableError
 from fuseblk.hw.backend import Backend
 from fuseblk.hw.profiles import load_profile

@@ -12,15 +12,15 @@ from dm_helpers import DeviceEnv, image_manager, manager
 from memdev import MemDevice, MemKeyslotHardware, make_key
 
 from fuseblk.bio import Bio, BioOp
-from fuseblk.blkcrypto.fallback import get_fallback
+from fuseblk.blkcrypto.block_layer import BlockLayer
 from fuseblk.blkcrypto.keyslot_manager import CryptoProfile
 from fuseblk.capabilities import CryptoCapabilities, dus_mask
 from fuseblk.ciphers import get_cipher
 from fuseblk.crypt_context import BioCryptContext
 from fuseblk.dm.manager import DeviceManager
-from fuseblk.dm.targets import get_target
 from fuseblk.dm.targets.base import TargetArgError
 from fuseblk.dm.targets.default_key import DefaultKeyTarget
+from fuseblk.dm.targets.registry import get_target
 from fuseblk.errors import FuseblkError, TableError
 from fuseblk.hw.backend import Backend
 from fuseblk.hw.profiles import load_profile
@@ -34,20 +34,19 @@ HEX64 = KEY64.hex()
 DEV_SIZE = 1 << 20
 
 
-pytestmark = pytest.mark.usefixtures("fresh_global_fallback")
-
-
 def xts_hardware() -> CryptoProfile:
     caps = CryptoCapabilities({CryptoMode.AES_256_XTS: dus_mask(512, 4096)}, 8, KeyType.RAW)
     return CryptoProfile(caps, 4, MemKeyslotHardware(4), name="memhw")
 
 
 def default_key(
-    table: str, mem: MemDevice | None = None, length: int = DEV_SIZE // 2
+    table: str,
+    mem: MemDevice | None = None,
+    length: int = DEV_SIZE // 2,
+    block_layer: BlockLayer | None = None,
 ) -> DefaultKeyTarget:
-    return DefaultKeyTarget(
-        DeviceEnv({"mem": mem or MemDevice(DEV_SIZE)}), 0, length, table.split()
-    )
+    env = DeviceEnv({"mem": mem or MemDevice(DEV_SIZE)}, block_layer=block_layer)
+    return DefaultKeyTarget(env, 0, length, table.split())
 
 
 def test_default_key_is_registered_and_passes_crypto() -> None:
@@ -229,11 +228,14 @@ async def test_destroy_evicts_the_key_from_the_hardware_and_the_fallback() -> No
     await hw_target.destroy()
     assert hw.find_slot(hw_target.key) is None
 
-    sw_target = default_key(f"aes-xts-plain64 {HEX64} 0 mem 0", MemDevice(DEV_SIZE, None))
+    blk = BlockLayer()
+    sw_target = default_key(
+        f"aes-xts-plain64 {HEX64} 0 mem 0", MemDevice(DEV_SIZE, None), block_layer=blk
+    )
     await sw_target.map(Bio.write(0, bytes(512)))
-    assert get_fallback().profile.find_slot(sw_target.key) is not None
+    assert blk.fallback.profile.find_slot(sw_target.key) is not None
     await sw_target.destroy()
-    assert get_fallback().profile.find_slot(sw_target.key) is None
+    assert blk.fallback.profile.find_slot(sw_target.key) is None
 
 
 async def test_destroy_with_the_key_in_use_logs_and_keeps_going(
@@ -281,14 +283,14 @@ async def test_default_setup_stack_encrypts_inline_and_in_the_fallback(
     await legacy.submit(Bio.read(0, memoryview(stored)[128 * 1024 :]))
     assert stored == expected
     assert inline.crypto_profile is not None and inline.crypto_profile.find_slot(key) is not None
-    assert get_fallback().profile.find_slot(key) is not None
+    assert manager.block_layer.fallback.profile.find_slot(key) is not None
     back = bytearray(len(data))
     await secure.submit(Bio.read(384 * 1024, back))
     assert back == data
 
     await manager.remove("secure")
     assert inline.crypto_profile.find_slot(key) is None
-    assert get_fallback().profile.find_slot(key) is None
+    assert manager.block_layer.fallback.profile.find_slot(key) is None
 
 
 async def test_malformed_table_names_line_target_and_field(
@@ -319,7 +321,7 @@ async def test_narrow_dun_hardware_encrypts_inline_when_the_target_is_small_enou
         emmc = dm.backends()["emmc"]
         assert emmc.crypto_profile is not None and emmc.crypto_profile.find_slot(key) is not None
         assert dm.stats("emmc")["backends"]["emmc"].get("inline_bios", 0) >= 1
-        assert get_fallback().profile.find_slot(key) is None
+        assert dm.block_layer.fallback.profile.find_slot(key) is None
         stored = bytearray(len(data))
         await emmc.submit(Bio.read(128 * 1024, stored))
         assert stored == get_cipher(key).encrypt(data, 128 * 1024 // 4096)

@@ -18,9 +18,10 @@ from fuseblk.capabilities import CryptoCapabilities, dus_mask
 from fuseblk.crypt_context import BioCryptContext
 from fuseblk.device import BlockDevice
 from fuseblk.dm.manager import DeviceManager
-from fuseblk.dm.targets import get_target, raid1
+from fuseblk.dm.targets import raid1
 from fuseblk.dm.targets.base import TargetArgError
 from fuseblk.dm.targets.raid1 import Raid1Target
+from fuseblk.dm.targets.registry import get_target
 from fuseblk.errors import FuseblkError
 from fuseblk.hw.backend import Backend
 from fuseblk.hw.profiles import load_profile
@@ -32,9 +33,6 @@ __all__ = ["manager"]  # the fixture, re-exported for pytest
 
 DEV_SIZE = 1 << 20
 LENGTH = 512 * 1024
-
-
-pytestmark = pytest.mark.usefixtures("fresh_global_fallback")
 
 
 class Leg(MemDevice):

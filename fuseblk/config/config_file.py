@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fuseblk.blkcrypto.fallback import DEFAULT_NUM_SLOTS
+from fuseblk.dm.fallback_policy import FALLBACK_POLICIES
 from fuseblk.errors import FuseblkError
 from fuseblk.hw.profiles import is_profile_path, load_profile
 from fuseblk.sizes import parse_size
@@ -42,14 +44,11 @@ from fuseblk.sizes import parse_size
 if TYPE_CHECKING:
     from fuseblk.dm.manager import DeviceManager
 
-FALLBACK_POLICIES = ("device", "target")
-DEFAULT_FALLBACK_SLOTS = 100
-
 
 @dataclass(frozen=True)
 class ConfigOptions:
     fallback: str = "device"
-    fallback_slots: int = DEFAULT_FALLBACK_SLOTS
+    fallback_slots: int = DEFAULT_NUM_SLOTS
     fallback_enabled: bool = True
 
 
@@ -323,13 +322,13 @@ async def build_devices(config: Config) -> DeviceManager:
 
     On failure everything already attached is closed again, so images stay clean.
     """
-    from fuseblk.blkcrypto.fallback import configure_fallback
     from fuseblk.dm.manager import DeviceManager
     from fuseblk.hw.backend import Backend
 
     opts = config.options
-    configure_fallback(num_slots=opts.fallback_slots, enabled=opts.fallback_enabled)
-    manager = DeviceManager()
+    manager = DeviceManager(
+        fallback_slots=opts.fallback_slots, fallback_enabled=opts.fallback_enabled
+    )
 
     def error(line: int, keypath: str, err: FuseblkError) -> FuseblkError:
         return _located(config.source, line, keypath, err.errno, err.message)

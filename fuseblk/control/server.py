@@ -30,8 +30,7 @@ from typing import Any
 
 import trio
 
-from fuseblk import SECTOR_SIZE, __version__
-from fuseblk.bio import Bio
+from fuseblk import __version__
 from fuseblk.control.protocol import (
     MAX_LINE,
     PROTOCOL_VERSION,
@@ -44,7 +43,6 @@ from fuseblk.control.protocol import (
     redacted_args,
 )
 from fuseblk.errors import FuseblkError, einval
-from fuseblk.key import BlkCryptoKey
 from fuseblk.modes import CryptoMode
 
 log = logging.getLogger("fuseblk.control.server")
@@ -193,14 +191,13 @@ def jsonable(value: Any) -> Any:
 class ControlCommands:
     """The commands of docs/control-protocol.md, each one call (or a few) on the manager.
 
-    Table-changing commands are serialized: like the kernel's per-device locks, it keeps two
-    clients from interleaving a load and a resume of the same device.
+    The manager serializes table-changing verbs itself, so two clients cannot interleave a load
+    and a resume of the same device.
     """
 
     def __init__(self, manager: Any, on_shutdown: Callable[[], object] | None = None) -> None:
         self.manager = manager
         self.on_shutdown = on_shutdown
-        self._table_lock = trio.Lock()
 
     async def execute(self, req: Request) -> Any:
         handler = getattr(self, f"cmd_{req.cmd}")
@@ -222,35 +219,28 @@ class ControlCommands:
     cmd_version = cmd_ping
 
     async def cmd_create(self, name: str, table: str, fallback: str | None = None) -> None:
-        async with self._table_lock:
-            if fallback is None:
-                await self.manager.create(name, table)
-            else:
-                await self.manager.create(name, table, fallback=fallback)
+        if fallback is None:
+            await self.manager.create(name, table)
+        else:
+            await self.manager.create(name, table, fallback=fallback)
 
     async def cmd_load(self, name: str, table: str) -> None:
-        async with self._table_lock:
-            await self.manager.load(name, table)
+        await self.manager.load(name, table)
 
     async def cmd_clear(self, name: str) -> None:
-        async with self._table_lock:
-            await self.manager.clear(name)
+        await self.manager.clear(name)
 
     async def cmd_resume(self, name: str) -> None:
-        async with self._table_lock:
-            await self.manager.resume(name)
+        await self.manager.resume(name)
 
     async def cmd_suspend(self, name: str) -> None:
-        async with self._table_lock:
-            await self.manager.suspend(name)
+        await self.manager.suspend(name)
 
     async def cmd_remove(self, name: str) -> None:
-        async with self._table_lock:
-            await self.manager.remove(name)
+        await self.manager.remove(name)
 
     async def cmd_rename(self, old: str, new: str) -> None:
-        async with self._table_lock:
-            self.manager.rename(old, new)
+        await self.manager.rename(old, new)
 
     # -- queries --------------------------------------------------------------------------------
     def cmd_table(self, name: str | None = None, show_keys: bool = False) -> list[dict[str, Any]]:
@@ -285,26 +275,13 @@ class ControlCommands:
             raw = bytes.fromhex(key_hex)
         except ValueError:
             raise einval("evict_key: key_hex is not hexadecimal") from None
-        # A key is its bytes and its configuration: without a DUN width, evict it under every
-        # width the mode allows (default-key picks the width from the target's size).
-        crypto_mode = CryptoMode.parse(mode)
-        widths = range(1, crypto_mode.iv_size + 1) if dun_bytes is None else [dun_bytes]
-        for width in widths:
-            key = BlkCryptoKey.create(crypto_mode, raw, data_unit_size, width)
-            await self.manager.evict_key(name, key)
+        await self.manager.evict_raw_key(
+            name, CryptoMode.parse(mode), raw, data_unit_size, dun_bytes
+        )
 
     async def cmd_discard(self, name: str, offset: int, length: int) -> None:
         """``BLKDISCARD`` by hand: the FUSE layer cannot offer it (pyfuse3 has no fallocate)."""
-        dev = self.manager.get(name)
-        if offset < 0 or length <= 0:
-            raise einval("discard: offset must be >= 0 and length > 0")
-        if offset % SECTOR_SIZE or length % SECTOR_SIZE:
-            raise einval(f"discard: offset and length must be multiples of {SECTOR_SIZE}")
-        if offset + length > dev.size:
-            raise einval(
-                f"discard: range ends at {offset + length}, beyond the device's {dev.size} bytes"
-            )
-        await dev.submit(Bio.discard(offset, length))
+        await self.manager.discard(name, offset, length)
 
     async def cmd_shutdown(self, force: bool = False) -> None:
         """Refuse while devices are open (like umount(8)), unless forced.

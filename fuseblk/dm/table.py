@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING
 
 from fuseblk import SECTOR_SIZE
 from fuseblk.capabilities import CryptoCapabilities, intersect
-from fuseblk.dm.targets import Target, TargetArgError, TargetEnv, get_target, target_names
+from fuseblk.dm.targets.base import Target, TargetArgError, TargetEnv
 from fuseblk.dm.targets.ctr_args import SECTOR_MAX, read_decimal
+from fuseblk.dm.targets.registry import get_target, target_names
 from fuseblk.errors import FuseblkError, TableError
 
 if TYPE_CHECKING:

@@ -304,6 +304,7 @@ def run_daemon(
         tune_malloc()
         status = _child_main(build, settings, pipe)
     except BaseException as exc:  # nothing may escape a forked child
+        # dynamic: any exception; OSError and FuseblkError carry an errno, the others do not
         pipe.send(f"error {getattr(exc, 'errno', None) or errno.EIO} {exc}")
     finally:
         os._exit(status)

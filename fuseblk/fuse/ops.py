@@ -29,8 +29,9 @@ import pyfuse3
 import trio
 
 from fuseblk.device import BlockDevice
+from fuseblk.dm.events import DeviceAdded, DeviceRemoved, DeviceRenamed, DeviceResized, DmEvent
 from fuseblk.errors import FuseblkError
-from fuseblk.fuse.block_io import BlockIO, block_size_of
+from fuseblk.fuse.block_io import BlockIO
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ R = TypeVar("R")
 class DeviceSource(Protocol):
     """What the FUSE layer needs from :class:`fuseblk.dm.DeviceManager`."""
 
-    listeners: list[Callable[..., Any]]
+    listeners: list[Callable[[DmEvent], Any]]
 
     def names(self) -> list[str]: ...
 
@@ -107,12 +108,6 @@ class _RequestCount:
         self.running -= 1
         if self.running == 0:
             self.idle.set()
-
-
-def _adjust_open_count(device: BlockDevice, delta: int) -> None:
-    """Mapped devices count their openers (``dm remove`` is EBUSY while open); others don't."""
-    if hasattr(device, "open_count"):
-        device.open_count = max(0, device.open_count + delta)
 
 
 def _file_name(name: str) -> bytes | None:
@@ -188,7 +183,7 @@ class DeviceFiles(pyfuse3.Operations):
         self._by_name[name] = entry
         return entry
 
-    def on_device_event(self, event: str, name: str, *args: Any) -> None:
+    def on_device_event(self, event: DmEvent) -> None:
         """A DeviceManager listener: mirror adds, removals, renames and resizes.
 
         The kernel caches directory entries and attributes for ATTR_TIMEOUT; anything that
@@ -197,42 +192,40 @@ class DeviceFiles(pyfuse3.Operations):
         never raised: the device manager's operation already happened.
         """
         try:
-            self._follow(event, name, *args)
+            self._follow(event)
         except Exception:
-            log.exception("following device event %r for %s", event, name)
+            log.exception("following device event %r", event)
 
-    def _follow(self, event: str, name: str, *args: Any) -> None:
-        if event == "add":
-            if name in self._by_name:
-                self._forget_name(name)
-            self._add(name)
-            self._invalidate_entry(name)
-        elif event == "remove":
-            entry = self._by_name.get(name)
-            if entry is not None:
-                self._forget_name(name)
-                self._invalidate_entry(name, deleted=entry.inode)
-        elif event == "rename":
-            new = str(args[0]) if args else name
-            entry = self._by_name.pop(name, None)
-            if entry is not None:
-                if new in self._by_name:
-                    self._forget_name(new)
-                entry.name = new
-                self._by_name[new] = entry
-                entry.ctime_ns = time.time_ns()
-            self._invalidate_entry(name)
-            self._invalidate_entry(new)
-        elif event == "resize":
-            entry = self._by_name.get(name)
-            if entry is not None:
-                device = self.manager.get(name)
-                if device is not entry.io.device:  # keep the range locks unless the device changed
-                    entry.io = BlockIO(device)
-                entry.mtime_ns = entry.ctime_ns = time.time_ns()
-                self._invalidate_inode(entry.inode)
-        else:
-            log.debug("ignoring device event %r for %s", event, name)
+    def _follow(self, event: DmEvent) -> None:
+        match event:
+            case DeviceAdded(name=name):
+                if name in self._by_name:
+                    self._forget_name(name)
+                self._add(name)
+                self._invalidate_entry(name)
+            case DeviceRemoved(name=name):
+                entry = self._by_name.get(name)
+                if entry is not None:
+                    self._forget_name(name)
+                    self._invalidate_entry(name, deleted=entry.inode)
+            case DeviceRenamed(old=old, new=new):
+                entry = self._by_name.pop(old, None)
+                if entry is not None:
+                    if new in self._by_name:
+                        self._forget_name(new)
+                    entry.name = new
+                    self._by_name[new] = entry
+                    entry.ctime_ns = time.time_ns()
+                self._invalidate_entry(old)
+                self._invalidate_entry(new)
+            case DeviceResized(name=name):
+                entry = self._by_name.get(name)
+                if entry is not None:
+                    device = self.manager.get(name)
+                    if device is not entry.io.device:  # keep the range locks unless it changed
+                        entry.io = BlockIO(device)
+                    entry.mtime_ns = entry.ctime_ns = time.time_ns()
+                    self._invalidate_inode(entry.inode)
 
     def _forget_name(self, name: str) -> None:
         entry = self._by_name.pop(name)
@@ -284,7 +277,7 @@ class DeviceFiles(pyfuse3.Operations):
         attrs.st_mode = FILE_MODE
         attrs.st_nlink = 1
         attrs.st_size = size
-        attrs.st_blksize = max(block_size_of(entry.device), 4096)
+        attrs.st_blksize = max(entry.device.block_size, 4096)
         attrs.st_blocks = size // 512
         attrs.st_atime_ns = entry.mtime_ns
         attrs.st_mtime_ns = entry.mtime_ns
@@ -385,7 +378,7 @@ class DeviceFiles(pyfuse3.Operations):
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = entry
-        _adjust_open_count(entry.device, +1)
+        entry.device.open()
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
 
     def _handle(self, fh: int) -> DeviceFile:
@@ -427,7 +420,7 @@ class DeviceFiles(pyfuse3.Operations):
     async def release(self, fh: int) -> None:
         entry = self._handles.pop(fh, None)
         if entry is not None:
-            _adjust_open_count(entry.device, -1)
+            entry.device.release()
 
     # -- the namespace is the device manager's ----------------------------------------------------
 

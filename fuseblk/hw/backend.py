@@ -34,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import trio
 
@@ -80,8 +80,27 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+class _OpenShim:
+    """shim: ``Backend.open(path)`` attaches an image, ``backend.open()`` counts an opener."""
+
+    @overload
+    def __get__(self, obj: None, owner: type[Backend]) -> Callable[..., Backend]: ...
+
+    @overload
+    def __get__(self, obj: Backend, owner: type[Backend]) -> Callable[[], None]: ...
+
+    def __get__(self, obj: Backend | None, owner: type[Backend]) -> Callable[..., Any]:
+        return owner._open_image if obj is None else obj._opened
+
+
 class Backend:
     """An attached image: a :class:`fuseblk.device.BlockDevice` and the keyslot ops of its profile."""
+
+    # shim: the Backend protocol declares ``path: str``; the value stays a Path until the split
+    path: str
+    block_size = SECTOR_SIZE
+    fallback_per_target = False
+    open = _OpenShim()
 
     def __init__(
         self,
@@ -92,7 +111,7 @@ class Backend:
         warnings: list[str],
         was_clean: bool,
     ) -> None:
-        self.path = path
+        self.path = path  # type: ignore[assignment]  # shim: see the class annotation
         self._fd = fd
         self._name = name
         self._header = header  # as last written
@@ -103,19 +122,20 @@ class Backend:
         self.was_clean = was_clean  # its clean-shutdown flag was set when attached
         self.counters = Counters()
         self._closed = False
+        self.open_count = 0  # shim: BlockDevice.open/release
         self._header_lock = trio.Lock()
         self._written_generation = 0  # the profile's generation when the header was last written
         self._ciphers: OrderedDict[BlkCryptoKey, DataUnitCipher] = OrderedDict()
         self._profile: CryptoProfile | None = None
         if self.hardware.kind is not HardwareKind.NONE:
             self._profile = CryptoProfile(
-                self.hardware.caps, self.hardware.num_slots, ops=self, name=name
+                self.hardware.caps, self.hardware.num_slots, ops=_KeyslotOps(self), name=name
             )
 
     # --- attaching ------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], name: str | None = None) -> Backend:
+    def _open_image(cls, path: str | os.PathLike[str], name: str | None = None) -> Backend:
         """Attach an image: take its lock, pick the newest valid header, reset the hardware."""
         path = Path(path)
         try:
@@ -367,16 +387,18 @@ class Backend:
             cache.popitem(last=False)
         return cipher
 
-    # --- KeyslotOps: the profile programs and evicts through these ---------------------------
+    # --- shim: BlockDevice.open/release/evict_key --------------------------------------------
 
-    async def program_key(self, key: BlkCryptoKey, slot: int) -> None:
-        """Nothing to do in the image: the profile expands the key; the table is written on flush."""
-        self._check_attached()
+    def _opened(self) -> None:
+        self.open_count += 1
 
-    async def evict_key(self, key: BlkCryptoKey, slot: int | None) -> None:
-        """For a direct engine (``slot is None``) forget the expanded key."""
-        if slot is None:
-            self._ciphers.pop(key, None)
+    def release(self) -> None:
+        self.open_count = max(0, self.open_count - 1)
+
+    async def evict_key(self, key: BlkCryptoKey) -> None:
+        profile = self._profile
+        if profile is not None and profile.supports(key.config):
+            await profile.evict_key(key)
 
     # --- flush, header, close ----------------------------------------------------------------
 
@@ -479,3 +501,20 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"Backend({self._name!r}, {self.hardware.describe()})"
+
+
+class _KeyslotOps:
+    """shim: the profile programs and evicts through these (KeyslotOps)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+
+    async def program_key(self, key: BlkCryptoKey, slot: int) -> DataUnitCipher:
+        """Nothing to do in the image but expand the key; the table is written on flush."""
+        self._backend._check_attached()
+        return get_cipher(key)
+
+    async def evict_key(self, key: BlkCryptoKey, slot: int | None) -> None:
+        """For a direct engine (``slot is None``) forget the expanded key."""
+        if slot is None:
+            self._backend._ciphers.pop(key, None)

@@ -50,10 +50,8 @@ import trio
 
 from fuseblk import SECTOR_SHIFT
 from fuseblk.bio import Bio, BioOp
-from fuseblk.blkcrypto.submit import submit_bio
 from fuseblk.capabilities import CryptoCapabilities, has_capabilities, intersect
 from fuseblk.dm.fanout import CONCURRENT_MIN_BYTES, fan_out
-from fuseblk.dm.targets import register
 from fuseblk.dm.targets.base import Target, TargetArgError, TargetEnv
 from fuseblk.dm.targets.ctr_args import get_device_at, read_decimal
 from fuseblk.errors import FuseblkError
@@ -86,7 +84,6 @@ class Leg:
         return f"{self.dev.name} {self.offset >> SECTOR_SHIFT}"
 
 
-@register
 class Raid1Target(Target):
     name = "raid1"
     version = (1, 0, 0)
@@ -275,7 +272,7 @@ class Raid1Target(Target):
         while (leg := self._pick_reader(tried)) is not None:
             tried.add(id(leg))
             try:
-                await submit_bio(leg.dev, bio.remap(leg.offset + bio.offset))
+                await self.submit_bio(leg.dev, bio.remap(leg.offset + bio.offset))
                 return
             except FuseblkError as exc:
                 if exc.errno not in MEDIA_ERRNOS:
@@ -291,7 +288,7 @@ class Raid1Target(Target):
         async def one(leg: Leg) -> None:
             lower = bio if bio.op is BioOp.FLUSH else bio.remap(leg.offset + bio.offset)
             try:
-                await submit_bio(leg.dev, lower)
+                await self.submit_bio(leg.dev, lower)
             except FuseblkError as exc:
                 errors[id(leg)] = exc
 
@@ -355,7 +352,7 @@ class Raid1Target(Target):
                 if leg.state is not LegState.SYNCING:
                     return
                 try:
-                    await submit_bio(leg.dev, Bio.write(leg.offset + start, buf))
+                    await self.submit_bio(leg.dev, Bio.write(leg.offset + start, buf))
                 except FuseblkError as exc:
                     if exc.errno not in MEDIA_ERRNOS:
                         raise

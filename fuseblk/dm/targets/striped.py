@@ -20,9 +20,7 @@ from typing import TYPE_CHECKING
 
 from fuseblk import SECTOR_SIZE
 from fuseblk.bio import Bio, BioOp
-from fuseblk.blkcrypto import submit as blk_crypto
 from fuseblk.dm.fanout import CONCURRENT_MIN_BYTES, fan_out
-from fuseblk.dm.targets import register
 from fuseblk.dm.targets.base import Target, TargetArgError, TargetEnv
 from fuseblk.dm.targets.ctr_args import get_device_area, parse_sector, parse_uint
 from fuseblk.errors import FuseblkError
@@ -42,7 +40,6 @@ class _Stripe:
         self.errors = 0
 
 
-@register
 class StripedTarget(Target):
     name = "striped"
     version = (1, 7, 0)
@@ -107,7 +104,7 @@ class StripedTarget(Target):
 
     async def _submit(self, stripe: _Stripe, bio: Bio) -> None:
         try:
-            await blk_crypto.submit_bio(stripe.dev, bio)
+            await self.submit_bio(stripe.dev, bio)
         except FuseblkError as err:
             if err.errno == errno.EIO:  # stripe_end_io counts EIO per stripe: 'D' in status
                 stripe.errors += 1
