@@ -14,7 +14,7 @@ import trio
 
 from fuseblk.bio import Bio
 from fuseblk.crypt_context import BioCryptContext
-from fuseblk.hw.backend import Backend
+from fuseblk.hw.factory import create_backend, open_backend, open_storage
 from fuseblk.hw.image_format import (
     BACKUP_OFFSET,
     DATA_OFFSET,
@@ -126,7 +126,7 @@ def test_inspect_shows_slots_with_key_identifiers_never_keys(tmp_path: Path) -> 
     key = BlkCryptoKey.create("AES-256-XTS", os.urandom(64), 4096, 8)
 
     async def use() -> None:
-        backend = Backend.create(path, 8 * MiB, load_profile("tiny"))
+        backend = create_backend(path, 8 * MiB, load_profile("tiny"))
         await backend.submit(Bio.write(0, bytes(4096), BioCryptContext.at(key, 0)))
         await backend.close()
 
@@ -186,7 +186,7 @@ def test_check_with_both_copies_damaged_fails_and_names_both(tmp_path: Path) -> 
 def test_check_refuses_to_repair_an_attached_image(tmp_path: Path) -> None:
     path = tmp_path / "busy.img"
     fuseblk("create", path, "--size", "8M", "--profile", "tiny")
-    backend = Backend.open(path)
+    backend = open_backend(path)
     try:
         assert inspect(path)["in_use"] is True
         result = fuseblk("check", path, "--repair")
@@ -209,13 +209,13 @@ def test_check_reports_a_stale_copy_left_by_an_interrupted_update_and_repairs_it
 ) -> None:
     path = tmp_path / "stale.img"
     fuseblk("create", path, "--size", "8M", "--profile", "tiny", "--label", "old")
-    fd = os.open(path, os.O_RDWR)
+    storage = open_storage(path)
     try:
-        current = read_headers(fd).current
+        current = read_headers(storage).current
         newer = replace(current, sequence=current.sequence + 1, label="new")
-        write_copy(fd, "primary", newer.to_bytes())  # the crash came before the backup
+        write_copy(storage, "primary", newer.to_bytes())  # the crash came before the backup
     finally:
-        os.close(fd)
+        storage.close()
     result = fuseblk("check", path)
     assert result.returncode == 1 and "backup header copy is stale" in result.stdout
     assert fuseblk("check", path, "--repair").returncode == 0

@@ -45,8 +45,10 @@ from fuseblk.stats import Counters
 class KeyslotOps(Protocol):
     """The "hardware" side of a profile (``blk_crypto_ll_ops``); always called under the hw lock."""
 
-    async def program_key(self, key: BlkCryptoKey, slot: int) -> None:
-        """Load ``key`` into ``slot``; raise :class:`FuseblkError` to fail the bio that needed it."""
+    async def program_key(self, key: BlkCryptoKey, slot: int) -> DataUnitCipher | None:
+        """Load ``key`` into ``slot``; raise :class:`FuseblkError` to fail the bio that needed it.
+
+        Hardware that expands the key returns the expanded cipher."""
         ...
 
     async def evict_key(self, key: BlkCryptoKey, slot: int | None) -> None:

@@ -21,12 +21,12 @@ from typing import Any
 
 from fuseblk import SECTOR_SIZE
 from fuseblk.blkcrypto.fallback import get_fallback
-from fuseblk.device import BlockDevice
+from fuseblk.device import Backend, BlockDevice
 from fuseblk.dm.mapped_device import MappedDevice
 from fuseblk.dm.table import Table
 from fuseblk.dm.targets import TargetArgError
 from fuseblk.errors import FuseblkError
-from fuseblk.hw.backend import Backend
+from fuseblk.hw.factory import OwnMount, find_or_open_backend
 from fuseblk.key import BlkCryptoKey
 
 Listener = Callable[..., None]
@@ -49,6 +49,7 @@ class DeviceManager:
         self._backends: dict[str, BlockDevice] = {}
         self._devices: dict[str, MappedDevice] = {}
         self._path_images: set[str] = set()  # backends a table opened by path (ours to detach)
+        self.own_mount: OwnMount | None = None  # the daemon's mount: references into it refused
         self.listeners: list[Listener] = []
 
     # -- backends ------------------------------------------------------------------------------
@@ -56,10 +57,11 @@ class DeviceManager:
     def add_backend(self, name: str, path: str | os.PathLike[str]) -> Backend:
         """Attach the image at ``path`` as backend ``name``."""
         self._check_new_name(name)
-        existing = self._backend_by_path(path)
-        if existing is not None:
-            raise FuseblkError(errno.EBUSY, f"image {path} is already attached as {existing.name}")
-        backend = Backend.open(path, name=name)
+        backend, new = find_or_open_backend(
+            path, self._attached(), name=name, own_mount=self.own_mount
+        )
+        if not new:
+            raise FuseblkError(errno.EBUSY, f"image {path} is already attached as {backend.name}")
         self._backends[name] = backend
         return backend
 
@@ -71,13 +73,8 @@ class DeviceManager:
     def backends(self) -> dict[str, BlockDevice]:
         return dict(self._backends)
 
-    def _backend_by_path(self, path: str | os.PathLike[str]) -> BlockDevice | None:
-        real = os.path.realpath(path)
-        for dev in self._backends.values():
-            dev_path = getattr(dev, "path", None)
-            if dev_path is not None and os.path.realpath(dev_path) == real:
-                return dev
-        return None
+    def _attached(self) -> list[Backend]:
+        return [dev for dev in self._backends.values() if isinstance(dev, Backend)]
 
     # -- resolving table references --------------------------------------------------------------
 
@@ -97,20 +94,21 @@ class DeviceManager:
         dev = self._backends.get(ref)
         if dev is not None:
             return dev
-        dev = self._backend_by_path(ref)
-        if dev is not None:
-            return dev
-        if os.sep not in ref and not os.path.exists(ref):
-            raise TargetArgError("device", "a mapped device, a backend name or an image path", ref)
-        path = os.path.abspath(ref)
         try:
-            backend = Backend.open(path, name=path)
+            backend, new = find_or_open_backend(ref, self._attached(), own_mount=self.own_mount)
         except FuseblkError as err:
-            # backend errors usually start with the path already: do not say it twice
-            got = err.message if path in err.message else f"{ref}: {err.message}"
+            if os.sep not in ref and err.errno == errno.ENOENT:
+                raise TargetArgError(
+                    "device", "a mapped device, a backend name or an image path", ref
+                ) from None
+            # backend errors usually start with the reference already: do not say it twice
+            got = err.message if ref in err.message else f"{ref}: {err.message}"
             raise TargetArgError(
                 "device", "an image that can be attached", got, err.errno
             ) from None
+        if not new:
+            return backend
+        path = backend.name
         self._backends[path] = backend
         self._path_images.add(path)
         if opened is not None:
