@@ -51,12 +51,11 @@ from fuseblk.stats import Counters
 
 log = logging.getLogger(__name__)
 
-# Requests up to this size do their storage I/O inline on the trio thread. Measured with
-# tools/bench_backend.py (page cache hot, 2 shared cores): a pread costs 0.7 µs at 4 KiB, 10 µs
-# at 256 KiB, 40 µs at 1 MiB, 270 µs at 4 MiB; one trip through trio.to_thread costs 50-70 µs
-# plus the copy. A hop never pays for small cached copies; it pays when a copy may block on the
-# disk or is long enough to stall every other request on the loop. FUSE requests (128 KiB by
-# default) all stay inline.
+# Requests up to this size do their storage I/O inline on the trio thread. tools/bench_backend.py
+# measures both sides: a cached pread grows with its size, while one trip through trio.to_thread
+# costs several 4 KiB preads plus the copy. A hop never pays for small cached copies; it pays when
+# a copy may block on the disk or is long enough to stall every other request on the loop. FUSE
+# requests (128 KiB by default) all stay inline.
 INLINE_IO_MAX = 256 * 1024
 DIRECT_CIPHER_CACHE = 32  # expanded keys a direct engine keeps, least recently used evicted
 
