@@ -138,13 +138,7 @@ def open_backend(
 
     def open_locked() -> Storage:
         _refuse_own_mount_resolved(sref, shown, own_mount)
-        storage = sref.kind.open(sref.location)
-        try:
-            storage.lock()
-        except BaseException:
-            storage.close()
-            raise
-        return storage
+        return _open_locked(sref)
 
     return attach(_off_thread(open_locked, _close, shown), name)
 
@@ -210,19 +204,23 @@ def find_or_open_backend(
         for path, dev in candidates:
             if StorageRef.parse(path).identity() == identity:
                 return _Found(backend=dev)
-        storage = sref.kind.open(sref.location)
-        try:
-            storage.lock()
-        except BaseException:
-            storage.close()
-            raise
-        return _Found(storage=storage)
+        return _Found(storage=_open_locked(sref))
 
     found = _off_thread(find_or_open, _Found.discard, shown)
     if found.backend is not None:
         return found.backend, False
     assert found.storage is not None
     return attach(found.storage, name), True
+
+
+def _open_locked(sref: StorageRef) -> Storage:
+    storage = sref.kind.open(sref.location)
+    try:
+        storage.lock()
+    except BaseException:
+        storage.close()
+        raise
+    return storage
 
 
 def _refuse_own_mount(sref: StorageRef, shown: str, own_mount: OwnMount | None) -> None:
