@@ -19,7 +19,7 @@ import trio
 
 from fuseblk.control.server import RUNTIME_DIR_ENV, serve_control, socket_path_for
 from fuseblk.dm.manager import DeviceManager
-from fuseblk.hw.backend import Backend
+from fuseblk.hw.factory import create_backend
 from fuseblk.hw.profiles import load_profile
 
 
@@ -128,7 +128,7 @@ async def make_images(directory: Path) -> dict[str, Path]:
     for name, profile in (("inline", "ufs"), ("legacy", "none")):
         path = directory / f"{name}.img"
         if not path.exists():
-            await Backend.create(path, IMAGE_SIZE, load_profile(profile), label=name).close()
+            await create_backend(path, IMAGE_SIZE, load_profile(profile), label=name).close()
         paths[name] = path
     return paths
 

@@ -33,7 +33,7 @@ from fuseblk.dm.manager import DeviceManager
 from fuseblk.dm.mapped_device import MappedDevice
 from fuseblk.dm.targets.base import TargetArgError
 from fuseblk.errors import FuseblkError
-from fuseblk.hw.backend import Backend
+from fuseblk.hw.factory import create_backend
 from fuseblk.hw.profiles import load_profile
 from fuseblk.key import BlkCryptoKey, KeyType
 from fuseblk.modes import CryptoMode
@@ -199,7 +199,7 @@ def manager_over(*disks: BlockDevice, clock: ManualClock | None = None) -> Devic
 async def make_image(tmp_path: Path, name: str, size: int = 4 * MiB, hardware: str = "ufs") -> Path:
     """A sparse backend image with a hardware profile from backends/ (``ufs``, ``emmc``, ``none``...)."""
     path = tmp_path / f"{name}.img"
-    await Backend.create(path, size, load_profile(hardware)).close()
+    await create_backend(path, size, load_profile(hardware)).close()
     return path
 
 

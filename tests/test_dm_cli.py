@@ -21,7 +21,7 @@ from fuse_helpers import needs_fuse
 from fuseblk.bio import Bio
 from fuseblk.cli import main
 from fuseblk.control.server import find_daemons
-from fuseblk.hw.backend import punch_hole
+from fuseblk.hw.file_storage import punch_hole
 
 KEY = bytes(range(64))
 KEY_HEX = KEY.hex()

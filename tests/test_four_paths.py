@@ -24,8 +24,9 @@ from dm_helpers import manager
 
 from fuseblk.bio import Bio
 from fuseblk.capabilities import CryptoCapabilities, dus_mask
+from fuseblk.device import BlockDevice
 from fuseblk.dm.manager import DeviceManager
-from fuseblk.hw.backend import Backend
+from fuseblk.hw.factory import create_backend
 from fuseblk.hw.profiles import HardwareKind, HardwareProfile
 from fuseblk.key import KeyType
 from fuseblk.modes import CryptoMode
@@ -62,7 +63,7 @@ def table(target: str, mode: CryptoMode, dus: int, dev: str) -> str:
     )
 
 
-async def raw(backend: Backend, length: int) -> bytes:
+async def raw(backend: BlockDevice, length: int) -> bytes:
     buf = bytearray(length)
     await backend.submit(Bio.read(0, buf))
     return bytes(buf)
@@ -72,7 +73,7 @@ async def through_device(
     dm: DeviceManager, tmp_path: Path, name: str, hw: HardwareProfile, line: str
 ) -> bytes:
     """Write DATA at the start of a new mapped device over a new image; the image's bytes."""
-    backend = Backend.create(tmp_path / f"{name}.img", IMAGE_SIZE, hw, name=f"{name}-img")
+    backend = create_backend(tmp_path / f"{name}.img", IMAGE_SIZE, hw, name=f"{name}-img")
     dm.add_device(backend)
     md = await dm.create(name, line.replace("DEV", backend.name))
     await md.submit(Bio.write(0, DATA))

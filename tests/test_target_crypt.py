@@ -24,7 +24,7 @@ from fuseblk.dm.targets.cipher_spec import parse_crypt_cipher
 from fuseblk.dm.targets.crypt import CryptTarget, iv_runs
 from fuseblk.dm.targets.registry import get_target
 from fuseblk.errors import FuseblkError, TableError
-from fuseblk.hw.backend import Backend
+from fuseblk.hw.factory import create_backend
 from fuseblk.hw.profiles import load_profile
 
 __all__ = ["manager"]  # the fixture, re-exported for pytest
@@ -304,7 +304,7 @@ async def test_flush_reaches_the_device() -> None:
 
 
 async def test_crypt_device_over_an_image(manager: DeviceManager, tmp_path: Path) -> None:
-    disk = Backend.create(tmp_path / "disk.img", 2 << 20, load_profile("ufs"), name="disk")
+    disk = create_backend(tmp_path / "disk.img", 2 << 20, load_profile("ufs"), name="disk")
     manager.add_device(disk)
     line = f"0 2048 crypt aes-xts-plain64 {HEX64} 0 disk 2048 2 sector_size:4096 iv_large_sectors"
     vol = await manager.create("vol", line)
@@ -332,7 +332,7 @@ async def test_malformed_table_names_line_target_and_field(
     manager: DeviceManager, tmp_path: Path
 ) -> None:
     manager.add_device(
-        Backend.create(tmp_path / "d.img", 1 << 20, load_profile("none"), name="disk")
+        create_backend(tmp_path / "d.img", 1 << 20, load_profile("none"), name="disk")
     )
     with pytest.raises(TableError) as info:
         await manager.create(

@@ -22,7 +22,7 @@ from fuseblk.dm.targets.base import TargetArgError
 from fuseblk.dm.targets.default_key import DefaultKeyTarget
 from fuseblk.dm.targets.registry import get_target
 from fuseblk.errors import FuseblkError, TableError
-from fuseblk.hw.backend import Backend
+from fuseblk.hw.factory import create_backend
 from fuseblk.hw.profiles import load_profile
 from fuseblk.key import BlkCryptoKey, KeyType
 from fuseblk.modes import CryptoMode
@@ -257,8 +257,8 @@ async def test_default_setup_stack_encrypts_inline_and_in_the_fallback(
     manager: DeviceManager, tmp_path: Path
 ) -> None:
     """secure = default-key over base = linear(inline.img) + linear(legacy.img), fallback=target."""
-    inline = Backend.create(tmp_path / "inline.img", 1 << 20, load_profile("ufs"), name="inline")
-    legacy = Backend.create(tmp_path / "legacy.img", 1 << 20, load_profile("none"), name="legacy")
+    inline = create_backend(tmp_path / "inline.img", 1 << 20, load_profile("ufs"), name="inline")
+    legacy = create_backend(tmp_path / "legacy.img", 1 << 20, load_profile("none"), name="legacy")
     manager.add_device(inline)
     manager.add_device(legacy)
     await manager.create(
@@ -297,7 +297,7 @@ async def test_malformed_table_names_line_target_and_field(
     manager: DeviceManager, tmp_path: Path
 ) -> None:
     manager.add_device(
-        Backend.create(tmp_path / "d.img", 1 << 20, load_profile("ufs"), name="disk")
+        create_backend(tmp_path / "d.img", 1 << 20, load_profile("ufs"), name="disk")
     )
     with pytest.raises(TableError) as info:
         await manager.create(

@@ -23,7 +23,7 @@ from fuseblk.dm.targets.base import TargetArgError
 from fuseblk.dm.targets.raid1 import Raid1Target
 from fuseblk.dm.targets.registry import get_target
 from fuseblk.errors import FuseblkError
-from fuseblk.hw.backend import Backend
+from fuseblk.hw.factory import create_backend
 from fuseblk.hw.profiles import load_profile
 from fuseblk.key import KeyType
 from fuseblk.modes import CryptoMode
@@ -337,9 +337,9 @@ async def test_encrypted_mirror_over_images_survives_a_leg_and_hot_adds_another(
     """default-key over raid1 over inline-encryption images: contexts reach every leg's hardware."""
     ufs = load_profile("ufs")
     images = {
-        n: Backend.create(tmp_path / f"{n}.img", 1 << 20, ufs, name=n) for n in ("a", "b", "c")
+        n: create_backend(tmp_path / f"{n}.img", 1 << 20, ufs, name=n) for n in ("a", "b", "c")
     }
-    plain = Backend.create(tmp_path / "plain.img", 1 << 20, load_profile("none"), name="plain")
+    plain = create_backend(tmp_path / "plain.img", 1 << 20, load_profile("none"), name="plain")
     for dev in (*images.values(), plain):
         manager.add_device(dev)
     mirror_md = await manager.create("mirror", "0 2048 raid1 2 a 0 b 0 1 nosync")
@@ -382,7 +382,7 @@ async def test_evicting_through_the_mirror_reaches_a_hot_added_leg(
     manager: DeviceManager, tmp_path: Path
 ) -> None:
     ufs = load_profile("ufs")
-    legs = {n: Backend.create(tmp_path / f"{n}.img", 1 << 20, ufs, name=n) for n in "abc"}
+    legs = {n: create_backend(tmp_path / f"{n}.img", 1 << 20, ufs, name=n) for n in "abc"}
     for leg in legs.values():
         manager.add_device(leg)
     mirror_md = await manager.create("mirror", "0 2048 raid1 2 a 0 b 0 1 nosync")

@@ -114,7 +114,7 @@ def run_mount(args: argparse.Namespace) -> int:
         fallback_slots=args.fallback_slots, fallback_enabled=False if args.no_fallback else None
     )
     settings = MountSettings(mountpoint, allow_other=args.allow_other)
-    build = functools.partial(build_devices, config)
+    build = functools.partial(build_devices, config, mountpoint)
     if args.foreground:
         setup_logging(args.log_level, args.log_file)
         return run_foreground(build, settings)

@@ -317,18 +317,21 @@ def _dependency_order(r: _Reader, specs: dict[str, DeviceSpec]) -> list[DeviceSp
 # -- building ------------------------------------------------------------------------------------
 
 
-async def build_devices(config: Config) -> DeviceManager:
+async def build_devices(config: Config, mountpoint: str | Path | None = None) -> DeviceManager:
     """A DeviceManager with every backend attached and every device created, or an error.
 
-    On failure everything already attached is closed again, so images stay clean.
+    ``mountpoint`` is where the devices are to be served: no image may lie inside it. On
+    failure everything already attached is closed again, so images stay clean.
     """
     from fuseblk.dm.manager import DeviceManager
-    from fuseblk.hw.backend import Backend
+    from fuseblk.hw.factory import OwnMount, create_backend
 
     opts = config.options
     manager = DeviceManager(
         fallback_slots=opts.fallback_slots, fallback_enabled=opts.fallback_enabled
     )
+    if mountpoint is not None:
+        manager.own_mount = OwnMount(mountpoint)
 
     def error(line: int, keypath: str, err: FuseblkError) -> FuseblkError:
         return _located(config.source, line, keypath, err.errno, err.message)
@@ -347,8 +350,13 @@ async def build_devices(config: Config) -> DeviceManager:
                 hardware = load_profile(spec.profile)
                 spec.image.parent.mkdir(parents=True, exist_ok=True)
                 manager.add_device(
-                    Backend.create(
-                        spec.image, spec.size, hardware, label=spec.label, name=spec.name
+                    create_backend(
+                        spec.image,
+                        spec.size,
+                        hardware,
+                        label=spec.label,
+                        name=spec.name,
+                        own_mount=manager.own_mount,
                     )
                 )
             except FuseblkError as err:

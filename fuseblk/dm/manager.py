@@ -25,8 +25,7 @@ from fuseblk import SECTOR_SIZE
 from fuseblk.bio import Bio
 from fuseblk.blkcrypto.block_layer import BlockLayer
 from fuseblk.blkcrypto.fallback import DEFAULT_NUM_SLOTS, CryptoFallback
-from fuseblk.device import Backend as BackendDevice
-from fuseblk.device import BlockDevice
+from fuseblk.device import Backend, BlockDevice
 from fuseblk.dm.events import (
     DeviceAdded,
     DeviceRemoved,
@@ -40,7 +39,7 @@ from fuseblk.dm.mapped_device import MappedDevice
 from fuseblk.dm.table import Table
 from fuseblk.dm.targets.base import TargetArgError
 from fuseblk.errors import FuseblkError, einval
-from fuseblk.hw.backend import Backend
+from fuseblk.hw.factory import OwnMount, find_or_open_backend
 from fuseblk.key import BlkCryptoKey
 from fuseblk.modes import CryptoMode
 
@@ -68,10 +67,11 @@ class DeviceManager:
         kernel's module parameters), EINVAL for a slot count out of range."""
         self.clock = clock or time.monotonic
         self.block_layer = BlockLayer(CryptoFallback(fallback_slots, fallback_enabled))
-        self._backends: dict[str, BackendDevice] = {}
+        self._backends: dict[str, Backend] = {}
         self._devices: dict[str, MappedDevice] = {}
         self._path_images: set[str] = set()  # backends a table opened by path (ours to detach)
         self._table_lock = trio.Lock()  # table-changing verbs take turns (see the class)
+        self.own_mount: OwnMount | None = None  # the daemon's mount: references into it refused
         self.listeners: list[Listener] = []
 
     # -- backends ------------------------------------------------------------------------------
@@ -79,28 +79,25 @@ class DeviceManager:
     def add_backend(self, name: str, path: str | os.PathLike[str]) -> Backend:
         """Attach the image at ``path`` as backend ``name``."""
         self._check_new_name(name)
-        existing = self._backend_by_path(path)
-        if existing is not None:
-            raise FuseblkError(errno.EBUSY, f"image {path} is already attached as {existing.name}")
-        backend = Backend.open(path, name=name)
+        backend, new = find_or_open_backend(
+            path, self._attached(), name=name, own_mount=self.own_mount
+        )
+        if not new:
+            raise FuseblkError(errno.EBUSY, f"image {path} is already attached as {backend.name}")
         self._backends[name] = backend
         return backend
 
-    def add_device(self, dev: BackendDevice) -> None:
+    def add_device(self, dev: Backend) -> None:
         """Register an already-open backend (attached hardware, or any device with the
         :class:`~fuseblk.device.Backend` protocol) under ``dev.name``."""
         self._check_new_name(dev.name)
         self._backends[dev.name] = dev
 
-    def backends(self) -> dict[str, BackendDevice]:
+    def backends(self) -> dict[str, Backend]:
         return dict(self._backends)
 
-    def _backend_by_path(self, path: str | os.PathLike[str]) -> BackendDevice | None:
-        real = os.path.realpath(path)
-        for dev in self._backends.values():
-            if os.path.realpath(dev.path) == real:
-                return dev
-        return None
+    def _attached(self) -> list[Backend]:
+        return list(self._backends.values())
 
     # -- resolving table references --------------------------------------------------------------
 
@@ -120,20 +117,21 @@ class DeviceManager:
         dev = self._backends.get(ref)
         if dev is not None:
             return dev
-        dev = self._backend_by_path(ref)
-        if dev is not None:
-            return dev
-        if os.sep not in ref and not os.path.exists(ref):
-            raise TargetArgError("device", "a mapped device, a backend name or an image path", ref)
-        path = os.path.abspath(ref)
         try:
-            backend = Backend.open(path, name=path)
+            backend, new = find_or_open_backend(ref, self._attached(), own_mount=self.own_mount)
         except FuseblkError as err:
-            # backend errors usually start with the path already: do not say it twice
-            got = err.message if path in err.message else f"{ref}: {err.message}"
+            if os.sep not in ref and err.errno == errno.ENOENT:
+                raise TargetArgError(
+                    "device", "a mapped device, a backend name or an image path", ref
+                ) from None
+            # backend errors usually start with the reference already: do not say it twice
+            got = err.message if ref in err.message else f"{ref}: {err.message}"
             raise TargetArgError(
                 "device", "an image that can be attached", got, err.errno
             ) from None
+        if not new:
+            return backend
+        path = backend.name
         self._backends[path] = backend
         self._path_images.add(path)
         if opened is not None:

@@ -1,0 +1,416 @@
+"""Emulated inline-encryption hardware: an engine that en/decrypts bios around a storage.
+
+An :class:`InlineEncryptionEngine` is the bottom of every device stack. It behaves like a disk
+whose controller has an inline-encryption engine described by the image's header (see
+:mod:`fuseblk.hw.image_format`), whatever the storage behind it (:mod:`fuseblk.hw.storage`):
+
+* a bio with an encryption context the engine supports gets a keyslot from the crypto profile
+  (programmed on a miss, waiting while every slot is busy), is en/decrypted with the slot's cipher
+  in one bulk call, and is stored as plain sectors at the image's data offset;
+* a context the engine cannot serve never reaches hardware in the kernel (blk-crypto falls back
+  above it), so here it is an upstream bug: the bio fails with EIO and it is logged;
+* ``direct`` engines take the context with each request: no slots, a small cache of expanded
+  ciphers instead (expanding a key is what programming a slot costs).
+
+Expanding keys is the hardware's job, as in the kernel's ``blk_crypto_ll_ops``: the profile
+programs a slot through :class:`EngineKeyslotOps`, which returns the expanded cipher.
+
+Attaching an image is a controller reset: every slot starts empty. The header's keyslot table is
+rewritten on flush and on clean close when it changed, for inspection; the clean-shutdown flag is
+cleared while attached and set on clean close (:mod:`fuseblk.hw.header_store`).
+
+Error numbers follow the block layer, not the file layer: a bio beyond the end of the device is
+EIO (``bio_check_eod``: "attempt to access beyond end of device"), a bio not made of whole
+512-byte sectors is EINVAL. (A ``write(2)`` at the end of a block device file is ENOSPC and a read
+there returns 0 bytes; that is the FUSE layer's business.) Discarded ranges read back as zeroes:
+this emulated hardware discards through its storage, which zeroes them, the behaviour of a
+device that reports ``discard_zeroes_data``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from fuseblk import SECTOR_SIZE
+from fuseblk.bio import Bio, BioOp
+from fuseblk.blkcrypto.keyslot_manager import CryptoProfile, Keyslot
+from fuseblk.ciphers import DataUnitCipher, get_cipher
+from fuseblk.errors import FuseblkError
+from fuseblk.hw.header_store import Attached, HeaderStore, attach_header
+from fuseblk.hw.image_format import ImageHeader, SlotRecord, SlotRecordState
+from fuseblk.hw.profiles import HardwareKind, HardwareProfile
+from fuseblk.hw.storage import Storage
+from fuseblk.key import BlkCryptoKey
+from fuseblk.stats import Counters
+
+log = logging.getLogger(__name__)
+
+# Requests up to this size do their storage I/O inline on the trio thread. tools/bench_backend.py
+# measures both sides: a cached pread grows with its size, while one trip through trio.to_thread
+# costs several 4 KiB preads plus the copy. A hop never pays for small cached copies; it pays when
+# a copy may block on the disk or is long enough to stall every other request on the loop. FUSE
+# requests (128 KiB by default) all stay inline.
+INLINE_IO_MAX = 256 * 1024
+DIRECT_CIPHER_CACHE = 32  # expanded keys a direct engine keeps, least recently used evicted
+
+
+def attach(storage: Storage, name: str | None = None) -> InlineEncryptionEngine:
+    """The hardware over an opened, locked ``storage``: headers checked, controller reset.
+
+    Owns ``storage`` from here on, and closes it if attaching fails.
+    """
+    try:
+        attached = attach_header(storage)
+    except BaseException:
+        storage.close()
+        raise
+    return InlineEncryptionEngine(storage, attached, name or storage.reference)
+
+
+class InlineEncryptionEngine:
+    """An attached image: a :class:`fuseblk.device.Backend` (and so a ``BlockDevice``)."""
+
+    block_size = SECTOR_SIZE
+    fallback_per_target = False  # hardware takes what its profile supports, nothing else
+
+    def __init__(self, storage: Storage, attached: Attached, name: str) -> None:
+        header = attached.header
+        self._storage = storage
+        self._read_storage = storage.read_into  # bound once: these run for every bio
+        self._write_storage = storage.write
+        self._name = name
+        self._data_offset = header.data_offset
+        self._size = header.data_size
+        self.hardware: HardwareProfile = header.hardware
+        self.warnings = attached.warnings  # what was wrong with the image when it was attached
+        self.was_clean = attached.was_clean  # its clean-shutdown flag was set when attached
+        self.counters = Counters()
+        self._headers = HeaderStore(storage, header, self.counters)
+        self._closed = False
+        self._open_count = 0
+        self._ciphers = DirectCiphers(self.counters)
+        self._profile: CryptoProfile | None = None
+        if self.hardware.kind is not HardwareKind.NONE:
+            ops = EngineKeyslotOps(self._ciphers, self._check_attached)
+            self._profile = CryptoProfile(
+                self.hardware.caps, self.hardware.num_slots, ops=ops, name=name
+            )
+
+    # --- BlockDevice ------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def path(self) -> str:
+        """The reference that attaches this storage (an absolute image path, ``memory://NAME``)."""
+        return self._storage.reference
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def crypto_profile(self) -> CryptoProfile | None:
+        return self._profile
+
+    @property
+    def open_count(self) -> int:
+        return self._open_count
+
+    def open(self) -> None:
+        self._open_count += 1
+
+    def release(self) -> None:
+        self._open_count -= 1
+
+    @property
+    def header(self) -> ImageHeader:
+        """The header as last written to the storage."""
+        return self._headers.header
+
+    async def submit(self, bio: Bio) -> None:
+        counters = self.counters
+        counters.add("bios")
+        try:
+            op = bio.op
+            if op is BioOp.READ or op is BioOp.WRITE:
+                self._check_range(bio)
+                counters.add("bytes", bio.length)
+                if op is BioOp.READ:
+                    counters.add("reads")
+                    await self._read(bio)
+                else:
+                    counters.add("writes")
+                    await self._write(bio)
+            elif op is BioOp.FLUSH:
+                counters.add("flushes")
+                await self.flush()
+            else:
+                self._check_range(bio)
+                counters.add("discards")
+                await self._discard(bio)
+        except FuseblkError:
+            counters.add("errors")
+            raise
+
+    async def evict_key(self, key: BlkCryptoKey) -> None:
+        """``blk_crypto_evict_key`` on this hardware: absent is success, a key in use EBUSY."""
+        profile = self._profile
+        if profile is not None and profile.supports(key.config):
+            await profile.evict_key(key)
+
+    def _check_attached(self) -> None:
+        if self._closed:
+            raise FuseblkError(errno.EIO, f"{self._name}: image is detached")
+
+    def _check_range(self, bio: Bio) -> None:
+        if self._closed:  # _check_attached inlined: this runs for every bio
+            raise FuseblkError(errno.EIO, f"{self._name}: image is detached")
+        if bio.offset % SECTOR_SIZE or bio.length % SECTOR_SIZE or bio.offset < 0:
+            raise FuseblkError(
+                errno.EINVAL,
+                f"{self._name}: {bio.op.value} of {bio.length} bytes at {bio.offset} "
+                "is not whole 512-byte sectors",
+            )
+        if bio.end > self._size:
+            raise FuseblkError(
+                errno.EIO,
+                f"{self._name}: attempt to access beyond end of device "
+                f"({bio.op.value} {bio.offset}+{bio.length} > {self._size})",
+            )
+
+    async def _get_keyslot(self, bio: Bio) -> tuple[CryptoProfile, Keyslot | None, DataUnitCipher]:
+        """The profile, a slot for ``bio``'s key (None for a direct engine) and the cipher to
+        use, or EIO/EINVAL. The caller puts the slot back once the request is done.
+
+        The profile checks support itself (EOPNOTSUPP); checking again here would double the
+        cost of the capability lookup on the hot path, so its refusal is translated instead.
+        """
+        ctx = bio.crypt_ctx
+        assert ctx is not None
+        profile = self._profile
+        if profile is None:
+            raise self._unsupported(bio)
+        ctx.check_aligned(0, bio.length)
+        try:
+            slot = await profile.get_keyslot(ctx.key)
+        except FuseblkError as err:
+            if err.errno == errno.EOPNOTSUPP:
+                raise self._unsupported(bio) from None
+            raise
+        return profile, slot, slot.cipher if slot is not None else self._ciphers.get(ctx.key)
+
+    def _unsupported(self, bio: Bio) -> FuseblkError:
+        """A context this engine cannot serve got here: blk-crypto should have fallen back above."""
+        assert bio.crypt_ctx is not None
+        key = bio.crypt_ctx.key
+        log.error(
+            "%s: bio with unsupported crypto context %r reached the hardware (upstream bug)",
+            self._name,
+            key,
+        )
+        return FuseblkError(
+            errno.EIO,
+            f"{self._name}: hardware cannot serve {key!r} (should have fallen back above)",
+        )
+
+    async def _write(self, bio: Bio) -> None:
+        assert bio.buf is not None
+        ctx = bio.crypt_ctx
+        if ctx is None:
+            await self._do_io(self._write_sync, bio.buf, bio.offset)
+            return
+        profile, slot, cipher = await self._get_keyslot(bio)
+        try:  # the slot stays in use while the request is in flight, as in hardware
+            data = cipher.encrypt(bio.buf, ctx.dun_int)
+            self.counters.add("inline_bios")
+            self.counters.add("inline_bytes", bio.length)
+            await self._do_io(self._write_sync, memoryview(data), bio.offset)
+        finally:
+            profile.put_keyslot(slot)
+
+    async def _read(self, bio: Bio) -> None:
+        assert bio.buf is not None
+        ctx = bio.crypt_ctx
+        if ctx is None:
+            await self._do_io(self._read_sync, bio.buf, bio.offset)
+            return
+        profile, slot, cipher = await self._get_keyslot(bio)
+        try:
+            await self._do_io(self._read_sync, bio.buf, bio.offset)
+            cipher.decrypt_into(bio.buf, ctx.dun_int)
+            self.counters.add("inline_bios")
+            self.counters.add("inline_bytes", bio.length)
+        finally:
+            profile.put_keyslot(slot)
+
+    async def _do_io(
+        self, io: Callable[[memoryview, int], None], buf: memoryview, offset: int
+    ) -> None:
+        """Small I/O inline on the trio thread, large I/O in a worker thread (INLINE_IO_MAX)."""
+        if len(buf) <= INLINE_IO_MAX:
+            io(buf, offset)
+        else:
+            await trio.to_thread.run_sync(io, buf, offset)
+
+    def _read_sync(self, buf: memoryview, offset: int) -> None:
+        try:
+            self._read_storage(buf, self._data_offset + offset)
+        except OSError as exc:
+            raise self._io_error("read", exc) from None
+
+    def _write_sync(self, buf: memoryview, offset: int) -> None:
+        try:
+            self._write_storage(buf, self._data_offset + offset)
+        except OSError as exc:
+            raise self._io_error("write", exc) from None
+
+    async def _discard(self, bio: Bio) -> None:
+        if bio.length == 0:
+            return
+        try:
+            self._storage.discard(self._data_offset + bio.offset, bio.length)
+        except OSError as exc:
+            raise self._io_error("discard", exc) from None
+
+    # --- flush, header, close ----------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Make written data durable, then record the keyslot table if it changed."""
+        self._check_attached()
+        await self._sync()
+        await self._update_header(clean_shutdown=False)
+
+    async def _sync(self) -> None:
+        try:
+            await trio.to_thread.run_sync(self._storage.flush)
+        except OSError as exc:
+            raise self._io_error("flush", exc) from None
+
+    def _io_error(self, what: str, exc: OSError) -> FuseblkError:
+        return FuseblkError(exc.errno or errno.EIO, f"{self._name}: {what} failed: {exc.strerror}")
+
+    def slot_records(self) -> tuple[SlotRecord, ...]:
+        """The profile's keyslots as the header records them: configuration and key id only."""
+        if self._profile is None or self.hardware.kind is not HardwareKind.KEYSLOTS:
+            return ()
+        records = []
+        for st in self._profile.slot_table():
+            if st.programmed and st.config is not None and st.key_id is not None:
+                key_id = bytes.fromhex(st.key_id)
+                records.append(
+                    SlotRecord(SlotRecordState.PROGRAMMED, st.config, key_id, st.generation)
+                )
+            else:
+                records.append(SlotRecord(generation=st.generation))
+        return tuple(records)
+
+    async def _update_header(self, clean_shutdown: bool) -> bool:
+        generation = self._profile.generation if self._profile is not None else 0
+        try:
+            return await self._headers.update(generation, self.slot_records, clean_shutdown)
+        except OSError as exc:
+            raise self._io_error("header update", exc) from None
+
+    async def close(self) -> None:
+        """Clean shutdown: data synced, keyslot table and clean flag written, storage released."""
+        if self._closed:
+            return
+        try:
+            await self._sync()
+            await self._update_header(clean_shutdown=True)
+        finally:
+            self._closed = True
+            self._storage.close()
+
+    def abandon(self) -> None:
+        """Drop the image as a crash would: no sync, no header update, lock released."""
+        if not self._closed:
+            self._closed = True
+            self._storage.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def info(self) -> dict[str, Any]:
+        h = self.header
+        counters = self.counters.snapshot()
+        if self._profile is not None:
+            counters.update(
+                {f"keyslot_{k}": v for k, v in self._profile.counters.snapshot().items()}
+            )
+        return {
+            "name": self._name,
+            "path": self.path,
+            "size": self._size,
+            "data_offset": self._data_offset,
+            "uuid": str(h.uuid),
+            "label": h.label,
+            "format_version": h.version,
+            "sequence": h.sequence,
+            "hardware": self.hardware.to_json(),
+            "was_clean": self.was_clean,
+            "warnings": list(self.warnings),
+            "keyslots": [s.to_json() for s in self.slot_records()],
+            "counters": counters,
+        }
+
+    def __repr__(self) -> str:
+        return f"InlineEncryptionEngine({self._name!r}, {self.hardware.describe()})"
+
+
+class DirectCiphers:
+    """A direct engine's expanded keys: the context comes with each request, so instead of
+    keyslots the engine keeps the last DIRECT_CIPHER_CACHE keys it expanded."""
+
+    def __init__(self, counters: Counters) -> None:
+        self._cache: OrderedDict[BlkCryptoKey, DataUnitCipher] = OrderedDict()
+        self._counters = counters  # direct_cipher_hits, direct_cipher_expansions
+
+    def get(self, key: BlkCryptoKey) -> DataUnitCipher:
+        cache = self._cache
+        cipher = cache.get(key)
+        if cipher is not None:
+            cache.move_to_end(key)
+            self._counters.add("direct_cipher_hits")
+            return cipher
+        cipher = get_cipher(key)
+        self._counters.add("direct_cipher_expansions")
+        cache[key] = cipher
+        if len(cache) > DIRECT_CIPHER_CACHE:
+            cache.popitem(last=False)
+        return cipher
+
+    def forget(self, key: BlkCryptoKey) -> None:
+        self._cache.pop(key, None)
+
+
+class EngineKeyslotOps:
+    """The engine's side of its crypto profile (``blk_crypto_ll_ops``), kept apart from the
+    engine so that its ``evict_key(key, slot)`` does not clash with the device's ``evict_key``.
+
+    Programming a slot expands the key, as hardware does when a key is loaded; nothing reaches
+    the storage (the keyslot table is written with the header, on flush). Evicting from a direct
+    engine (``slot is None``) forgets its expanded key.
+    """
+
+    def __init__(self, ciphers: DirectCiphers, check_attached: Callable[[], None]) -> None:
+        self._ciphers = ciphers
+        self._check_attached = check_attached
+
+    async def program_key(self, key: BlkCryptoKey, slot: int) -> DataUnitCipher:
+        self._check_attached()
+        return get_cipher(key)
+
+    async def evict_key(self, key: BlkCryptoKey, slot: int | None) -> None:
+        if slot is None:
+            self._ciphers.forget(key)
