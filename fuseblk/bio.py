@@ -11,7 +11,6 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from fuseblk import SECTOR_SIZE
 from fuseblk.crypt_context import BioCryptContext
 
 
@@ -59,10 +58,6 @@ class Bio:
     @property
     def end(self) -> int:
         return self.offset + self.length
-
-    @property
-    def sector(self) -> int:
-        return self.offset // SECTOR_SIZE
 
     def split(self, nbytes: int) -> tuple[Bio, Bio]:
         """``bio_split``: the first ``nbytes`` and the rest; the rest's DUN advances with carry."""

@@ -64,7 +64,3 @@ class ImageFormatError(FuseblkError):
 
 def einval(message: str) -> FuseblkError:
     return FuseblkError(_errno.EINVAL, message)
-
-
-def eio(message: str) -> FuseblkError:
-    return FuseblkError(_errno.EIO, message)

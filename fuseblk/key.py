@@ -85,10 +85,6 @@ class BlkCryptoKey:
         return cls(mode, bytes(raw), data_unit_size, dun_bytes, key_type)
 
     @property
-    def data_unit_shift(self) -> int:
-        return self.data_unit_size.bit_length() - 1
-
-    @property
     def key_id(self) -> str:
         """The identifier in hex: how tables, logs and images name this key."""
         return self.identifier.hex()

@@ -26,7 +26,7 @@ FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
 def parse_level(name: str) -> int:
     if name.lower() not in LEVELS:
         raise einval(f"unknown log level {name!r} (known: {', '.join(LEVELS)})")
-    level: int = getattr(logging, name.upper())
+    level: int = getattr(logging, name.upper())  # dynamic: a level's name, checked above
     return level
 
 

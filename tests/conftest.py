@@ -6,19 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_control_harness import private_runtime_dir
-
-from fuseblk.blkcrypto.fallback import configure_fallback
-
-
-@pytest.fixture
-def fresh_global_fallback() -> Iterator[None]:
-    """A new blk-crypto-fallback (the process-wide one, as in the kernel) before and after the
-    test, so keyslots and counters a test leaves there never reach the next one. Modules whose
-    tests go through the fallback use it with ``pytestmark``."""
-    configure_fallback()
-    yield
-    configure_fallback()
+from control_helpers import private_runtime_dir
 
 
 @pytest.fixture

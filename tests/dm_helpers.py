@@ -1,7 +1,7 @@
 """Reusable helpers for device-mapper tests: RAM disks with emulated inline encryption,
 image-backed managers, keys, a manual clock, and read/write shorthands.
 
-``MemDisk`` is a :class:`fuseblk.device.BlockDevice` over a bytearray. With capabilities it acts
+``MemDisk`` is a :class:`fuseblk.device.Backend` over a bytearray. With capabilities it acts
 as inline-encryption hardware (a keyslot profile, or a 0-slot "direct" one); a context it cannot
 handle is refused with EIO, since blk-crypto above must have fallen back first. It records how
 many context bios it served natively, so tests can tell which path served each piece.
@@ -11,25 +11,29 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+from memdev import MemKeyslotHardware
 
+from fuseblk import SECTOR_SIZE
 from fuseblk.bio import Bio, BioOp
-from fuseblk.blkcrypto.fallback import CryptoFallback, configure_fallback
+from fuseblk.blkcrypto.block_layer import BlockLayer, supports_natively
 from fuseblk.blkcrypto.keyslot_manager import CryptoProfile
-from fuseblk.blkcrypto.submit import submit_bio
 from fuseblk.capabilities import CryptoCapabilities, dus_mask
 from fuseblk.ciphers import get_cipher
 from fuseblk.crypt_context import BioCryptContext
 from fuseblk.device import BlockDevice
 from fuseblk.dm.manager import DeviceManager
+from fuseblk.dm.mapped_device import MappedDevice
 from fuseblk.dm.targets.base import TargetArgError
 from fuseblk.errors import FuseblkError
-from fuseblk.hw.backend import Backend
+from fuseblk.hw.factory import create_backend
 from fuseblk.hw.profiles import load_profile
 from fuseblk.key import BlkCryptoKey, KeyType
 from fuseblk.modes import CryptoMode
@@ -61,18 +65,45 @@ def ciphertext(key: BlkCryptoKey, data: bytes, dun: int) -> bytes:
 class MemDisk:
     """A RAM disk; ``caps`` makes it inline-encryption hardware with ``num_slots`` keyslots."""
 
+    block_size = SECTOR_SIZE
+    fallback_per_target = False
+
     def __init__(
         self, name: str, size: int = MiB, caps: CryptoCapabilities | None = None, num_slots: int = 4
     ) -> None:
         self.name = name
+        self.path = f"/memdisk/{name}"  # no file: a path nothing else resolves to
         self.size = size
         self.data = bytearray(size)
         self.counters = Counters()
         self.crypto_profile = (
-            CryptoProfile(caps, num_slots, name=name) if caps is not None else None
+            CryptoProfile(caps, num_slots, MemKeyslotHardware(num_slots), name=name)
+            if caps is not None
+            else None
         )
         self.seen: list[Bio] = []
         self.hold: trio.Event | None = None  # when set to an unset Event, bios wait on it
+        self.open_count = 0
+        self.closed = False
+
+    def open(self) -> None:
+        self.open_count += 1
+
+    def release(self) -> None:
+        self.open_count -= 1
+
+    async def flush(self) -> None:
+        self.counters.add("flushes")
+
+    async def close(self) -> None:
+        self.closed = True
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "size": self.size, "counters": self.counters.snapshot()}
+
+    async def evict_key(self, key: BlkCryptoKey) -> None:
+        if self.crypto_profile is not None and supports_natively(self, key.config):
+            await self.crypto_profile.evict_key(key)
 
     async def submit(self, bio: Bio) -> None:
         self.seen.append(bio)
@@ -126,19 +157,20 @@ class ManualClock:
         self.now += seconds
 
 
-@pytest.fixture
-def fallback() -> CryptoFallback:
-    """A fresh global fallback per test, so its counters and slots start empty."""
-    return configure_fallback()
-
-
 class DeviceEnv:
     """What a target's constructor sees of a table load, over devices by the name tables use:
-    parsing and mapping tests need no manager."""
+    parsing and mapping tests need no manager. Its block layer (and fallback) is its own."""
 
-    def __init__(self, devices: Mapping[str, BlockDevice], device_name: str = "test") -> None:
+    def __init__(
+        self,
+        devices: Mapping[str, BlockDevice],
+        device_name: str = "test",
+        block_layer: BlockLayer | None = None,
+    ) -> None:
         self.devices = dict(devices)
         self.device_name = device_name
+        self.block_layer = block_layer if block_layer is not None else BlockLayer()
+        self.clock = time.monotonic
 
     def get_device(self, ref: str) -> BlockDevice:
         try:
@@ -167,7 +199,7 @@ def manager_over(*disks: BlockDevice, clock: ManualClock | None = None) -> Devic
 async def make_image(tmp_path: Path, name: str, size: int = 4 * MiB, hardware: str = "ufs") -> Path:
     """A sparse backend image with a hardware profile from backends/ (``ufs``, ``emmc``, ``none``...)."""
     path = tmp_path / f"{name}.img"
-    await Backend.create(path, size, load_profile(hardware)).close()
+    await create_backend(path, size, load_profile(hardware)).close()
     return path
 
 
@@ -186,31 +218,24 @@ async def image_manager(
         await dm.close()
 
 
+async def submit(dev: MappedDevice, bio: Bio) -> None:
+    """Submit as a layer above a mapped device does: through its manager's block layer, which
+    prepares a bio with a context (inline, or the fallback on the device's behalf). A bio
+    without one goes straight to ``dev.submit``, as the FUSE layer sends it."""
+    await dev.block_layer.submit_bio(dev, bio)
+
+
 async def write(
-    dev: BlockDevice,
-    offset: int,
-    data: bytes,
-    ctx: BioCryptContext | None = None,
-    *,
-    prep: bool = False,
+    dev: MappedDevice, offset: int, data: bytes, ctx: BioCryptContext | None = None
 ) -> None:
-    """Write as the FUSE layer does (``dev.submit``), or with ``prep`` as a layer above would
-    (``blk_crypto.submit_bio``, which falls back *before* a device that lacks support)."""
-    bio = Bio.write(offset, data, ctx)
-    await (submit_bio(dev, bio) if prep else dev.submit(bio))
+    await submit(dev, Bio.write(offset, data, ctx))
 
 
 async def read(
-    dev: BlockDevice,
-    offset: int,
-    length: int,
-    ctx: BioCryptContext | None = None,
-    *,
-    prep: bool = False,
+    dev: MappedDevice, offset: int, length: int, ctx: BioCryptContext | None = None
 ) -> bytes:
     buf = bytearray(length)
-    bio = Bio.read(offset, buf, ctx)
-    await (submit_bio(dev, bio) if prep else dev.submit(bio))
+    await submit(dev, Bio.read(offset, buf, ctx))
     return bytes(buf)
 
 

@@ -25,6 +25,7 @@ import pytest
 import trio
 
 from fuseblk.bio import Bio, BioOp
+from fuseblk.dm.events import DeviceAdded, DeviceRemoved, DeviceRenamed, DeviceResized, DmEvent
 from fuseblk.errors import FuseblkError
 
 FUSERMOUNT = shutil.which("fusermount3") or "fusermount3"
@@ -58,10 +59,17 @@ class MemoryDevice:
         self.gate: threading.Event | None = None  # while set and not released, bios wait
         self.flushes = 0
         self.bios: list[tuple[BioOp, int, int]] = []
+        self.open_count = 0
 
     @property
     def size(self) -> int:
         return len(self.data)
+
+    def open(self) -> None:
+        self.open_count += 1
+
+    def release(self) -> None:
+        self.open_count -= 1
 
     async def submit(self, bio: Bio) -> None:
         self.bios.append((bio.op, bio.offset, bio.length))
@@ -96,32 +104,32 @@ class MemoryManager:
 
     def __init__(self) -> None:
         self.devices: dict[str, MemoryDevice] = {}
-        self.listeners: list[Callable[..., Any]] = []
+        self.listeners: list[Callable[[DmEvent], Any]] = []
         self.flushed = 0
         self.closed = False
 
-    def _notify(self, event: str, name: str, *args: Any) -> None:
+    def _notify(self, event: DmEvent) -> None:
         for listener in list(self.listeners):
-            listener(event, name, *args)
+            listener(event)
 
     def add(self, device: MemoryDevice) -> MemoryDevice:
         self.devices[device.name] = device
-        self._notify("add", device.name)
+        self._notify(DeviceAdded(device.name))
         return device
 
     def remove(self, name: str) -> None:
         del self.devices[name]
-        self._notify("remove", name)
+        self._notify(DeviceRemoved(name))
 
     def rename(self, old: str, new: str) -> None:
         self.devices[new] = self.devices.pop(old)
         self.devices[new].name = new
-        self._notify("rename", old, new)
+        self._notify(DeviceRenamed(old, new))
 
     def resize(self, name: str, size: int) -> None:
         dev = self.devices[name]
         dev.data = dev.data[:size] + bytearray(max(0, size - len(dev.data)))
-        self._notify("resize", name)
+        self._notify(DeviceResized(name, size))
 
     def names(self) -> list[str]:
         return list(self.devices)

@@ -14,12 +14,15 @@ import os
 
 import trio
 
+from fuseblk import SECTOR_SIZE
 from fuseblk.bio import Bio, BioOp
+from fuseblk.blkcrypto.block_layer import supports_natively
 from fuseblk.blkcrypto.keyslot_manager import CryptoProfile
-from fuseblk.blkcrypto.submit import supports_natively
+from fuseblk.ciphers import DataUnitCipher, get_cipher
 from fuseblk.errors import FuseblkError
 from fuseblk.key import BlkCryptoKey
 from fuseblk.modes import CryptoMode
+from fuseblk.stats import Counters
 
 
 def make_key(
@@ -41,7 +44,7 @@ class MemKeyslotHardware:
         self.gate: trio.Event | None = None  # when set to an unset Event, program_key waits on it
         self.programming = 0  # programs in progress right now
 
-    async def program_key(self, key: BlkCryptoKey, slot: int) -> None:
+    async def program_key(self, key: BlkCryptoKey, slot: int) -> DataUnitCipher:
         self.calls.append(("program", key.key_id, slot))
         self.programming += 1
         try:
@@ -54,6 +57,7 @@ class MemKeyslotHardware:
                     errno.EIO, f"keyslot {slot}: programming key {key.key_id} failed"
                 )
             self.slots[slot] = key
+            return get_cipher(key)
         finally:
             self.programming -= 1
 
@@ -72,15 +76,30 @@ class MemKeyslotHardware:
 class MemDevice:
     """A RAM block device; ``fail_next`` makes the next data bio fail with that errno."""
 
+    block_size = SECTOR_SIZE
+    fallback_per_target = False
+
     def __init__(
         self, size: int = 1 << 20, profile: CryptoProfile | None = None, name: str = "mem0"
     ) -> None:
         self.name = name
         self.size = size
         self.crypto_profile = profile
+        self.counters = Counters()
         self.data = bytearray(os.urandom(size))  # not zeroes: a read that does nothing shows
         self.bios: list[Bio] = []
         self.fail_next: int | None = None
+        self.open_count = 0
+
+    def open(self) -> None:
+        self.open_count += 1
+
+    def release(self) -> None:
+        self.open_count -= 1
+
+    async def evict_key(self, key: BlkCryptoKey) -> None:
+        if self.crypto_profile is not None and supports_natively(self, key.config):
+            await self.crypto_profile.evict_key(key)
 
     async def submit(self, bio: Bio) -> None:
         self.bios.append(bio)

@@ -13,8 +13,8 @@ from fifo_helpers import returns_within
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fuseblk.blkcrypto.fallback import MAX_NUM_SLOTS
 from fuseblk.config.config_file import (
-    MAX_FALLBACK_SLOTS,
     BackendSpec,
     Config,
     build_devices,
@@ -227,7 +227,7 @@ def test_a_size_beyond_the_largest_file_offset_is_refused(tmp_path: Path) -> Non
     assert "larger than the largest file offset" in error_of(text, tmp_path)
 
 
-@pytest.mark.parametrize("slots", [0, MAX_FALLBACK_SLOTS + 1, 99999999999999])
+@pytest.mark.parametrize("slots", [0, MAX_NUM_SLOTS + 1, 99999999999999])
 def test_fallback_slots_outside_1_to_65536_are_refused(tmp_path: Path, slots: int) -> None:
     message = error_of(f"[options]\nfallback_slots = {slots}\n", tmp_path)
     assert message == f"config.toml:2: options.fallback_slots: expected 1..65536, got {slots}"

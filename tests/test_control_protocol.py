@@ -10,6 +10,7 @@ import pytest
 
 from fuseblk.control.protocol import (
     COMMANDS,
+    MAX_LINE,
     RequestError,
     decode_request,
     decode_response,
@@ -63,6 +64,103 @@ def test_invalid_requests_are_einval_naming_the_problem(
     assert fragment in info.value.err.message
 
 
+def _einval(line: bytes) -> RequestError:
+    with pytest.raises(RequestError) as info:
+        decode_request(line)
+    assert info.value.err.errno == errno.EINVAL
+    return info.value
+
+
+def test_json_nested_deeper_than_the_recursion_limit_is_einval() -> None:
+    assert "nested too deeply" in _einval(b"[" * 100_000).err.message
+    deep = b"[" * 5000 + b"]" * 5000
+    rejected = _einval(b'{"id": 1, "cmd": "ls", "args": {"x": ' + deep + b"}}")
+    assert "nested too deeply" in rejected.err.message
+
+
+def test_an_id_of_5000_digits_is_einval_without_converting_it() -> None:
+    rejected = _einval(b'{"id": ' + b"9" * 5000 + b', "cmd": "ping"}')
+    assert rejected.req_id is None
+    assert rejected.err.message == "malformed request: integer literal too long"
+
+
+@pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity"])
+def test_nan_and_infinity_are_not_json(constant: bytes) -> None:
+    assert "is not JSON" in _einval(b'{"id": ' + constant + b', "cmd": "ping"}').err.message
+
+
+def _request(cmd: str, **args: object) -> bytes:
+    return json.dumps({"id": 1, "cmd": cmd, "args": args}).encode()
+
+
+DISCARD = {"name": "d", "offset": 0, "length": 512}
+EVICT = {"name": "d", "mode": "AES-256-XTS", "key_hex": KEY_HEX, "data_unit_size": 4096}
+
+
+@pytest.mark.parametrize(
+    ("cmd", "args", "argument", "fragment"),
+    [
+        ("discard", {**DISCARD, "offset": -512}, "offset", "out of range"),
+        ("discard", {**DISCARD, "offset": 2**63}, "offset", "out of range"),
+        ("discard", {**DISCARD, "length": 2**64}, "length", "out of range"),
+        ("discard", {**DISCARD, "offset": "\u0661\u0662"}, "offset", "wrong type"),
+        ("discard", {**DISCARD, "length": "512"}, "length", "wrong type"),
+        ("discard", {**DISCARD, "length": 512.0}, "length", "wrong type"),
+        ("discard", {**DISCARD, "length": True}, "length", "wrong type"),
+        ("message", {"name": "d", "sector": 2**63 // 512, "args": ["x"]}, "sector", "out of range"),
+        ("message", {"name": "d", "sector": -1, "args": ["x"]}, "sector", "out of range"),
+        ("message", {"name": "d", "sector": "\u0663", "args": ["x"]}, "sector", "wrong type"),
+        ("message", {"name": "d", "sector": 0, "args": ["x", 1]}, "args", "list of strings"),
+        ("evict_key", {**EVICT, "data_unit_size": 0}, "data_unit_size", "out of range"),
+        ("evict_key", {**EVICT, "data_unit_size": 2**31 + 1}, "data_unit_size", "out of range"),
+        ("evict_key", {**EVICT, "data_unit_size": "4096"}, "data_unit_size", "wrong type"),
+        ("evict_key", {**EVICT, "dun_bytes": 0}, "dun_bytes", "out of range"),
+        ("evict_key", {**EVICT, "dun_bytes": 33}, "dun_bytes", "out of range"),
+        ("table", {"show_keys": 1}, "show_keys", "wrong type"),
+        ("remove", {"name": ["d"]}, "name", "wrong type"),
+        ("remove", {"name": "d" * 256}, "name", "longer than 255 characters"),
+        ("remove", {"name": "\ud800"}, "name", "not valid Unicode"),
+        ("message", {"name": "d", "sector": 0, "args": ["\udfff"]}, "args", "not valid Unicode"),
+    ],
+)
+def test_numbers_out_of_range_and_wrong_types_are_einval_naming_the_argument(
+    cmd: str, args: dict[str, object], argument: str, fragment: str
+) -> None:
+    rejected = _einval(_request(cmd, **args))
+    assert rejected.req_id == 1
+    assert f"argument {argument!r}" in rejected.err.message and fragment in rejected.err.message
+
+
+def test_numbers_at_their_documented_limits_are_accepted() -> None:
+    decode_request(_request("discard", name="d", offset=2**63 - 1, length=2**63 - 1))
+    decode_request(_request("message", name="d", sector=2**63 // 512 - 1, args=["x"]))
+    decode_request(_request("evict_key", **{**EVICT, "data_unit_size": 2**31, "dun_bytes": 32}))
+    for rid in (-(2**63), 2**63 - 1, "r" * 128, None):
+        assert decode_request(json.dumps({"id": rid, "cmd": "ping"}).encode()).id == rid
+
+
+@pytest.mark.parametrize("rid", [2**63, -(2**63) - 1, 1.5, True, [1], {"a": 1}, "r" * 129])
+def test_an_id_that_is_not_a_64_bit_integer_or_a_short_string_is_einval(rid: object) -> None:
+    rejected = _einval(json.dumps({"id": rid, "cmd": "ping"}).encode())
+    assert rejected.req_id is None and "'id' must be" in rejected.err.message
+
+
+def test_errors_quote_unknown_names_shortened_and_without_keys() -> None:
+    message = _einval(_request("z" * MAX_LINE)).err.message
+    assert len(message) < 200 and "characters" in message
+    message = _einval(json.dumps({"cmd": KEY_HEX}).encode()).err.message
+    assert KEY_HEX[:32] not in message
+    message = _einval(_request("ls", **{KEY_HEX: 1})).err.message
+    assert KEY_HEX[:32] not in message and "unexpected argument" in message
+
+
+def test_logged_arguments_are_short_and_a_key_cut_by_shortening_stays_hidden() -> None:
+    logged = redacted_args("remove", {"name": "x" * 250 + KEY_HEX})
+    assert len(logged["name"]) < 300 and KEY_HEX[:6] not in logged["name"]
+    words = redacted_args("message", {"name": "d", "sector": 0, "args": ["w"] * 1000})["args"]
+    assert len(words) < 20
+
+
 def test_malformed_json_error_does_not_echo_the_line() -> None:
     line = b'{"id": 1, "cmd": "evict_key", "args": {"key_hex": "' + KEY_HEX.encode() + b'"'
     with pytest.raises(RequestError) as info:
@@ -112,7 +210,8 @@ def test_garbage_response_is_eproto() -> None:
 
 def test_every_documented_command_has_a_schema() -> None:
     documented = {
-        "create", "load", "resume", "suspend", "remove", "rename", "table", "status", "info", "ls",
+        "create", "load", "clear", "resume", "suspend", "remove", "rename", "table", "status",
+        "info", "ls",
         "message", "evict_key", "discard", "stats", "shutdown", "ping", "version",
     }  # fmt: skip
     assert set(COMMANDS) == documented

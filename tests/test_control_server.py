@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,13 +17,14 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from test_control_harness import manager_factory
+from control_helpers import manager_factory
 
 from fuseblk import __version__
 from fuseblk.bio import Bio
+from fuseblk.control import server as server_module
 from fuseblk.control.client import ControlClient
-from fuseblk.control.protocol import MAX_LINE, PROTOCOL_VERSION
-from fuseblk.control.server import serve_control, socket_path_for
+from fuseblk.control.protocol import MAX_LINE, PROTOCOL_VERSION, Request
+from fuseblk.control.server import ControlLimits, serve_control, socket_path_for
 from fuseblk.dm.manager import DeviceManager
 from fuseblk.errors import FuseblkError
 
@@ -47,6 +50,17 @@ class Conn:
 
     async def send(self, data: bytes) -> None:
         await self.stream.send_all(data)
+
+    async def closed(self) -> bool:
+        """Whether the server closed the connection (after any lines it sent first)."""
+        while True:
+            try:
+                chunk = await self.stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                return True
+            if not chunk:
+                return True
+            self.buf += chunk
 
     async def recv(self) -> dict[str, Any]:
         while b"\n" not in self.buf:
@@ -88,10 +102,15 @@ class Server:
         return Conn(await trio.open_unix_socket(str(self.socket_path)))
 
 
-@pytest.fixture
-async def server(nursery: trio.Nursery, rundir: Path, tmp_path: Path) -> AsyncIterator[Server]:
-    manager = await manager_factory(tmp_path)()
-    mnt = tmp_path / "mnt"
+DEFAULT = ControlLimits()
+SHORT = ControlLimits(max_connections=4, idle_timeout=0.3)
+
+
+async def start_server(
+    nursery: trio.Nursery, directory: Path, limits: ControlLimits = DEFAULT
+) -> Server:
+    manager = await manager_factory(directory)()
+    mnt = directory / "mnt"
     srv = Server(manager, socket_path_for(mnt))
     await nursery.start(
         functools.partial(
@@ -100,10 +119,27 @@ async def server(nursery: trio.Nursery, rundir: Path, tmp_path: Path) -> AsyncIt
             srv.socket_path,
             on_shutdown=lambda: srv.shutdowns.append("shutdown"),
             mountpoint=mnt,
+            limits=limits,
         )
     )
+    return srv
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery, rundir: Path, tmp_path: Path) -> AsyncIterator[Server]:
+    srv = await start_server(nursery, tmp_path)
     yield srv
-    await manager.close()
+    await srv.manager.close()
+
+
+@pytest.fixture
+async def short_server(
+    nursery: trio.Nursery, rundir: Path, tmp_path: Path
+) -> AsyncIterator[Server]:
+    """A server whose limits tests can reach quickly: 4 connections, 0.3 s idle."""
+    srv = await start_server(nursery, tmp_path, SHORT)
+    yield srv
+    await srv.manager.close()
 
 
 @pytest.fixture
@@ -336,13 +372,196 @@ async def test_malformed_requests_get_errors_and_the_connection_keeps_serving(co
     assert await conn.ok("ls") == []
 
 
-async def test_an_oversized_line_is_refused_and_the_next_one_served(conn: Conn) -> None:
+async def test_an_oversized_line_is_refused_and_its_connection_closed(
+    server: Server, conn: Conn
+) -> None:
     await conn.send(
         b'{"id": 1, "cmd": "ping", "args": {"pad": "' + b"x" * (MAX_LINE + 10) + b'"}}\n'
     )
     response = await conn.recv()
-    assert (response["ok"], response["errno"]) == (False, errno.EMSGSIZE)
-    assert (await conn.ok("ping"))["version"] == __version__
+    assert (response["ok"], response["errno"], response["id"]) == (False, errno.EMSGSIZE, None)
+    with trio.fail_after(5):
+        assert await conn.closed()
+    assert (await (await server.connect()).ok("ping"))["version"] == __version__
+
+
+async def test_a_partial_line_beyond_max_line_is_refused_without_waiting_for_its_end(
+    conn: Conn,
+) -> None:
+    with trio.fail_after(5):
+        await conn.send(b'{"id": 1, "cmd": "ping", "args": {"pad": "' + b"x" * MAX_LINE)
+        response = await conn.recv()
+        assert response["errno"] == errno.EMSGSIZE
+        assert "longer than 1048576 bytes" in response["message"]
+        assert await conn.closed()
+
+
+async def test_json_nested_deeper_than_the_recursion_limit_is_einval_and_serving_goes_on(
+    server: Server, conn: Conn
+) -> None:
+    await conn.send(b'{"id": 1, "cmd": "ls", "args": {"x": ' + b"[" * 100_000 + b"}}\n")
+    response = await conn.recv()
+    assert (response["errno"], response["message"]) == (
+        errno.EINVAL,
+        "malformed request: nested too deeply",
+    )
+    assert await conn.ok("ls") == []
+    assert await (await server.connect()).ok("ls") == []
+
+
+async def test_an_id_of_5000_digits_is_einval_and_serving_goes_on(
+    server: Server, conn: Conn
+) -> None:
+    await conn.send(b'{"id": ' + b"7" * 5000 + b', "cmd": "ping"}\n')
+    response = await conn.recv()
+    assert (response["id"], response["errno"]) == (None, errno.EINVAL)
+    assert "integer literal too long" in response["message"]
+    assert (await conn.ok("ping"))["pid"] == os.getpid()
+    assert (await (await server.connect()).ok("ping"))["pid"] == os.getpid()
+
+
+async def test_a_number_out_of_range_is_einval_naming_the_argument(conn: Conn) -> None:
+    await conn.ok("create", name="plain", table="0 64 linear legacy 0\n")
+    err = await conn.fails("discard", name="plain", offset=2**63, length=512)
+    assert err["errno"] == errno.EINVAL and "'offset'" in err["message"]
+    err = await conn.fails("message", name="plain", sector="\u0660", args=["x"])
+    assert err["errno"] == errno.EINVAL and "'sector'" in err["message"]
+
+
+async def test_an_unexpected_error_outside_a_command_costs_only_its_connection(
+    server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="fuseblk.control.server")
+    real_decode = server_module.decode_request
+
+    def decode_with_a_bug(line: bytes) -> Request:
+        if b"trigger" in line:
+            raise RuntimeError(f"a bug that quotes {KEY_HEX}")
+        return real_decode(line)
+
+    monkeypatch.setattr(server_module, "decode_request", decode_with_a_bug)
+    victim, bystander = await server.connect(), await server.connect()
+    await victim.send(b'{"id": 1, "cmd": "trigger"}\n')
+    with trio.fail_after(5):
+        assert await victim.closed()
+    assert await bystander.ok("ls") == []
+    assert await (await server.connect()).ok("ls") == []
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert "control: dropped a connection after an internal error (RuntimeError)" in errors
+    assert KEY_HEX not in caplog.text  # not even in the DEBUG traceback
+    assert "decode_with_a_bug" in caplog.text  # which is there, at DEBUG
+    assert not any("Traceback" in m or "decode_with_a_bug" in m for m in errors)
+
+
+async def test_connections_beyond_the_limit_are_refused_with_eagain(server: Server) -> None:
+    limit = DEFAULT.max_connections
+    with trio.fail_after(10):
+        held = [await server.connect() for _ in range(limit)]
+        await held[-1].ok("ping")  # all of them are being served
+        refused = await server.connect()
+        response = await refused.recv()
+        assert (response["id"], response["errno"]) == (None, errno.EAGAIN)
+        assert f"too many control connections (at most {limit})" in response["message"]
+        assert await refused.closed()
+        await held.pop().stream.aclose()
+        await trio.testing.wait_all_tasks_blocked()  # the server has seen the close
+        assert await (await server.connect()).ok("ls") == []
+    for c in held:
+        await c.stream.aclose()
+
+
+async def test_an_idle_connection_is_closed_after_the_idle_timeout(short_server: Server) -> None:
+    idle = await short_server.connect()
+    await idle.ok("ping")
+    with trio.fail_after(SHORT.idle_timeout + 5):
+        assert await idle.closed()
+
+
+async def test_a_line_left_half_sent_is_closed_after_the_idle_timeout(
+    short_server: Server,
+) -> None:
+    stuck = await short_server.connect()
+    with trio.fail_after(SHORT.idle_timeout + 5):
+        for _ in range(3):  # dribbling bytes does not extend the timeout
+            await stuck.send(b'{"id": 1, ')
+            await trio.sleep(SHORT.idle_timeout / 3)
+        assert await stuck.closed()
+    assert await (await short_server.connect()).ok("ls") == []
+
+
+async def test_idle_and_half_sent_connections_free_their_places(short_server: Server) -> None:
+    for _ in range(SHORT.max_connections):
+        c = await short_server.connect()
+        await c.send(b'{"id": 1, "cmd": "ls"')
+    await trio.sleep(SHORT.idle_timeout + 0.3)
+    await trio.testing.wait_all_tasks_blocked()  # the timed-out connections are closed
+    assert await (await short_server.connect()).ok("ls") == []
+
+
+async def test_a_client_that_does_not_read_its_replies_is_dropped(short_server: Server) -> None:
+    reader_less = await short_server.connect()
+
+    async def flood() -> None:
+        with contextlib.suppress(trio.BrokenResourceError):
+            await reader_less.send(b'{"cmd": "ping"}\n' * 100_000)  # replies fill the socket
+
+    with trio.fail_after(SHORT.idle_timeout + 10):
+        await flood()
+    assert await (await short_server.connect()).ok("ls") == []
+
+
+async def test_clear_drops_the_inactive_table_only(conn: Conn) -> None:
+    await conn.ok("create", name="dev", table="0 8 linear legacy 0\n")
+    await conn.ok("load", name="dev", table="0 16 linear legacy 0\n")
+    assert await conn.ok("clear", name="dev") is None
+    (info,) = await conn.ok("info", name="dev")
+    assert (info["state"], info["tables"], info["size"]) == ("ACTIVE", ["LIVE"], 8 * 512)
+    await conn.ok("resume", name="dev")  # nothing left to swap in
+    assert await conn.ok("table", name="dev") == [{"name": "dev", "table": "0 8 linear legacy 0\n"}]
+    assert await conn.ok("clear", name="dev") is None  # no inactive table: nothing to do
+    err = await conn.fails("clear", name="missing")
+    assert err["errno"] == errno.ENXIO
+
+
+async def test_the_client_refuses_a_request_over_max_line_as_too_long(server: Server) -> None:
+    def scenario() -> FuseblkError:
+        with ControlClient(server.socket_path) as client:
+            with pytest.raises(FuseblkError) as info:
+                client.call("create", name="big", table="0 8 linear legacy 0\n" * 60_000)
+            assert client.call("ls") == []
+            return info.value
+
+    err = await trio.to_thread.run_sync(scenario)
+    assert err.errno == errno.EMSGSIZE and "request too long" in err.message
+
+
+async def test_the_client_reports_a_refused_connection_with_the_daemons_error(
+    short_server: Server,
+) -> None:
+    held = [await short_server.connect() for _ in range(SHORT.max_connections)]
+    await held[-1].ok("ping")
+
+    def scenario() -> FuseblkError:
+        with pytest.raises(FuseblkError) as info:
+            ControlClient(short_server.socket_path).call("ping")
+        return info.value
+
+    err = await trio.to_thread.run_sync(scenario)
+    assert err.errno == errno.EAGAIN and "too many control connections" in err.message
+    for c in held:
+        await c.stream.aclose()
+
+
+async def test_the_client_reconnects_when_the_daemon_closed_its_idle_connection(
+    short_server: Server,
+) -> None:
+    def scenario() -> list[Any]:
+        with ControlClient(short_server.socket_path) as client:
+            first = client.call("ls")
+            time.sleep(SHORT.idle_timeout + 0.3)
+            return [first, client.call("ls")]
+
+    assert await trio.to_thread.run_sync(scenario) == [[], []]
 
 
 async def test_the_daemon_keeps_serving_after_a_client_vanishes_mid_request(server: Server) -> None:

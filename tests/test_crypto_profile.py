@@ -11,9 +11,9 @@ from memdev import MemKeyslotHardware, make_key
 
 from fuseblk.blkcrypto.keyslot_manager import CryptoProfile, Keyslot
 from fuseblk.capabilities import CryptoCapabilities, dus_mask
-from fuseblk.ciphers import get_cipher
+from fuseblk.ciphers import DataUnitCipher, get_cipher
 from fuseblk.errors import FuseblkError
-from fuseblk.key import KeyType
+from fuseblk.key import BlkCryptoKey, KeyType
 from fuseblk.modes import CryptoMode
 
 CAPS = CryptoCapabilities({CryptoMode.AES_256_XTS: dus_mask(512, 4096)}, 8, KeyType.RAW)
@@ -42,6 +42,34 @@ async def test_slot_cipher_is_the_cipher_of_its_key() -> None:
         assert slot is not None
         data = bytes(range(256)) * 4
         assert slot.cipher.encrypt(data, 7) == get_cipher(K1).encrypt(data, 7)
+
+
+class ExpandingHardware(MemKeyslotHardware):
+    """Hardware that hands back its own expansion of each key it programs."""
+
+    def __init__(self, num_slots: int) -> None:
+        super().__init__(num_slots)
+        self.expanded: list[object] = []
+
+    async def program_key(self, key: BlkCryptoKey, slot: int) -> DataUnitCipher:
+        cipher = await super().program_key(key, slot)
+        self.expanded.append(cipher)
+        return cipher
+
+
+async def test_slot_cipher_is_the_one_the_hardware_expanded_when_programming() -> None:
+    hw = ExpandingHardware(2)
+    profile = CryptoProfile(CAPS, 2, hw, name="test")
+    async with profile.keyslot(K1) as first, profile.keyslot(K2) as second:
+        assert first is not None and second is not None
+        assert len(hw.expanded) == 2
+        assert first.cipher is hw.expanded[0] and second.cipher is hw.expanded[1]
+
+
+def test_a_profile_with_keyslots_needs_ops_to_program_them() -> None:
+    with pytest.raises(ValueError, match="KeyslotOps"):
+        CryptoProfile(CAPS, 2, name="no-hardware")
+    assert CryptoProfile(CAPS, 0).is_passthrough  # a passthrough profile programs nothing
 
 
 async def test_fresh_profile_fills_slots_in_index_order() -> None:

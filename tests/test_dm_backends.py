@@ -11,7 +11,6 @@ from dm_helpers import (
     MiB,
     caps,
     ciphertext,
-    fallback,
     image_manager,
     make_image,
     make_key,
@@ -22,12 +21,12 @@ from dm_helpers import (
 )
 
 from fuseblk.bio import Bio
-from fuseblk.blkcrypto.fallback import CryptoFallback, configure_fallback
+from fuseblk.blkcrypto.fallback import CryptoFallback
 from fuseblk.crypt_context import BioCryptContext
 from fuseblk.dm.manager import DeviceManager
 from fuseblk.errors import FuseblkError
 
-__all__ = ["fallback", "manager"]  # the fixtures, re-exported for pytest
+__all__ = ["manager"]  # the fixture, re-exported for pytest
 SZ = 2 * MiB // 512
 
 
@@ -126,10 +125,10 @@ async def test_error_table_swap_over_a_plain_disk_and_refusal_over_inline_hardwa
 
 
 async def mixed(tmp_path: Path, policy: str) -> tuple[bytes, bytes, dict, dict, CryptoFallback]:
-    fb = configure_fallback()
     sub = tmp_path / policy
     sub.mkdir()
     async with image_manager(sub, {"inline": (MiB, "ufs"), "legacy": (MiB, "none")}) as dm:
+        fb = dm.block_layer.fallback
         md = await dm.create(
             "d", "0 2048 linear inline 0\n2048 2048 linear legacy 0", fallback=policy
         )

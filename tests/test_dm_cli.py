@@ -15,13 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from control_helpers import DaemonThread, cli_env, manager_factory
 from fuse_helpers import needs_fuse
-from test_control_harness import DaemonThread, cli_env, manager_factory
 
 from fuseblk.bio import Bio
 from fuseblk.cli import main
 from fuseblk.control.server import find_daemons
-from fuseblk.hw.backend import punch_hole
+from fuseblk.hw.file_storage import punch_hole
 
 KEY = bytes(range(64))
 KEY_HEX = KEY.hex()
@@ -75,6 +75,22 @@ def test_a_failed_operation_exits_1_with_the_daemons_message(
     assert result.returncode == 1
     assert result.stderr == "fuseblk dm remove: no mapped device named 'nope'\n"
     assert result.stdout == ""
+
+
+def test_clear_drops_a_mistakenly_loaded_table(daemon: DaemonThread, rundir: Path) -> None:
+    assert fuseblk(rundir, "dm", "create", "dev", stdin="0 8 linear legacy 0\n").returncode == 0
+    assert fuseblk(rundir, "dm", "load", "dev", stdin="0 16 linear legacy 999\n").returncode == 0
+    assert "LIVE & INACTIVE" in fuseblk(rundir, "dm", "info", "dev").stdout
+    cleared = fuseblk(rundir, "dm", "clear", "dev")
+    assert (cleared.returncode, cleared.stdout, cleared.stderr) == (0, "", "")
+    assert "Tables present:    LIVE\n" in fuseblk(rundir, "dm", "info", "dev").stdout
+    assert fuseblk(rundir, "dm", "resume", "dev").returncode == 0  # nothing to swap in
+    assert fuseblk(rundir, "dm", "table", "dev").stdout == "0 8 linear legacy 0\n"
+    missing = fuseblk(rundir, "dm", "clear", "nope")
+    assert (missing.returncode, missing.stderr) == (
+        1,
+        "fuseblk dm clear: no mapped device named 'nope'\n",
+    )
 
 
 @pytest.mark.parametrize(

@@ -5,18 +5,15 @@ from __future__ import annotations
 import errno
 
 import pytest
-from dm_helpers import XTS, MemDisk, caps, fallback, make_key, manager_over, pattern, write
+from dm_helpers import XTS, MemDisk, caps, make_key, manager_over, pattern, write
 
-from fuseblk.blkcrypto.fallback import CryptoFallback
 from fuseblk.crypt_context import BioCryptContext
 from fuseblk.errors import FuseblkError
-
-__all__ = ["fallback"]
 
 UFS = caps({XTS: (512, 4096)}, 8)
 
 
-async def test_evict_walks_the_stack_down_to_the_hardware(fallback: CryptoFallback):
+async def test_evict_walks_the_stack_down_to_the_hardware():
     a, b = MemDisk("a", caps=UFS), MemDisk("b", caps=UFS)
     dm = manager_over(a, b)
     await dm.create("lower", "0 32 striped 2 8 a 0 b 0")
@@ -40,7 +37,7 @@ async def test_evict_through_the_device_profile_forwards_like_the_kernel():
     assert a.crypto_profile.find_slot(key) is None
 
 
-async def test_evict_reaches_devices_of_tables_that_are_no_longer_live(fallback: CryptoFallback):
+async def test_evict_reaches_devices_of_tables_that_are_no_longer_live():
     a, b = MemDisk("a", caps=UFS), MemDisk("b", caps=UFS)
     dm = manager_over(a, b)
     md = await dm.create("d", "0 32 linear a 0")
@@ -52,9 +49,10 @@ async def test_evict_reaches_devices_of_tables_that_are_no_longer_live(fallback:
     assert a.crypto_profile.find_slot(key) is None  # beyond the kernel: every device ever touched
 
 
-async def test_evict_also_drops_the_key_from_the_fallback(fallback: CryptoFallback):
+async def test_evict_also_drops_the_key_from_the_fallback():
     plain = MemDisk("plain")
     dm = manager_over(plain)
+    fallback = dm.block_layer.fallback
     md = await dm.create("d", "0 32 linear plain 0")
     key = make_key(4)
     await write(md, 0, pattern(4096), BioCryptContext.at(key, 0))
@@ -83,3 +81,38 @@ async def test_evicting_a_key_never_used_succeeds():
     dm = manager_over(MemDisk("a", caps=UFS))
     await dm.create("d", "0 16 linear a 0")
     await dm.evict_key("d", make_key(6))
+
+
+class ForwardingDisk(MemDisk):
+    """A device whose eviction is its own business (as a hardware engine's is)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, caps=UFS)
+        self.evicted: list[str] = []
+
+    async def evict_key(self, key) -> None:
+        self.evicted.append(key.key_id)
+        await super().evict_key(key)
+
+
+async def test_eviction_reaches_each_device_through_its_own_evict_key():
+    disk = ForwardingDisk("a")
+    dm = manager_over(disk)
+    await dm.create("lower", "0 32 linear a 0")
+    await dm.create("upper", "0 32 linear lower 0")
+    key = make_key(7)
+    await write(dm.get("upper"), 0, pattern(4096), BioCryptContext.at(key, 0))
+    await dm.evict_key("upper", key)
+    assert disk.evicted == [key.key_id] and disk.crypto_profile.find_slot(key) is None
+
+
+async def test_raw_key_without_a_dun_width_is_evicted_under_every_width():
+    a = MemDisk("a", caps=UFS)
+    dm = manager_over(a)
+    md = await dm.create("d", "0 32 linear a 0")
+    key = make_key(8, dun_bytes=2)
+    await write(md, 0, pattern(4096), BioCryptContext.at(key, 0))
+    await dm.evict_raw_key("d", XTS, key.raw, 4096, dun_bytes=8)  # another key: nothing
+    assert a.crypto_profile.find_slot(key) is not None
+    await dm.evict_raw_key("d", XTS, key.raw, 4096)
+    assert a.crypto_profile.find_slot(key) is None

@@ -5,14 +5,16 @@ from __future__ import annotations
 import errno
 
 import pytest
+import trio
 from dm_helpers import MemDisk, manager_over, pattern, read, write
 
+from fuseblk.dm.events import DeviceAdded, DeviceRemoved, DeviceRenamed, DeviceResized
 from fuseblk.errors import FuseblkError, TableError
 
 
-def events_of(dm) -> list[tuple]:
-    events: list[tuple] = []
-    dm.listeners.append(lambda *e: events.append(e))
+def events_of(dm) -> list:
+    events: list = []
+    dm.listeners.append(events.append)
     return events
 
 
@@ -25,11 +27,16 @@ async def test_create_load_resume_rename_remove_notify_listeners():
     assert dm.info("d")["tables"] == ["INACTIVE"] and dm.get("d").size == 0
     await dm.resume("d")
     assert dm.info("d")["tables"] == ["LIVE"] and dm.get("d").size == 16 * 512
-    dm.rename("d", "e")
+    await dm.rename("d", "e")
     assert dm.names() == ["e"] and dm.get("e").name == "e"
     await dm.remove("e")
     assert dm.names() == []
-    assert events == [("add", "d"), ("resize", "d", 8192), ("rename", "d", "e"), ("remove", "e")]
+    assert events == [
+        DeviceAdded("d"),
+        DeviceResized("d", 8192),
+        DeviceRenamed("d", "e"),
+        DeviceRemoved("e"),
+    ]
 
 
 async def test_info_reports_state_tables_and_events():
@@ -46,19 +53,35 @@ async def test_info_reports_state_tables_and_events():
     assert info["block_size"] == 512 and info["crypto"] is None and info["open_count"] == 0
 
 
-@pytest.mark.parametrize("name", ["", "a/b", ".", "..", "x" * 128, "é" * 64])
+@pytest.mark.parametrize(
+    "name", ["", "a/b", ".", "..", "x" * 128, "é" * 64, "\ud800", "a\udcffb", "a\0b"]
+)
 async def test_invalid_names_are_einval(name: str):
     dm = manager_over(MemDisk("a"))
     with pytest.raises(FuseblkError) as info:
         await dm.create(name, "")
     assert info.value.errno == errno.EINVAL
+    assert "\n" not in info.value.message
+    await dm.create("d", "")
+    with pytest.raises(FuseblkError) as info:
+        await dm.rename("d", name)
+    assert info.value.errno == errno.EINVAL
+    assert dm.names() == ["d"]
+
+
+async def test_a_name_with_a_lone_surrogate_says_it_is_not_utf8_text():
+    dm = manager_over(MemDisk("a"))
+    with pytest.raises(FuseblkError) as info:
+        await dm.create("\ud800", "")
+    assert "not valid UTF-8 text" in info.value.message
+    info.value.message.encode("utf-8")  # the message itself is printable anywhere
 
 
 async def test_names_up_to_dm_name_len_minus_one_bytes_are_valid_for_create_and_rename():
     dm = manager_over(MemDisk("a"))
     await dm.create("x" * 127, "")
     with pytest.raises(FuseblkError) as info:
-        dm.rename("x" * 127, "y" * 128)
+        await dm.rename("x" * 127, "y" * 128)
     assert info.value.errno == errno.EINVAL
     assert dm.names() == ["x" * 127]
 
@@ -71,7 +94,7 @@ async def test_existing_names_are_eexist_and_unknown_names_enxio():
             await dm.create(name, "")
         assert info.value.errno == errno.EEXIST
     with pytest.raises(FuseblkError) as info:
-        dm.rename("d", "a")
+        await dm.rename("d", "a")
     assert info.value.errno == errno.EEXIST
     with pytest.raises(FuseblkError) as info:
         await dm.resume("nope")
@@ -105,10 +128,12 @@ async def test_remove_is_ebusy_while_a_live_or_inactive_table_stacks_on_it():
 async def test_remove_is_ebusy_while_open():
     dm = manager_over(MemDisk("a"))
     md = await dm.create("d", "0 8 zero")
-    md.open_count = 1
+    md.open()
     with pytest.raises(FuseblkError) as info:
         await dm.remove("d")
     assert info.value.errno == errno.EBUSY
+    md.release()
+    await dm.remove("d")
 
 
 async def test_table_that_reaches_its_own_device_is_refused():
@@ -163,4 +188,51 @@ async def test_close_removes_devices_top_down():
     await dm.create("lower", "0 16 linear a 0")
     await dm.create("upper", "0 16 linear lower 0")
     await dm.close()
-    assert [e for e in events if e[0] == "remove"] == [("remove", "upper"), ("remove", "lower")]
+    assert [e for e in events if isinstance(e, DeviceRemoved)] == [
+        DeviceRemoved("upper"),
+        DeviceRemoved("lower"),
+    ]
+
+
+async def test_table_verbs_take_turns_so_concurrent_creates_of_one_name_are_eexist():
+    disk = MemDisk("a")
+    dm = manager_over(disk)
+    events = events_of(dm)
+    results: list[int | None] = []
+
+    async def create() -> None:
+        try:
+            await dm.create("d", "0 8 linear a 0")
+            results.append(None)
+        except FuseblkError as err:
+            results.append(err.errno)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(create)
+        nursery.start_soon(create)
+    assert results.count(None) == 1 and results.count(errno.EEXIST) == 1
+    assert events == [DeviceAdded("d")]
+
+
+@pytest.mark.parametrize(
+    ("offset", "length"), [(100, 512), (0, 1000), (0, 0), (-512, 512), (0, 65 * 512)]
+)
+async def test_discard_outside_or_misaligned_is_einval(offset: int, length: int):
+    disk = MemDisk("a")
+    dm = manager_over(disk)
+    await dm.create("d", "0 64 linear a 0")
+    with pytest.raises(FuseblkError) as info:
+        await dm.discard("d", offset, length)
+    assert info.value.errno == errno.EINVAL
+    assert disk.seen == []
+
+
+async def test_discard_reaches_the_device_below():
+    disk = MemDisk("a")
+    disk.data[:] = b"\xa5" * len(disk.data)
+    dm = manager_over(disk)
+    await dm.create("d", "0 64 linear a 8")
+    await dm.discard("d", 4096, 8192)
+    assert disk.data[8 * 512 + 4096 : 8 * 512 + 12288] == bytes(8192)
+    assert disk.data[: 8 * 512 + 4096] == b"\xa5" * (8 * 512 + 4096)
+    assert dm.stats("d")["devices"]["d"]["discards"] == 1

@@ -7,25 +7,19 @@ import os
 
 import pytest
 import trio
+from dm_helpers import MemDisk, manager_over
 from memdev import MemDevice, make_key
 
 from fuseblk.bio import Bio
-from fuseblk.blkcrypto.fallback import (
-    DEFAULT_NUM_SLOTS,
-    CryptoFallback,
-    configure_fallback,
-    get_fallback,
-)
+from fuseblk.blkcrypto.fallback import DEFAULT_NUM_SLOTS, MAX_NUM_SLOTS, CryptoFallback
 from fuseblk.ciphers import get_cipher
 from fuseblk.crypt_context import BioCryptContext
+from fuseblk.dm.manager import DeviceManager
 from fuseblk.errors import FuseblkError
 from fuseblk.key import BlkCryptoKey, KeyType
 from fuseblk.modes import CryptoMode
 
 KEY = make_key(1)
-
-
-pytestmark = pytest.mark.usefixtures("fresh_global_fallback")
 
 
 class FillsThenFailsDevice(MemDevice):
@@ -199,18 +193,41 @@ async def test_more_keys_than_fallback_slots_concurrently() -> None:
     assert fallback.profile.counters["evictions"] > 0  # keys really competed for the slots
 
 
-def test_global_fallback_is_configurable_and_replaced() -> None:
-    default = get_fallback()
+def test_device_manager_configures_its_own_fallback() -> None:
+    default = DeviceManager().block_layer.fallback
     assert default.profile.num_slots == DEFAULT_NUM_SLOTS and default.enabled
-    replaced = configure_fallback(num_slots=3, enabled=False)
-    assert get_fallback() is replaced and replaced is not default
-    assert replaced.profile.num_slots == 3 and not replaced.enabled
+    configured = DeviceManager(fallback_slots=3, fallback_enabled=False).block_layer.fallback
+    assert configured is not default
+    assert configured.profile.num_slots == 3 and not configured.enabled
+
+
+async def test_two_managers_have_independent_fallbacks() -> None:
+    first, second = manager_over(MemDisk("a")), manager_over(MemDisk("a"))
+    for dm in (first, second):
+        await dm.create("d", "0 64 linear a 0")
+    await first.get("d").block_layer.submit_bio(
+        first.get("d"), Bio.write(0, bytes(4096), BioCryptContext.at(KEY, 0))
+    )
+    one, two = first.block_layer.fallback, second.block_layer.fallback
+    assert one.counters["bios"] == 1 and one.profile.find_slot(KEY) is not None
+    assert two.counters.snapshot() == {} and two.profile.find_slot(KEY) is None
+    assert second.stats()["fallback"] == {"profile": {}}
+    await second.evict_key("d", KEY)
+    assert one.profile.find_slot(KEY) is not None
 
 
 def test_fallback_without_keyslots_is_refused() -> None:
     with pytest.raises(FuseblkError) as err:
         CryptoFallback(num_slots=0)
     assert err.value.errno == errno.EINVAL
+
+
+def test_fallback_slot_count_above_the_maximum_is_einval_in_one_line() -> None:
+    CryptoFallback(num_slots=MAX_NUM_SLOTS)
+    with pytest.raises(FuseblkError) as err:
+        DeviceManager(fallback_slots=MAX_NUM_SLOTS + 1)
+    assert err.value.errno == errno.EINVAL
+    assert str(MAX_NUM_SLOTS) in err.value.message and "\n" not in err.value.message
 
 
 def test_fallback_supports_every_mode_and_data_unit_size_with_raw_keys() -> None:

@@ -23,10 +23,10 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from dm_helpers import manager
 
 from fuseblk.bio import Bio
-from fuseblk.blkcrypto.fallback import get_fallback
 from fuseblk.capabilities import CryptoCapabilities, dus_mask
+from fuseblk.device import BlockDevice
 from fuseblk.dm.manager import DeviceManager
-from fuseblk.hw.backend import Backend
+from fuseblk.hw.factory import create_backend
 from fuseblk.hw.profiles import HardwareKind, HardwareProfile
 from fuseblk.key import KeyType
 from fuseblk.modes import CryptoMode
@@ -49,9 +49,6 @@ KEYS = {
 CASES = [(mode, dus) for mode in CIPHERS for dus in (4096, 512)]
 
 
-pytestmark = pytest.mark.usefixtures("fresh_global_fallback")
-
-
 def inline_hardware(mode: CryptoMode) -> HardwareProfile:
     caps = CryptoCapabilities({mode: dus_mask(512, 4096)}, 8, KeyType.RAW)
     return HardwareProfile(HardwareKind.KEYSLOTS, 4, caps, name="inline-test")
@@ -66,7 +63,7 @@ def table(target: str, mode: CryptoMode, dus: int, dev: str) -> str:
     )
 
 
-async def raw(backend: Backend, length: int) -> bytes:
+async def raw(backend: BlockDevice, length: int) -> bytes:
     buf = bytearray(length)
     await backend.submit(Bio.read(0, buf))
     return bytes(buf)
@@ -76,7 +73,7 @@ async def through_device(
     dm: DeviceManager, tmp_path: Path, name: str, hw: HardwareProfile, line: str
 ) -> bytes:
     """Write DATA at the start of a new mapped device over a new image; the image's bytes."""
-    backend = Backend.create(tmp_path / f"{name}.img", IMAGE_SIZE, hw, name=f"{name}-img")
+    backend = create_backend(tmp_path / f"{name}.img", IMAGE_SIZE, hw, name=f"{name}-img")
     dm.add_device(backend)
     md = await dm.create(name, line.replace("DEV", backend.name))
     await md.submit(Bio.write(0, DATA))
@@ -112,13 +109,13 @@ async def test_four_paths_store_identical_ciphertext(
     )
     profile = manager.backends()["dk-inline-img"].crypto_profile
     assert profile is not None and profile.counters["programs"] >= 1, "inline path not taken"
-    assert get_fallback().counters["bios"] == 0
+    assert manager.block_layer.fallback.counters["bios"] == 0
 
     none = HardwareProfile.none()
     fallback = await through_device(
         manager, tmp_path, "dk-fallback", none, table("default-key", mode, dus, "DEV")
     )
-    assert get_fallback().counters["bios"] >= 1, "fallback path not taken"
+    assert manager.block_layer.fallback.counters["bios"] >= 1, "fallback path not taken"
 
     crypt = await through_device(manager, tmp_path, "crypt", none, table("crypt", mode, dus, "DEV"))
 

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
+from dm_helpers import MemDisk, manager_over
 from fuse_helpers import (
     MemoryDevice,
     MemoryManager,
@@ -29,6 +31,7 @@ from fuse_helpers import (
 pytestmark = [needs_fuse, pytest.mark.integration]
 
 MiB = 1 << 20
+LARGEST_FILE = (1 << 63) - 1  # off_t
 
 
 @pytest.fixture
@@ -173,14 +176,84 @@ def test_device_errors_reach_the_caller_as_eio_and_the_log_as_warnings(
         os.close(fd)
 
 
-def test_fsync_and_close_flush_the_device(mnt: Path, manager: MemoryManager) -> None:
+def test_fsync_and_fdatasync_flush_the_device_and_close_does_not(
+    mnt: Path, manager: MemoryManager
+) -> None:
     dev = manager.devices["small"]
     fd = os.open(mnt / "small", os.O_RDWR)
     os.pwrite(fd, b"a" * 512, 0)
     os.fsync(fd)
     assert dev.flushes == 1
-    os.close(fd)
+    os.fdatasync(fd)
     assert dev.flushes == 2
+    os.close(fd)  # blkdev_release issues no flush
+    assert dev.flushes == 2
+
+
+@pytest.fixture
+def dm_mnt(tmp_path: Path) -> Iterator[tuple[Path, MemDisk]]:
+    """A real DeviceManager over one RAM disk, mounted: ``flaky`` is dm-flakey always down with
+    ``error_writes`` (up 0 s, down 1 s), ``lin`` is linear over the same disk, ``huge`` the
+    largest device there can be."""
+    disk = MemDisk("disk", MiB)
+    dm = manager_over(disk)
+    trio.run(dm.create, "flaky", "0 1024 flakey disk 0 0 1 1 error_writes")
+    trio.run(dm.create, "lin", "0 1024 linear disk 1024")
+    trio.run(dm.create, "huge", f"0 {LARGEST_FILE // 512} zero")
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    with serve_in_thread(dm, mountpoint):
+        yield mountpoint, disk
+
+
+def test_the_largest_device_is_a_file_of_the_largest_size(dm_mnt: tuple[Path, MemDisk]) -> None:
+    mnt = dm_mnt[0]
+    assert sorted(os.listdir(mnt)) == ["flaky", "huge", "lin"]
+    size = os.stat(mnt / "huge").st_size
+    assert size == LARGEST_FILE // 512 * 512
+    assert _pread(mnt / "huge", 4096, size - 4096) == bytes(4096)
+
+
+def test_closing_a_flakey_error_writes_device_after_reads_in_its_down_interval_succeeds(
+    dm_mnt: tuple[Path, MemDisk],
+) -> None:
+    mnt, disk = dm_mnt
+    fd = os.open(mnt / "flaky", os.O_RDONLY)
+    try:
+        assert os.pread(fd, 4096, 0) == bytes(4096)  # reads are handled while down
+    finally:
+        os.close(fd)  # no FLUSH, so no EIO (dd: "closing input file")
+    assert disk.counters["flushes"] == 0
+
+
+def test_fsync_on_a_flakey_error_writes_device_in_its_down_interval_is_eio(
+    dm_mnt: tuple[Path, MemDisk],
+) -> None:
+    fd = os.open(dm_mnt[0] / "flaky", os.O_RDWR)
+    try:
+        with pytest.raises(OSError) as info:
+            os.fsync(fd)  # a FLUSH is a write to dm-flakey
+        assert info.value.errno == errno.EIO
+    finally:
+        os.close(fd)
+
+
+def test_fsync_and_fdatasync_of_a_mapped_device_reach_the_disk_below(
+    dm_mnt: tuple[Path, MemDisk],
+) -> None:
+    mnt, disk = dm_mnt
+    fd = os.open(mnt / "lin", os.O_RDWR)
+    try:
+        os.pwrite(fd, b"b" * 4096, 0)
+        assert disk.counters["flushes"] == 0
+        os.fsync(fd)
+        assert disk.counters["flushes"] == 1
+        os.fdatasync(fd)
+        assert disk.counters["flushes"] == 2
+    finally:
+        os.close(fd)
+    assert disk.counters["flushes"] == 2
+    assert disk.data[1024 * 512 : 1024 * 512 + 4096] == b"b" * 4096
 
 
 def test_devices_added_and_removed_while_mounted_appear_and_disappear(
@@ -193,6 +266,19 @@ def test_devices_added_and_removed_while_mounted_appear_and_disappear(
     manager.remove("late")
     eventually(lambda: not (mnt / "late").exists())
     assert "late" not in os.listdir(mnt)
+
+
+def test_a_device_whose_name_is_no_file_name_is_left_out_of_the_listing(
+    mnt: Path, manager: MemoryManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="fuseblk.fuse.ops"):
+        manager.add(MemoryDevice("\ud800", 8192))  # a lone surrogate: no UTF-8 spelling
+        manager.add(MemoryDevice("caf\u00e9", 8192))
+        assert sorted(os.listdir(mnt)) == ["big4k", "caf\u00e9", "small"]
+    assert os.stat(mnt / "caf\u00e9").st_size == 8192
+    assert any("not UTF-8" in r.getMessage() for r in caplog.records)
+    with pytest.raises(FileNotFoundError):
+        os.stat(os.fsencode(mnt) + b"/\xed\xa0\x80")  # what surrogatepass would spell
 
 
 def test_renamed_device_keeps_its_inode(mnt: Path, manager: MemoryManager) -> None:

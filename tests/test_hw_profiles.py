@@ -10,6 +10,7 @@ import pytest
 from fuseblk.capabilities import dus_list
 from fuseblk.errors import FuseblkError
 from fuseblk.hw.profiles import (
+    MAX_KEYSLOTS,
     HardwareKind,
     available_profiles,
     build_profile,
@@ -81,6 +82,8 @@ def test_a_profile_can_be_given_as_a_file_path(tmp_path: Path) -> None:
         ('kind = "keyslots"\nkeyslots = 2\n', "at least one mode"),
         ('kind = "keyslots"\nkeyslots = 2\n[modes]\n"rot13" = [512]\n', "unknown crypto mode"),
         ('kind = "keyslots"\nkeyslots = 2\n[modes]\n"aes-256-xts" = [1000]\n', "power of two"),
+        ('kind = "keyslots"\nkeyslots = 2\n[modes]\n"aes-256-xts" = [131072]\n', "16..65536"),
+        ('kind = "keyslots"\nkeyslots = 256\n[modes]\n"aes-256-xts" = [512]\n', "1..255"),
         ('kind = "none"\nslots = 2\n', "unknown field"),
         ("kind = = \n", "not valid TOML"),
     ],
@@ -166,3 +169,28 @@ def test_max_dun_bytes_outside_1_to_32_is_einval(dun: int) -> None:
         build_profile(load_profile("ufs"), max_dun_bytes=dun)
     with pytest.raises(FuseblkError, match="max_dun_bytes must be 1..32"):
         parse_profile({"kind": "direct", "max_dun_bytes": dun, "modes": {"AES-256-XTS": [4096]}})
+
+
+@pytest.mark.parametrize("size", [8, 1 << 17, 1 << 31, 1 << 32, 1 << 40])
+def test_data_unit_sizes_no_key_can_have_are_einval(size: int) -> None:
+    with pytest.raises(FuseblkError) as err:
+        build_profile(keyslots=2, modes=[f"AES-256-XTS:512,{size}"])
+    assert err.value.errno == errno.EINVAL
+    assert f"data unit size {size} is not in 16..65536" in err.value.message
+
+
+def test_every_data_unit_size_a_key_can_have_fits_a_profile() -> None:
+    profile = build_profile(keyslots=2, modes=["AES-256-XTS:16,65536"])
+    assert dus_list(profile.caps.modes[CryptoMode.AES_256_XTS]) == [16, 65536]
+
+
+@pytest.mark.parametrize("count", [1, MAX_KEYSLOTS])
+def test_keyslot_counts_up_to_max_keyslots_are_accepted(count: int) -> None:
+    assert MAX_KEYSLOTS == 255  # as documented: a byte in UFSHCI and CQHCI, a row each in headers
+    assert build_profile(keyslots=count, modes=["AES-256-XTS:512"]).num_slots == count
+
+
+@pytest.mark.parametrize("count", [0, -1, MAX_KEYSLOTS + 1, 1 << 40])
+def test_keyslot_counts_beyond_the_bound_are_einval(count: int) -> None:
+    with pytest.raises(FuseblkError, match=f"keyslot count must be 1..{MAX_KEYSLOTS}"):
+        build_profile(keyslots=count, modes=["AES-256-XTS:512"])

@@ -14,7 +14,7 @@ import trio
 
 from fuseblk.bio import Bio
 from fuseblk.crypt_context import BioCryptContext
-from fuseblk.hw.backend import Backend
+from fuseblk.hw.factory import create_backend, open_backend, open_storage
 from fuseblk.hw.image_format import (
     BACKUP_OFFSET,
     DATA_OFFSET,
@@ -118,6 +118,11 @@ def test_create_refuses_an_existing_file_without_force(tmp_path: Path) -> None:
         (["--size", str(1 << 63), "--profile", "tiny"], "larger than the largest file offset"),
         (["--size", str((1 << 63) - 1), "--profile", "tiny"], "an image holds at most"),
         (["--size", str((1 << 63) - 1024), "--profile", "tiny"], "an image holds at most"),
+        (
+            ["--size", "8M", "--keyslots", "2", "--mode", "AES-256-XTS:4294967296"],
+            "data unit size 4294967296 is not in 16..65536",
+        ),
+        (["--size", "8M", "--keyslots", "256", "--mode", "AES-256-XTS:512"], "1..255"),
     ],
 )
 def test_bad_create_arguments_exit_2_with_a_reason(
@@ -155,7 +160,7 @@ def test_inspect_shows_slots_with_key_identifiers_never_keys(tmp_path: Path) -> 
     key = BlkCryptoKey.create("AES-256-XTS", os.urandom(64), 4096, 8)
 
     async def use() -> None:
-        backend = Backend.create(path, 8 * MiB, load_profile("tiny"))
+        backend = create_backend(path, 8 * MiB, load_profile("tiny"))
         await backend.submit(Bio.write(0, bytes(4096), BioCryptContext.at(key, 0)))
         await backend.close()
 
@@ -215,7 +220,7 @@ def test_check_with_both_copies_damaged_fails_and_names_both(tmp_path: Path) -> 
 def test_check_refuses_to_repair_an_attached_image(tmp_path: Path) -> None:
     path = tmp_path / "busy.img"
     fuseblk("create", path, "--size", "8M", "--profile", "tiny")
-    backend = Backend.open(path)
+    backend = open_backend(path)
     try:
         assert inspect(path)["in_use"] is True
         result = fuseblk("check", path, "--repair")
@@ -238,14 +243,37 @@ def test_check_reports_a_stale_copy_left_by_an_interrupted_update_and_repairs_it
 ) -> None:
     path = tmp_path / "stale.img"
     fuseblk("create", path, "--size", "8M", "--profile", "tiny", "--label", "old")
-    fd = os.open(path, os.O_RDWR)
+    storage = open_storage(path)
     try:
-        current = read_headers(fd).current
+        current = read_headers(storage).current
         newer = replace(current, sequence=current.sequence + 1, label="new")
-        write_copy(fd, "primary", newer.to_bytes())  # the crash came before the backup
+        write_copy(storage, "primary", newer.to_bytes())  # the crash came before the backup
     finally:
-        os.close(fd)
+        storage.close()
     result = fuseblk("check", path)
     assert result.returncode == 1 and "backup header copy is stale" in result.stdout
     assert fuseblk("check", path, "--repair").returncode == 0
     assert inspect(path)["header"]["label"] == "new" and inspect(path)["problems"] == []
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The single line a failed command prints: never a traceback."""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("verb", [["inspect"], ["check"], ["check", "--repair"]])
+def test_a_directory_is_refused_in_one_line_as_a_directory(tmp_path: Path, verb: list[str]) -> None:
+    result = fuseblk(*verb, tmp_path)
+    assert result.returncode == 1
+    assert one_line_error(result).endswith(f"cannot open image {tmp_path}: Is a directory")
+
+
+@pytest.mark.parametrize("verb", [["inspect"], ["check"]])
+def test_a_fifo_is_refused_at_once_as_not_a_regular_file(tmp_path: Path, verb: list[str]) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    result = fuseblk(*verb, fifo)  # an open waiting for a writer would hit the timeout
+    assert result.returncode == 2
+    assert one_line_error(result).endswith("not a regular file")

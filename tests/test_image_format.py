@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from hypothesis import strategies as st
 from fuseblk.capabilities import CryptoCapabilities
 from fuseblk.errors import FuseblkError, ImageFormatError
 from fuseblk.hw import image_format
+from fuseblk.hw.factory import open_storage
+from fuseblk.hw.file_storage import create_image_file
 from fuseblk.hw.image_format import (
     BACKUP_OFFSET,
     BODY_SIZE,
@@ -25,11 +28,11 @@ from fuseblk.hw.image_format import (
     ImageHeader,
     SlotRecord,
     SlotRecordState,
-    create_image_file,
     read_headers,
     write_headers,
 )
 from fuseblk.hw.profiles import HardwareKind, HardwareProfile, load_profile
+from fuseblk.hw.storage import Storage
 from fuseblk.key import CryptoConfig, KeyType
 from fuseblk.modes import CryptoMode
 
@@ -225,12 +228,20 @@ def image(tmp_path: Path) -> Path:
     return path
 
 
-def headers_of(path: Path) -> HeaderSet:
-    fd = os.open(path, os.O_RDONLY)
+@contextmanager
+def opened(ref: str | Path) -> Iterator[Storage]:
+    """The image's storage, without its lock (as an inspector looks at it)."""
+    storage = open_storage(ref)
     try:
-        return read_headers(fd)
+        yield storage
     finally:
-        os.close(fd)
+        storage.close()
+
+
+def headers_of(ref: str | Path) -> HeaderSet:
+    """Both header copies of an image file or any other storage reference."""
+    with opened(ref) as storage:
+        return read_headers(storage)
 
 
 def corrupt(path: Path, offset: int) -> None:
@@ -277,28 +288,23 @@ def test_both_bad_copies_name_what_is_wrong_with_each(image: Path) -> None:
 
 
 def test_a_newer_version_in_either_copy_refuses_the_image(image: Path) -> None:
-    fd = os.open(image, os.O_RDWR)
-    try:
-        current = read_headers(fd).current
-        image_format.write_copy(fd, "backup", replace(current, version=3, sequence=9).to_bytes())
+    with opened(image) as storage:
+        current = read_headers(storage).current
+        backup = replace(current, version=3, sequence=9).to_bytes()
+        image_format.write_copy(storage, "backup", backup)
         with pytest.raises(ImageFormatError, match="backup header: format version 3 is newer"):
-            read_headers(fd)
-    finally:
-        os.close(fd)
+            read_headers(storage)
 
 
 def test_the_valid_copy_with_the_highest_sequence_wins(image: Path) -> None:
-    fd = os.open(image, os.O_RDWR)
-    try:
-        current = read_headers(fd).current
+    with opened(image) as storage:
+        current = read_headers(storage).current
         image_format.write_copy(
-            fd, "backup", replace(current, sequence=5, label="newer").to_bytes()
+            storage, "backup", replace(current, sequence=5, label="newer").to_bytes()
         )
-        headers = read_headers(fd)
+        headers = read_headers(storage)
         assert headers.current.label == "newer"
         assert headers.problems == ["primary header copy is stale"]
-    finally:
-        os.close(fd)
 
 
 def test_update_interrupted_after_the_first_copy_keeps_the_new_header(
@@ -306,35 +312,29 @@ def test_update_interrupted_after_the_first_copy_keeps_the_new_header(
 ) -> None:
     real_write_copy = image_format.write_copy
 
-    def crash_before_backup(fd: int, name: str, data: bytes) -> None:
+    def crash_before_backup(storage: Storage, name: str, data: bytes) -> None:
         if name == "backup":
             raise KeyboardInterrupt("power cut")  # after the primary was written and synced
-        real_write_copy(fd, name, data)
+        real_write_copy(storage, name, data)
 
-    fd = os.open(image, os.O_RDWR)
-    try:
-        old = read_headers(fd).current
+    with opened(image) as storage:
+        old = read_headers(storage).current
         new = replace(old, sequence=old.sequence + 1, slots=(programmed(0), SlotRecord()))
         monkeypatch.setattr(image_format, "write_copy", crash_before_backup)
         with pytest.raises(KeyboardInterrupt):
-            write_headers(fd, new)
+            write_headers(storage, new)
         monkeypatch.undo()
-        headers = read_headers(fd)
-    finally:
-        os.close(fd)
+        headers = read_headers(storage)
     assert headers.current == new
     assert headers.backup.header == old
 
 
 def test_torn_write_of_the_first_copy_falls_back_to_the_old_header(image: Path) -> None:
-    fd = os.open(image, os.O_RDWR)
-    try:
-        old = read_headers(fd).current
+    with opened(image) as storage:
+        old = read_headers(storage).current
         new = replace(old, sequence=old.sequence + 1, label="never finished")
-        os.pwrite(fd, new.to_bytes()[:1000], 0)  # the crash tore the primary mid-write
-        headers = read_headers(fd)
-    finally:
-        os.close(fd)
+        storage.write(new.to_bytes()[:1000], 0)  # the crash tore the primary mid-write
+        headers = read_headers(storage)
     assert headers.current == old
     assert headers.problems == ["primary header copy is damaged: bad checksum"]
 

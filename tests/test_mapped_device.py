@@ -10,7 +10,6 @@ from dm_helpers import (
     MemDisk,
     caps,
     ciphertext,
-    fallback,
     make_key,
     manager_over,
     pattern,
@@ -23,8 +22,6 @@ from fuseblk.blkcrypto.fallback import CryptoFallback
 from fuseblk.crypt_context import BioCryptContext
 from fuseblk.errors import FuseblkError
 from fuseblk.modes import CryptoMode
-
-__all__ = ["fallback"]  # the fixture, re-exported for pytest
 
 UFS = caps({XTS: (512, 4096)}, 8)
 
@@ -160,9 +157,10 @@ async def test_table_without_crypto_can_be_replaced_by_anything():
 # -- crypto data path -----------------------------------------------------------------------------
 
 
-async def test_supported_context_is_served_inline_by_the_hardware(fallback: CryptoFallback):
+async def test_supported_context_is_served_inline_by_the_hardware():
     a = MemDisk("a", caps=UFS)
     dm = manager_over(a)
+    fallback = dm.block_layer.fallback
     md = await dm.create("d", "0 64 linear a 8")
     key = make_key(1)
     data = pattern(8192)
@@ -173,9 +171,10 @@ async def test_supported_context_is_served_inline_by_the_hardware(fallback: Cryp
     assert fallback.counters["bios"] == 0
 
 
-async def test_unsupported_context_falls_back_at_the_device(fallback: CryptoFallback):
+async def test_unsupported_context_falls_back_at_the_device():
     plain = MemDisk("plain")
     dm = manager_over(plain)
+    fallback = dm.block_layer.fallback
     md = await dm.create("d", "0 64 linear plain 0")
     key = make_key(2, dus=512)
     data = pattern(4096, 3)
@@ -212,11 +211,9 @@ async def test_split_on_a_data_unit_boundary_advances_the_dun():
 async def _mixed_write(
     fallback_policy: str,
 ) -> tuple[MemDisk, MemDisk, dict[str, int], CryptoFallback]:
-    from fuseblk.blkcrypto.fallback import configure_fallback
-
-    fb = configure_fallback()
     inline, legacy = MemDisk("inline", caps=UFS), MemDisk("legacy")
     dm = manager_over(inline, legacy)
+    fb = dm.block_layer.fallback
     md = await dm.create(
         "d", "0 16 linear inline 0\n16 16 linear legacy 0\n32 16 zero", fallback=fallback_policy
     )
@@ -244,9 +241,7 @@ async def test_fallback_at_device_and_per_target_store_identical_ciphertext():
     assert all(bio.crypt_ctx is None for bio in tgt_legacy.seen)
 
 
-async def test_per_target_fallback_serves_non_passing_targets_at_this_device(
-    fallback: CryptoFallback,
-):
+async def test_per_target_fallback_serves_non_passing_targets_at_this_device():
     inline = MemDisk("inline", caps=UFS)
     dm = manager_over(inline)
     md = await dm.create("d", "0 16 linear inline 0\n16 16 zero", fallback="target")
@@ -257,21 +252,31 @@ async def test_per_target_fallback_serves_non_passing_targets_at_this_device(
     assert md.counters["fallback_bios"] == 1 and md.counters["passthrough_bios"] == 1
 
 
+async def test_per_target_device_counts_a_context_its_profile_supports_as_inline():
+    a, b = MemDisk("a", caps=UFS), MemDisk("b", caps=UFS)
+    dm = manager_over(a, b)
+    md = await dm.create("d", "0 16 linear a 0\n16 16 linear b 0", fallback="target")
+    key = make_key(8, dus=4096)
+    await write(md, 0, pattern(16384, 8), BioCryptContext.at(key, 3))
+    assert md.counters["inline_bios"] == 1 and md.counters["inline_bytes"] == 16384
+    assert "passthrough_bios" not in md.counters.snapshot()
+    assert a.counters["inline_bios"] == 1 and b.counters["inline_bios"] == 1
+
+
 def get_plain_of_zero(key, dun: int, length: int) -> bytes:
     from fuseblk.ciphers import get_cipher
 
     return bytes(get_cipher(key).decrypt(bytes(length), dun))
 
 
-async def test_submit_bio_from_above_falls_back_before_a_device_without_support(
-    fallback: CryptoFallback,
-):
+async def test_submit_bio_from_above_falls_back_before_a_device_without_support():
     plain = MemDisk("plain")
     dm = manager_over(plain)
+    fallback = dm.block_layer.fallback
     md = await dm.create("d", "0 64 linear plain 0")
     key = make_key(7, dus=512)
     data = pattern(4096, 7)
-    await write(md, 0, data, BioCryptContext.at(key, 5), prep=True)
+    await md.block_layer.submit_bio(md, Bio.write(0, data, BioCryptContext.at(key, 5)))
     assert plain.data[:4096] == ciphertext(key, data, 5)
     # prepared on md's queue, as blk_crypto_bio_prep does: md's counters show the fallback
     assert md.counters["fallback_bios"] == 1 and md.counters["fallback_bytes"] == 4096

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_control_harness import DaemonThread, cli_env, manager_factory
+from control_helpers import DaemonThread, cli_env, manager_factory
 
 from fuseblk.bio import Bio
 from fuseblk.cli import main

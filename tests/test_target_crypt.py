@@ -19,12 +19,12 @@ from fuseblk.bio import Bio, BioOp
 from fuseblk.ciphers import get_cipher
 from fuseblk.crypt_context import BioCryptContext
 from fuseblk.dm.manager import DeviceManager
-from fuseblk.dm.targets import get_target
 from fuseblk.dm.targets.base import TargetArgError
 from fuseblk.dm.targets.cipher_spec import parse_crypt_cipher
 from fuseblk.dm.targets.crypt import CryptTarget, iv_runs
+from fuseblk.dm.targets.registry import get_target
 from fuseblk.errors import FuseblkError, TableError
-from fuseblk.hw.backend import Backend
+from fuseblk.hw.factory import create_backend
 from fuseblk.hw.profiles import load_profile
 
 __all__ = ["manager"]  # the fixture, re-exported for pytest
@@ -104,6 +104,16 @@ BAD_TABLES = [
     (f"aes-xts-plain64 {HEX64} 0 mem 0 1 integrity_key_size:32", "option 'integrity_key_size:32'"),
     (f"aes-xts-plain64 {HEX64} 0 mem 0 1 frobnicate", "option 'frobnicate'"),
 ]
+
+
+def test_iv_offset_plus_length_stays_a_u64_sector() -> None:
+    sectors = (DEV_SIZE // 2) >> 9
+    last = (1 << 64) - sectors  # the last data unit's IV sector is 2^64 - 1
+    target = crypt(f"aes-xts-plain64 {HEX64} {last} mem 0")
+    assert target.iv_offset == last
+    with pytest.raises(TargetArgError) as info:
+        crypt(f"aes-xts-plain64 {HEX64} {last + 1} mem 0")
+    assert info.value.field == "iv_offset"
 
 
 @pytest.mark.parametrize(("table", "field"), BAD_TABLES)
@@ -294,7 +304,7 @@ async def test_flush_reaches_the_device() -> None:
 
 
 async def test_crypt_device_over_an_image(manager: DeviceManager, tmp_path: Path) -> None:
-    disk = Backend.create(tmp_path / "disk.img", 2 << 20, load_profile("ufs"), name="disk")
+    disk = create_backend(tmp_path / "disk.img", 2 << 20, load_profile("ufs"), name="disk")
     manager.add_device(disk)
     line = f"0 2048 crypt aes-xts-plain64 {HEX64} 0 disk 2048 2 sector_size:4096 iv_large_sectors"
     vol = await manager.create("vol", line)
@@ -322,7 +332,7 @@ async def test_malformed_table_names_line_target_and_field(
     manager: DeviceManager, tmp_path: Path
 ) -> None:
     manager.add_device(
-        Backend.create(tmp_path / "d.img", 1 << 20, load_profile("none"), name="disk")
+        create_backend(tmp_path / "d.img", 1 << 20, load_profile("none"), name="disk")
     )
     with pytest.raises(TableError) as info:
         await manager.create(

@@ -12,17 +12,17 @@ from dm_helpers import DeviceEnv, image_manager, manager
 from memdev import MemDevice, MemKeyslotHardware, make_key
 
 from fuseblk.bio import Bio, BioOp
-from fuseblk.blkcrypto.fallback import get_fallback
+from fuseblk.blkcrypto.block_layer import BlockLayer
 from fuseblk.blkcrypto.keyslot_manager import CryptoProfile
 from fuseblk.capabilities import CryptoCapabilities, dus_mask
 from fuseblk.ciphers import get_cipher
 from fuseblk.crypt_context import BioCryptContext
 from fuseblk.dm.manager import DeviceManager
-from fuseblk.dm.targets import get_target
 from fuseblk.dm.targets.base import TargetArgError
 from fuseblk.dm.targets.default_key import DefaultKeyTarget
+from fuseblk.dm.targets.registry import get_target
 from fuseblk.errors import FuseblkError, TableError
-from fuseblk.hw.backend import Backend
+from fuseblk.hw.factory import create_backend
 from fuseblk.hw.profiles import load_profile
 from fuseblk.key import BlkCryptoKey, KeyType
 from fuseblk.modes import CryptoMode
@@ -34,20 +34,19 @@ HEX64 = KEY64.hex()
 DEV_SIZE = 1 << 20
 
 
-pytestmark = pytest.mark.usefixtures("fresh_global_fallback")
-
-
 def xts_hardware() -> CryptoProfile:
     caps = CryptoCapabilities({CryptoMode.AES_256_XTS: dus_mask(512, 4096)}, 8, KeyType.RAW)
     return CryptoProfile(caps, 4, MemKeyslotHardware(4), name="memhw")
 
 
 def default_key(
-    table: str, mem: MemDevice | None = None, length: int = DEV_SIZE // 2
+    table: str,
+    mem: MemDevice | None = None,
+    length: int = DEV_SIZE // 2,
+    block_layer: BlockLayer | None = None,
 ) -> DefaultKeyTarget:
-    return DefaultKeyTarget(
-        DeviceEnv({"mem": mem or MemDevice(DEV_SIZE)}), 0, length, table.split()
-    )
+    env = DeviceEnv({"mem": mem or MemDevice(DEV_SIZE)}, block_layer=block_layer)
+    return DefaultKeyTarget(env, 0, length, table.split())
 
 
 def test_default_key_is_registered_and_passes_crypto() -> None:
@@ -98,6 +97,17 @@ def test_key_is_raw_with_sector_size_data_units() -> None:
     # 512 KiB of 4096-byte units: DUNs 0..127 fit in one byte
     assert target.key == BlkCryptoKey.create(CryptoMode.AES_256_XTS, KEY64, 4096, 1)
     assert target.io_granularity == 4096
+
+
+def test_iv_offset_plus_length_stays_a_u64_sector() -> None:
+    length = DEV_SIZE // 2
+    last = (1 << 64) - (length >> 9)
+    opts = " 2 sector_size:4096 iv_large_sectors"
+    target = default_key(f"aes-xts-plain64 {HEX64} {last} mem 0{opts}", length=length)
+    assert target.key.dun_bytes == 8  # the largest DUN, (2^64 - 1) >> 3, fits in 8 bytes
+    with pytest.raises(TargetArgError) as info:
+        default_key(f"aes-xts-plain64 {HEX64} {last + 8} mem 0{opts}", length=length)
+    assert info.value.field == "iv_offset"
 
 
 @pytest.mark.parametrize(
@@ -218,11 +228,14 @@ async def test_destroy_evicts_the_key_from_the_hardware_and_the_fallback() -> No
     await hw_target.destroy()
     assert hw.find_slot(hw_target.key) is None
 
-    sw_target = default_key(f"aes-xts-plain64 {HEX64} 0 mem 0", MemDevice(DEV_SIZE, None))
+    blk = BlockLayer()
+    sw_target = default_key(
+        f"aes-xts-plain64 {HEX64} 0 mem 0", MemDevice(DEV_SIZE, None), block_layer=blk
+    )
     await sw_target.map(Bio.write(0, bytes(512)))
-    assert get_fallback().profile.find_slot(sw_target.key) is not None
+    assert blk.fallback.profile.find_slot(sw_target.key) is not None
     await sw_target.destroy()
-    assert get_fallback().profile.find_slot(sw_target.key) is None
+    assert blk.fallback.profile.find_slot(sw_target.key) is None
 
 
 async def test_destroy_with_the_key_in_use_logs_and_keeps_going(
@@ -244,8 +257,8 @@ async def test_default_setup_stack_encrypts_inline_and_in_the_fallback(
     manager: DeviceManager, tmp_path: Path
 ) -> None:
     """secure = default-key over base = linear(inline.img) + linear(legacy.img), fallback=target."""
-    inline = Backend.create(tmp_path / "inline.img", 1 << 20, load_profile("ufs"), name="inline")
-    legacy = Backend.create(tmp_path / "legacy.img", 1 << 20, load_profile("none"), name="legacy")
+    inline = create_backend(tmp_path / "inline.img", 1 << 20, load_profile("ufs"), name="inline")
+    legacy = create_backend(tmp_path / "legacy.img", 1 << 20, load_profile("none"), name="legacy")
     manager.add_device(inline)
     manager.add_device(legacy)
     await manager.create(
@@ -270,21 +283,21 @@ async def test_default_setup_stack_encrypts_inline_and_in_the_fallback(
     await legacy.submit(Bio.read(0, memoryview(stored)[128 * 1024 :]))
     assert stored == expected
     assert inline.crypto_profile is not None and inline.crypto_profile.find_slot(key) is not None
-    assert get_fallback().profile.find_slot(key) is not None
+    assert manager.block_layer.fallback.profile.find_slot(key) is not None
     back = bytearray(len(data))
     await secure.submit(Bio.read(384 * 1024, back))
     assert back == data
 
     await manager.remove("secure")
     assert inline.crypto_profile.find_slot(key) is None
-    assert get_fallback().profile.find_slot(key) is None
+    assert manager.block_layer.fallback.profile.find_slot(key) is None
 
 
 async def test_malformed_table_names_line_target_and_field(
     manager: DeviceManager, tmp_path: Path
 ) -> None:
     manager.add_device(
-        Backend.create(tmp_path / "d.img", 1 << 20, load_profile("ufs"), name="disk")
+        create_backend(tmp_path / "d.img", 1 << 20, load_profile("ufs"), name="disk")
     )
     with pytest.raises(TableError) as info:
         await manager.create(
@@ -308,7 +321,7 @@ async def test_narrow_dun_hardware_encrypts_inline_when_the_target_is_small_enou
         emmc = dm.backends()["emmc"]
         assert emmc.crypto_profile is not None and emmc.crypto_profile.find_slot(key) is not None
         assert dm.stats("emmc")["backends"]["emmc"].get("inline_bios", 0) >= 1
-        assert get_fallback().profile.find_slot(key) is None
+        assert dm.block_layer.fallback.profile.find_slot(key) is None
         stored = bytearray(len(data))
         await emmc.submit(Bio.read(128 * 1024, stored))
         assert stored == get_cipher(key).encrypt(data, 128 * 1024 // 4096)

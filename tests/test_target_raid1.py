@@ -18,11 +18,12 @@ from fuseblk.capabilities import CryptoCapabilities, dus_mask
 from fuseblk.crypt_context import BioCryptContext
 from fuseblk.device import BlockDevice
 from fuseblk.dm.manager import DeviceManager
-from fuseblk.dm.targets import get_target, raid1
+from fuseblk.dm.targets import raid1
 from fuseblk.dm.targets.base import TargetArgError
 from fuseblk.dm.targets.raid1 import Raid1Target
+from fuseblk.dm.targets.registry import get_target
 from fuseblk.errors import FuseblkError
-from fuseblk.hw.backend import Backend
+from fuseblk.hw.factory import create_backend
 from fuseblk.hw.profiles import load_profile
 from fuseblk.key import KeyType
 from fuseblk.modes import CryptoMode
@@ -32,9 +33,6 @@ __all__ = ["manager"]  # the fixture, re-exported for pytest
 
 DEV_SIZE = 1 << 20
 LENGTH = 512 * 1024
-
-
-pytestmark = pytest.mark.usefixtures("fresh_global_fallback")
 
 
 class Leg(MemDevice):
@@ -194,6 +192,29 @@ async def test_fail_and_remove_messages() -> None:
         assert info.value.errno == errno.EINVAL
 
 
+async def test_leg_numbers_in_messages_are_ascii_decimal() -> None:
+    l0, l1 = Leg("l0"), Leg("l1")
+    target = mirror("2 l0 0 l1 0 1 nosync", l0, l1)
+    for bad in ("\u0661", "\uff11", "+1", "1" * 5000, "2"):
+        with pytest.raises(FuseblkError) as info:
+            await target.message(["fail", bad])
+        assert info.value.errno == errno.EINVAL
+        assert len(info.value.message) < 6000
+    assert target.status().split()[1] == "AA"
+    await target.message(["fail", "0001"])
+    assert target.status().split()[1] == "AD"
+
+
+async def test_hot_add_stops_at_max_legs() -> None:
+    legs = [Leg(f"l{i}") for i in range(raid1.MAX_LEGS + 1)]
+    table = f"{raid1.MAX_LEGS} " + " ".join(f"l{i} 0" for i in range(raid1.MAX_LEGS))
+    target = mirror(table + " 1 nosync", *legs)
+    with pytest.raises(FuseblkError) as info:
+        await target.message(["add", legs[-1].name, "0"])
+    assert info.value.errno == errno.EINVAL
+    assert len(target.legs) == raid1.MAX_LEGS
+
+
 async def test_initial_resync_copies_the_first_leg_to_the_others() -> None:
     l0, l1 = Leg("l0"), Leg("l1")
     target = mirror("2 l0 0 l1 0", l0, l1)
@@ -316,9 +337,9 @@ async def test_encrypted_mirror_over_images_survives_a_leg_and_hot_adds_another(
     """default-key over raid1 over inline-encryption images: contexts reach every leg's hardware."""
     ufs = load_profile("ufs")
     images = {
-        n: Backend.create(tmp_path / f"{n}.img", 1 << 20, ufs, name=n) for n in ("a", "b", "c")
+        n: create_backend(tmp_path / f"{n}.img", 1 << 20, ufs, name=n) for n in ("a", "b", "c")
     }
-    plain = Backend.create(tmp_path / "plain.img", 1 << 20, load_profile("none"), name="plain")
+    plain = create_backend(tmp_path / "plain.img", 1 << 20, load_profile("none"), name="plain")
     for dev in (*images.values(), plain):
         manager.add_device(dev)
     mirror_md = await manager.create("mirror", "0 2048 raid1 2 a 0 b 0 1 nosync")
@@ -361,7 +382,7 @@ async def test_evicting_through_the_mirror_reaches_a_hot_added_leg(
     manager: DeviceManager, tmp_path: Path
 ) -> None:
     ufs = load_profile("ufs")
-    legs = {n: Backend.create(tmp_path / f"{n}.img", 1 << 20, ufs, name=n) for n in "abc"}
+    legs = {n: create_backend(tmp_path / f"{n}.img", 1 << 20, ufs, name=n) for n in "abc"}
     for leg in legs.values():
         manager.add_device(leg)
     mirror_md = await manager.create("mirror", "0 2048 raid1 2 a 0 b 0 1 nosync")

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from fuseblk.bio import Bio
 from fuseblk.crypt_context import BioCryptContext
-from fuseblk.errors import FuseblkError
+from fuseblk.dm.targets.striped import MAX_STRIPES
+from fuseblk.errors import FuseblkError, TableError
 
 
 async def test_write_through_striped_lands_chunk_by_chunk_on_the_legs():
@@ -113,3 +114,17 @@ async def test_striped_layout_matches_the_chunk_round_robin_model(nstripes, chun
         on_leg = leg.data[(4 + row * chunk) * 512 : (4 + (row + 1) * chunk) * 512]
         assert on_leg == image[c * chunk * 512 : (c + 1) * chunk * 512]
     assert await read(md, 0, length * 512) == bytes(image)
+
+
+async def test_at_most_max_stripes():
+    disks = [MemDisk(f"s{i}", 8 * 512) for i in range(MAX_STRIPES + 1)]
+    dm = manager_over(*disks)
+
+    def table(n: int) -> str:
+        return f"0 {8 * n} striped {n} 8 " + " ".join(f"s{i} 0" for i in range(n))
+
+    await dm.create("wide", table(MAX_STRIPES))
+    with pytest.raises(TableError) as info:
+        await dm.create("wider", table(MAX_STRIPES + 1))
+    assert info.value.field == "striped #stripes"
+    await dm.close()

@@ -5,17 +5,14 @@ from __future__ import annotations
 import errno
 
 import pytest
-from dm_helpers import MemDisk, fallback, make_key, manager_over, pattern, read, write
+from dm_helpers import MemDisk, make_key, manager_over, pattern, read, write
 
 from fuseblk.bio import Bio
-from fuseblk.blkcrypto.fallback import CryptoFallback
 from fuseblk.ciphers import get_cipher
 from fuseblk.crypt_context import BioCryptContext
 from fuseblk.dm.targets.error import ErrorTarget
 from fuseblk.dm.targets.zero import ZeroTarget
 from fuseblk.errors import FuseblkError
-
-__all__ = ["fallback"]
 
 
 async def test_zero_reads_zeroes_and_drops_writes():
@@ -27,9 +24,7 @@ async def test_zero_reads_zeroes_and_drops_writes():
     await md.submit(Bio.flush())
 
 
-async def test_zero_does_not_pass_crypto_so_contexts_go_through_the_fallback(
-    fallback: CryptoFallback,
-):
+async def test_zero_does_not_pass_crypto_so_contexts_go_through_the_fallback():
     assert not ZeroTarget.passes_crypto
     dm = manager_over()
     md = await dm.create("z", "0 64 zero")

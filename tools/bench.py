@@ -1,22 +1,26 @@
 #!/usr/bin/env python3
-"""Benchmark the daemon with fio: the default setup's ``secure`` device against baselines.
+"""Benchmark the daemon with fio: the default setup's devices against a floor and a peer.
 
 Runs the job files in tools/fio (1 MiB sequential write and read, 4 KiB random write and read at
 queue depth 1, 4 KiB random read with 4 jobs; all O_DIRECT) on:
 
 * ``secure``   — AES-256-XTS through default-key, inline part (first 768 MiB of the device);
-* ``raw-image`` — the same region of the backend image file itself (at its data offset), with
-  O_DIRECT: the disk below, without fuseblk;
-* ``raw-cached`` — the same, buffered: the page cache the daemon's backends actually use, i.e.
-  the ceiling for fuseblk's own overhead;
+* ``plain``    — the linear device without encryption;
+* ``floor``    — tools/passthrough_floor.py: a bare pyfuse3 + trio pass-through (direct_io,
+  ``os.preadv``/``os.pwrite``) over the same region of the same image file as ``secure``'s
+  backend: what any pure-Python FUSE block device pays before doing anything of its own;
 * ``qemu-luks`` (with ``--peers``) — qemu-storage-daemon's FUSE export of a LUKS1
-  aes-xts-plain64 image: another userspace encrypted block device behind FUSE.
+  aes-xts-plain64 image: another userspace encrypted block device behind FUSE (Debian packages
+  ``qemu-utils`` and ``qemu-system-common``);
+* ``raw-image`` / ``raw-cached`` (with ``--raw``) — the image file itself with and without
+  O_DIRECT: the disk and the page cache below fuseblk.
 
-By default it mounts a fresh default setup in a temporary directory (and unmounts it after);
-``--mount MP --state-dir DIR`` uses a running one instead. Reports MB/s, IOPS, p50/p99
-completion latency, and the daemon's peak RSS (VmHWM). Usage::
+Every job runs ``--rounds`` times on every target, the rounds interleaved so that a noisy
+neighbour hits all targets alike; the tables show medians. The ratios compare like with like
+from the same run: MB/s for the sequential jobs, IOPS for the random ones. The fuseblk daemon's
+peak RSS (VmHWM) is read before it unmounts. Usage::
 
-    sudo .venv/bin/python tools/bench.py [--size 512M] [--runtime 10] [--peers] [--json FILE]
+    sudo .venv/bin/python tools/bench.py [--size 512M] [--runtime 5] [--rounds 3] [--peers] [--json FILE]
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -184,14 +189,93 @@ def qemu_luks_export(workdir: Path, size: int) -> Iterator[Path | None]:
         subprocess.run(["fusermount3", "-uz", str(export)], capture_output=True, check=False)
 
 
-def print_table(results: list[Result], rss: float | None) -> None:
+@contextlib.contextmanager
+def floor_mount(workdir: Path, image: Path, offset: int, size: int) -> Iterator[Path | None]:
+    """tools/passthrough_floor.py over ``image``'s region; yields its file, or None if it failed."""
+    mnt = workdir / "floor"
+    mnt.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "passthrough_floor.py"), str(image), str(mnt),
+         "--offset", str(offset), "--size", str(size)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    disk = mnt / "disk"
+    try:
+        deadline = time.monotonic() + 20
+        while not disk.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                err = proc.stderr.read() if proc.stderr and proc.poll() is not None else ""
+                print(f"  floor: skipped (pass-through failed: {err.strip()})", file=sys.stderr)
+                yield None
+                return
+            time.sleep(0.05)
+        yield disk
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True, check=False)
+
+
+def metric(r: Result) -> float:
+    """What a job is judged by: throughput for sequential jobs, IOPS for random ones."""
+    return r.mb_s if r.job.startswith("seq") else r.iops
+
+
+def medians(results: list[Result]) -> list[Result]:
+    """One result per (target, job): the median of its rounds, field by field."""
+    groups: dict[tuple[str, str], list[Result]] = {}
+    for r in results:
+        groups.setdefault((r.target, r.job), []).append(r)
+    return [
+        Result(
+            target,
+            job,
+            statistics.median(r.mb_s for r in rs),
+            statistics.median(r.iops for r in rs),
+            statistics.median(r.p50_us for r in rs),
+            statistics.median(r.p99_us for r in rs),
+        )
+        for (target, job), rs in groups.items()
+    ]
+
+
+RATIOS = (("secure", "floor"), ("secure", "qemu-luks"), ("plain", "floor"))
+
+
+def ratios(median: list[Result]) -> dict[str, dict[str, float]]:
+    """``{"secure/floor": {job: ratio}}`` for every pair both of whose targets ran."""
+    by = {(r.target, r.job): metric(r) for r in median}
+    out: dict[str, dict[str, float]] = {}
+    for top, base in RATIOS:
+        row = {
+            job: by[(top, job)] / by[(base, job)]
+            for job in JOBS
+            if (top, job) in by and by.get((base, job))
+        }
+        if row:
+            out[f"{top}/{base}"] = row
+    return out
+
+
+def print_report(median: list[Result], rounds: int, rss: float | None) -> None:
     header = f"{'target':<11} {'job':<16} {'MB/s':>9} {'IOPS':>9} {'p50 us':>9} {'p99 us':>9}"
+    print(f"medians of {rounds} round(s)")
     print(header)
     print("-" * len(header))
-    for r in results:
+    for r in median:
         print(
             f"{r.target:<11} {r.job:<16} {r.mb_s:>9.1f} {r.iops:>9.0f} {r.p50_us:>9.1f} {r.p99_us:>9.1f}"
         )
+    table = ratios(median)
+    if table:
+        print("\nratios (MB/s for sequential jobs, IOPS for random ones)")
+        print(f"{'job':<16}" + "".join(f" {name:>17}" for name in table))
+        for job in JOBS:
+            cells = [f"{table[n][job]:>17.2f}" if job in table[n] else f"{'-':>17}" for n in table]
+            print(f"{job:<16}" + "".join(f" {c}" for c in cells))
     if rss is not None:
         print(f"\nfuseblk daemon peak RSS (VmHWM): {rss:.1f} MB")
 
@@ -201,46 +285,67 @@ def main(argv: list[str] | None = None) -> int:
     from fuseblk.sizes import parse_size
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mount", type=Path, help="use this running default-setup mount")
-    parser.add_argument("--state-dir", type=Path, help="its state dir (for the raw-image baseline)")
     parser.add_argument("--size", default="512M", help="region of each file to use (default 512M)")
-    parser.add_argument("--runtime", type=int, default=10, help="seconds per job (default 10)")
+    parser.add_argument("--runtime", type=int, default=5, help="seconds per job (default 5)")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each job (default 3)")
     parser.add_argument("--peers", action="store_true", help="also run qemu-storage-daemon LUKS1")
-    parser.add_argument("--no-baseline", action="store_true", help="skip the raw image baseline")
+    parser.add_argument("--raw", action="store_true", help="also run the raw image file")
+    parser.add_argument("--only", help="comma-separated targets to run (default: all)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     size = parse_size(args.size)
     if size > 768 * MiB:
         parser.error("--size must stay within secure's inline part (768M)")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if not shutil.which("fio"):
         parser.error("fio is not installed")
 
     from fuseblk.hw.image_format import DATA_OFFSET
 
-    results: list[Result] = []
+    runs: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="fuseblk-bench-") as tmp:
         workdir = Path(tmp)
         with contextlib.ExitStack() as stack:
-            if args.mount:
-                mnt, state = args.mount, args.state_dir
-            else:
-                mnt, state = stack.enter_context(default_mount(workdir))
+            mnt, state = stack.enter_context(default_mount(workdir))
             pid = daemon_pid(mnt)
-            results += bench("secure", str(mnt / "secure"), 0, size, args.runtime)
-            rss = peak_rss_mb(pid)
-        if not args.no_baseline and state is not None:
             image = state / "inline.img"
-            results += bench("raw-image", str(image), DATA_OFFSET, size, args.runtime)
-            results += bench("raw-cached", str(image), DATA_OFFSET, size, args.runtime, False)
-        if args.peers:
-            with qemu_luks_export(workdir, size) as export:
+            # name -> (file, offset, O_DIRECT)
+            targets: dict[str, tuple[str, int, bool]] = {
+                "secure": (str(mnt / "secure"), 0, True),
+                "plain": (str(mnt / "plain"), 0, True),
+            }
+            floor = stack.enter_context(floor_mount(workdir, image, DATA_OFFSET, size))
+            if floor is not None:
+                targets["floor"] = (str(floor), 0, True)
+            if args.peers:
+                export = stack.enter_context(qemu_luks_export(workdir, size))
                 if export is not None:
-                    results += bench("qemu-luks", str(export), 0, size, args.runtime)
-    print_table(results, rss)
+                    targets["qemu-luks"] = (str(export), 0, True)
+            if args.raw:
+                targets["raw-image"] = (str(image), DATA_OFFSET, True)
+                targets["raw-cached"] = (str(image), DATA_OFFSET, False)
+            if args.only:
+                wanted = set(args.only.split(","))
+                targets = {n: t for n, t in targets.items() if n in wanted}
+            for rnd in range(args.rounds):
+                print(f"round {rnd + 1} of {args.rounds}", file=sys.stderr, flush=True)
+                for name, (filename, offset, direct) in targets.items():
+                    runs += bench(name, filename, offset, size, args.runtime, direct)
+            rss = peak_rss_mb(pid)
+    median = medians(runs)
+    print_report(median, args.rounds, rss)
     if args.json:
-        args.json.write_text(
-            json.dumps({"results": [asdict(r) for r in results], "peak_rss_mb": rss}, indent=2)
-        )
+        report = {
+            "rounds": args.rounds,
+            "runtime_s": args.runtime,
+            "size": size,
+            "medians": [asdict(r) for r in median],
+            "runs": [asdict(r) for r in runs],
+            "ratios": ratios(median),
+            "peak_rss_mb": rss,
+        }
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 

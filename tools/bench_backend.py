@@ -1,15 +1,19 @@
-"""Per-bio cost of a Backend, and the inline-versus-thread crossover behind INLINE_IO_MAX.
+"""Per-bio cost of a backend, and the inline-versus-thread crossover behind INLINE_IO_MAX.
 
-    .venv/bin/python tools/bench_backend.py [--count N] [--dir DIR]
+    .venv/bin/python tools/bench_backend.py [--count N] [--rounds R] [--dir DIR]
+                                            [--storage file|memory ...] [--profile P ...]
 
-Prints microseconds per bio for plain and AES-256-XTS 4 KiB reads and writes (page cache hot),
-and for preads of growing size done inline versus through ``trio.to_thread.run_sync``.
+Prints the median over R rounds of the microseconds per bio, for plain and AES-256-XTS 4 KiB
+reads and writes through a backend (page cache hot), per storage and hardware profile; then
+preads of growing size done inline versus through ``trio.to_thread.run_sync``. Medians, because
+the machines are shared: one round disturbed by another process must not decide.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -19,12 +23,13 @@ import trio
 
 from fuseblk.bio import Bio
 from fuseblk.crypt_context import BioCryptContext
-from fuseblk.hw.backend import Backend
+from fuseblk.device import Backend
+from fuseblk.hw.factory import create_backend
 from fuseblk.hw.profiles import load_profile
 from fuseblk.key import BlkCryptoKey
 
 
-async def per_bio(backend: Backend, count: int) -> None:
+async def per_bio(backend: Backend, label: str, count: int, rounds: int) -> None:
     key = BlkCryptoKey.create("AES-256-XTS", os.urandom(64), 4096, 8)
     buf = bytearray(os.urandom(4096))
     span = backend.size // 4096
@@ -37,11 +42,17 @@ async def per_bio(backend: Backend, count: int) -> None:
     for name, make in cases:
         for i in range(min(count, span)):  # warm up: allocate blocks, fill the page cache
             await backend.submit(make(i))
-        start = time.perf_counter()
-        for i in range(count):
-            await backend.submit(make(i))
-        micros = (time.perf_counter() - start) / count * 1e6
-        print(f"{name:<12} {micros:7.1f} µs/bio  {1e6 / micros:9.0f} IOPS")
+        samples = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for i in range(count):
+                await backend.submit(make(i))
+            samples.append((time.perf_counter() - start) / count * 1e6)
+        median = statistics.median(samples)
+        print(
+            f"{label:<16} {name:<12} {median:7.2f} µs/bio  {1e6 / median:9.0f} IOPS"
+            f"  (rounds {min(samples):.2f}..{max(samples):.2f})"
+        )
 
 
 async def crossover(path: Path, count: int) -> None:
@@ -66,17 +77,26 @@ async def crossover(path: Path, count: int) -> None:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=5000)
-    parser.add_argument("--dir", default=None, help="where to put the scratch image")
+    parser.add_argument("--count", type=int, default=5000, help="bios per round")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--dir", default=None, help="where to put the scratch images")
+    parser.add_argument(
+        "--storage", action="append", choices=["file", "memory"], help="default: both"
+    )
+    parser.add_argument("--profile", action="append", help="default: ufs and direct")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        path = Path(tmp) / "bench.img"
-        backend = Backend.create(path, 64 << 20, load_profile("ufs"))
-        try:
-            await per_bio(backend, args.count)
-        finally:
-            await backend.close()
-        await crossover(path, max(args.count // 25, 20))
+        for storage in args.storage or ["file", "memory"]:
+            for profile in args.profile or ["ufs", "direct"]:
+                ref = str(Path(tmp) / f"{profile}.img") if storage == "file" else "memory://"
+                backend = create_backend(ref, 64 << 20, load_profile(profile))
+                try:
+                    await per_bio(backend, f"{storage} {profile}", args.count, args.rounds)
+                finally:
+                    await backend.close()
+        image = Path(tmp) / "crossover.img"
+        image.write_bytes(bytes(4 << 20))
+        await crossover(image, max(args.count // 25, 20))
 
 
 if __name__ == "__main__":

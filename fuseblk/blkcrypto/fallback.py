@@ -6,19 +6,22 @@ bounce buffer (the caller's buffer is never touched), a READ is decrypted in pla
 completed, and not at all if it failed. The ciphertext is exactly what inline hardware would
 have written, because both use :func:`fuseblk.ciphers.get_cipher`.
 
-Like the kernel's, the fallback is one global "device" with its own keyslots (100 by default),
-each holding an expanded cipher; it supports every mode and data unit size, DUNs up to 32
-bytes, and raw keys only (a hardware-wrapped key is useless without its hardware).
+Like the kernel's, the fallback is a "device" with its own keyslots (100 by default, at most
+:data:`MAX_NUM_SLOTS`), each holding an expanded cipher; it supports every mode and data unit
+size, DUNs up to 32 bytes, and raw keys only (a hardware-wrapped key is useless without its
+hardware). The kernel has one per system; here each device manager owns one (through its
+:class:`~fuseblk.blkcrypto.block_layer.BlockLayer`), so two managers in a process share nothing.
 """
 
 from __future__ import annotations
 
 import errno
+from typing import Protocol
 
 from fuseblk.bio import Bio, BioOp
 from fuseblk.blkcrypto.keyslot_manager import CryptoProfile
 from fuseblk.capabilities import ALL_DATA_UNIT_SIZES, CryptoCapabilities
-from fuseblk.device import BlockDevice
+from fuseblk.ciphers import DataUnitCipher, get_cipher
 from fuseblk.dun import DUN_MAX_BYTES
 from fuseblk.errors import FuseblkError
 from fuseblk.key import BlkCryptoKey, KeyType
@@ -26,27 +29,55 @@ from fuseblk.modes import ALL_MODES
 from fuseblk.stats import Counters
 
 DEFAULT_NUM_SLOTS = 100  # the kernel's blk_crypto_fallback.num_keyslots default
+# Each slot may hold an expanded key: the count is bounded like any count that allocates.
+MAX_NUM_SLOTS = 65536
 
 FALLBACK_CAPS = CryptoCapabilities(
     {mode: ALL_DATA_UNIT_SIZES for mode in ALL_MODES}, DUN_MAX_BYTES, KeyType.RAW
 )
 
 
+class PlainBioSink(Protocol):
+    """Where the fallback sends the bio once the crypto is its own business: a device, or one
+    target of a mapped device (``fallback=target``). It never sees the context."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def submit(self, bio: Bio) -> None: ...
+
+
+class _SoftwareKeyslots:
+    """The fallback's keyslot "hardware" (``blk_crypto_fallback_keyslot_program``): programming
+    a slot is expanding the key; the slot's cipher is all there is to forget on eviction."""
+
+    async def program_key(self, key: BlkCryptoKey, slot: int) -> DataUnitCipher:
+        return get_cipher(key)
+
+    async def evict_key(self, key: BlkCryptoKey, slot: int | None) -> None:
+        return None
+
+
 class CryptoFallback:
     """``blk_crypto_fallback_bio_prep`` plus completion, as one awaitable submit."""
 
     def __init__(self, num_slots: int = DEFAULT_NUM_SLOTS, enabled: bool = True) -> None:
-        if num_slots < 1:
+        if not 1 <= num_slots <= MAX_NUM_SLOTS:
             # Unlike a device, the fallback needs its slots: they hold the expanded ciphers.
-            raise FuseblkError(errno.EINVAL, f"the crypto fallback needs keyslots, got {num_slots}")
+            raise FuseblkError(
+                errno.EINVAL,
+                f"the crypto fallback takes 1 to {MAX_NUM_SLOTS} keyslots, got {num_slots}",
+            )
         self.enabled = enabled
-        self.profile = CryptoProfile(FALLBACK_CAPS, num_slots, name="blk-crypto-fallback")
+        self.profile = CryptoProfile(
+            FALLBACK_CAPS, num_slots, ops=_SoftwareKeyslots(), name="blk-crypto-fallback"
+        )
         self.counters = Counters()
 
     def supports(self, key: BlkCryptoKey) -> bool:
         return self.enabled and self.profile.supports(key.config)
 
-    async def submit(self, dev: BlockDevice, bio: Bio) -> None:
+    async def submit(self, dev: PlainBioSink, bio: Bio) -> None:
         """Perform ``bio`` on ``dev`` with its encryption done here; ``dev`` never sees the context."""
         ctx = bio.crypt_ctx
         if ctx is None or not bio.op.has_data:
@@ -76,7 +107,7 @@ class CryptoFallback:
         self.counters.add("bios")
         self.counters.add("bytes", bio.length)
 
-    def _check_usable(self, dev: BlockDevice, key: BlkCryptoKey) -> None:
+    def _check_usable(self, dev: PlainBioSink, key: BlkCryptoKey) -> None:
         if not self.enabled:
             raise FuseblkError(
                 errno.EOPNOTSUPP,
@@ -92,21 +123,3 @@ class CryptoFallback:
     async def evict_key(self, key: BlkCryptoKey) -> None:
         """``blk_crypto_fallback_evict_key``: drop the key's expanded cipher (EBUSY while in use)."""
         await self.profile.evict_key(key)
-
-
-_fallback: CryptoFallback | None = None
-
-
-def get_fallback() -> CryptoFallback:
-    """The process-wide fallback, created with the defaults on first use."""
-    global _fallback
-    if _fallback is None:
-        _fallback = CryptoFallback()
-    return _fallback
-
-
-def configure_fallback(num_slots: int = DEFAULT_NUM_SLOTS, enabled: bool = True) -> CryptoFallback:
-    """Replace the global fallback (the kernel's module parameters, set at "boot")."""
-    global _fallback
-    _fallback = CryptoFallback(num_slots, enabled)
-    return _fallback

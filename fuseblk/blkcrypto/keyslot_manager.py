@@ -21,6 +21,10 @@ Where this differs from the kernel, on purpose:
   does not overtake a bio already waiting for an idle slot, so nobody starves.
 - Replacing a cached key calls ``ops.evict_key`` on it before programming the new one, as the
   software fallback's driver does; hardware drivers may treat that call as a no-op.
+
+Expanding a key is what programming a slot costs, so it is the hardware's job: ``program_key``
+returns the expanded :class:`DataUnitCipher`, and the slot hands it to every bio that uses the
+key. The profile never expands a key itself.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from typing import Protocol
 import trio
 
 from fuseblk.capabilities import CryptoCapabilities
-from fuseblk.ciphers import DataUnitCipher, get_cipher
+from fuseblk.ciphers import DataUnitCipher
 from fuseblk.errors import FuseblkError
 from fuseblk.key import BlkCryptoKey, CryptoConfig
 from fuseblk.modes import CryptoMode
@@ -45,8 +49,9 @@ from fuseblk.stats import Counters
 class KeyslotOps(Protocol):
     """The "hardware" side of a profile (``blk_crypto_ll_ops``); always called under the hw lock."""
 
-    async def program_key(self, key: BlkCryptoKey, slot: int) -> None:
-        """Load ``key`` into ``slot``; raise :class:`FuseblkError` to fail the bio that needed it."""
+    async def program_key(self, key: BlkCryptoKey, slot: int) -> DataUnitCipher:
+        """Load ``key`` into ``slot`` and return the cipher expanded from it (what bios holding
+        the slot en/decrypt with); raise :class:`FuseblkError` to fail the bio that needed it."""
         ...
 
     async def evict_key(self, key: BlkCryptoKey, slot: int | None) -> None:
@@ -56,7 +61,7 @@ class KeyslotOps(Protocol):
 
 @dataclass(frozen=True)
 class Keyslot:
-    """A programmed slot as handed to a bio: the key and the cipher expanded from it."""
+    """A programmed slot as handed to a bio: the key and the cipher the hardware expanded from it."""
 
     index: int
     key: BlkCryptoKey
@@ -105,7 +110,7 @@ class CryptoProfile:
 
     A passthrough profile only advertises capabilities (a device-mapper device, or hardware that
     takes the key with every request): ``get_keyslot`` returns None and evictions are forwarded
-    to ``ops.evict_key(key, None)``.
+    to ``ops.evict_key(key, None)``. A profile with keyslots needs ``ops`` to program them.
     """
 
     def __init__(
@@ -117,6 +122,8 @@ class CryptoProfile:
     ) -> None:
         if num_slots < 0:
             raise ValueError(f"num_slots must be >= 0, got {num_slots}")
+        if num_slots and ops is None:
+            raise ValueError(f"{name or 'profile'}: keyslots need KeyslotOps to program them")
         self.caps = caps
         self.num_slots = num_slots
         self.ops = ops
@@ -220,12 +227,12 @@ class CryptoProfile:
             slot.programmed = None
             self._changed(slot)
             self.counters.add("evictions")
+        ops = self.ops
+        assert ops is not None  # a profile with slots has ops (__init__)
         try:
-            cipher = get_cipher(key)  # the key expansion is what programming a slot costs
-            if self.ops is not None:
-                if old is not None:
-                    await self.ops.evict_key(old.key, slot.index)
-                await self.ops.program_key(key, slot.index)
+            if old is not None:
+                await ops.evict_key(old.key, slot.index)
+            cipher = await ops.program_key(key, slot.index)
         except BaseException:
             # Failed or cancelled: the slot is left empty and goes back to the head of the
             # idle list, where the kernel would have left it, usable by the next miss. Nobody
@@ -327,6 +334,7 @@ class CryptoProfile:
                 if keyslot is None or slot.lost:
                     continue
                 try:
+                    # The slot keeps the Keyslot its bios already hold: same key, same expansion.
                     await self.ops.program_key(keyslot.key, slot.index)
                 except FuseblkError as err:
                     self.counters.add("program_errors")

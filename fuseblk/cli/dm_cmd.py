@@ -94,6 +94,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("name", metavar="NAME")
     add_table_source(p)
     for name, help_text in (
+        ("clear", "drop the inactive table (undo a load before resume)"),
         ("resume", "make the inactive table live, or resume I/O"),
         ("suspend", "stop I/O after the in-flight bios complete"),
         ("remove", "remove a device"),

@@ -12,24 +12,16 @@ from __future__ import annotations
 
 import argparse
 import errno
-import fcntl
 import json
-import os
 import sys
 from typing import Any
 
 from fuseblk.cli.arguments import integer
 from fuseblk.errors import FuseblkError, einval
-from fuseblk.hw.image_format import (
-    DATA_OFFSET,
-    HeaderSet,
-    ImageHeader,
-    create_image_file,
-    lock_image,
-    read_headers,
-    write_copy,
-)
+from fuseblk.hw.file_storage import FileStorage, create_image_file
+from fuseblk.hw.image_format import DATA_OFFSET, HeaderSet, ImageHeader, read_headers, write_copy
 from fuseblk.hw.profiles import (
+    MAX_KEYSLOTS,
     HardwareKind,
     HardwareProfile,
     available_profiles,
@@ -63,7 +55,9 @@ def add_parser(subparsers: Any) -> None:
         "--profile", metavar="NAME|FILE", help=f"hardware profile ({_profile_names()})"
     )
     create.add_argument("--kind", choices=[k.label for k in HardwareKind], help="hardware kind")
-    create.add_argument("--keyslots", type=integer(), metavar="N", help="number of keyslots")
+    create.add_argument(
+        "--keyslots", type=integer(), metavar="N", help=f"number of keyslots (1..{MAX_KEYSLOTS})"
+    )
     create.add_argument(
         "--mode",
         action="append",
@@ -136,23 +130,6 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 # --- inspect -----------------------------------------------------------------------------------
-
-
-def _open(path: str, flags: int) -> int:
-    try:
-        return os.open(path, flags | os.O_CLOEXEC)
-    except OSError as exc:
-        raise FuseblkError(exc.errno or errno.EIO, f"cannot open {path}: {exc.strerror}") from None
-
-
-def _in_use(fd: int) -> bool:
-    """Whether some process has the image attached (holds its owner lock)."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    return False
 
 
 def header_json(h: ImageHeader) -> dict[str, Any]:
@@ -241,13 +218,19 @@ def inspect_lines(info: dict[str, Any]) -> list[str]:
     return out
 
 
+def _io_error(path: str, exc: OSError) -> FuseblkError:
+    return FuseblkError(exc.errno or errno.EIO, f"{path}: {exc.strerror}")
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
-    fd = _open(args.path, os.O_RDONLY)
+    image = FileStorage.open(args.path, writable=False)
     try:
-        headers = read_headers(fd)
-        info = inspect_json(args.path, headers, os.fstat(fd).st_size, _in_use(fd))
+        headers = read_headers(image)
+        info = inspect_json(args.path, headers, image.size, image.in_use())
+    except OSError as exc:
+        raise _io_error(args.path, exc) from None
     finally:
-        os.close(fd)
+        image.close()
     print(json.dumps(info, indent=2) if args.json else "\n".join(inspect_lines(info)))
     return 0 if info["header"] is not None else 1
 
@@ -256,46 +239,50 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    fd = _open(args.path, os.O_RDWR if args.repair else os.O_RDONLY)
+    image = FileStorage.open(args.path, writable=args.repair)
     try:
-        if args.repair:
-            lock_image(fd, args.path)  # never repair an image someone has attached
-        headers = read_headers(fd)
-        for copy in headers.copies:
-            print(f"{copy.name} header at {copy.offset}: {copy.status()}")
-        try:
-            current = headers.current
-        except FuseblkError as err:
-            print(f"{args.path}: {err.message}; cannot repair", file=sys.stderr)
-            return 1
-        problems = list(headers.problems)
-        file_size = os.fstat(fd).st_size
-        if file_size < current.image_size:
-            problems.append(
-                f"file is truncated: {file_size} bytes, header needs {current.image_size}"
-            )
-        if not current.clean_shutdown:
-            print("note: image was not cleanly shut down (or is attached now)")
-        if not problems:
-            print(f"{args.path}: ok")
-            return 0
-        for problem in problems:
-            print(f"problem: {problem}")
-        if not args.repair:
-            print(f"{args.path}: damaged (run with --repair to fix)")
-            return 1
-        good = current.to_bytes()
-        for copy in headers.copies:
-            if copy.header is None or copy.header.to_bytes() != good:
-                write_copy(fd, copy.name, good)
-                print(f"repaired: rewrote the {copy.name} header from sequence {current.sequence}")
-        if file_size < current.image_size:
-            os.ftruncate(fd, current.image_size)
-            print(f"repaired: extended the file to {current.image_size} bytes (sparse)")
-        print(f"{args.path}: repaired")
-        return 0
+        return _check(args, image)
+    except OSError as exc:
+        raise _io_error(args.path, exc) from None
     finally:
-        os.close(fd)
+        image.close()
+
+
+def _check(args: argparse.Namespace, image: FileStorage) -> int:
+    if args.repair:
+        image.lock()  # never repair an image someone has attached
+    headers = read_headers(image)
+    for copy in headers.copies:
+        print(f"{copy.name} header at {copy.offset}: {copy.status()}")
+    try:
+        current = headers.current
+    except FuseblkError as err:
+        print(f"{args.path}: {err.message}; cannot repair", file=sys.stderr)
+        return 1
+    problems = list(headers.problems)
+    file_size = image.size
+    if file_size < current.image_size:
+        problems.append(f"file is truncated: {file_size} bytes, header needs {current.image_size}")
+    if not current.clean_shutdown:
+        print("note: image was not cleanly shut down (or is attached now)")
+    if not problems:
+        print(f"{args.path}: ok")
+        return 0
+    for problem in problems:
+        print(f"problem: {problem}")
+    if not args.repair:
+        print(f"{args.path}: damaged (run with --repair to fix)")
+        return 1
+    good = current.to_bytes()
+    for copy in headers.copies:
+        if copy.header is None or copy.header.to_bytes() != good:
+            write_copy(image, copy.name, good)
+            print(f"repaired: rewrote the {copy.name} header from sequence {current.sequence}")
+    if file_size < current.image_size:
+        image.truncate(current.image_size)
+        print(f"repaired: extended the file to {current.image_size} bytes (sparse)")
+    print(f"{args.path}: repaired")
+    return 0
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:

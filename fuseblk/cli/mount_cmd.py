@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fuseblk.blkcrypto.fallback import DEFAULT_NUM_SLOTS, MAX_NUM_SLOTS
 from fuseblk.cli.arguments import integer, seconds
-from fuseblk.config.config_file import DEFAULT_FALLBACK_SLOTS, MAX_FALLBACK_SLOTS
 from fuseblk.errors import FuseblkError
 
 UMOUNT_TIMEOUT = 60.0
@@ -65,9 +65,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--fallback-slots",
         metavar="N",
-        type=integer(1, MAX_FALLBACK_SLOTS),
-        help=f"keyslots of the software fallback, 1..{MAX_FALLBACK_SLOTS} "
-        f"(default {DEFAULT_FALLBACK_SLOTS})",
+        type=integer(1, MAX_NUM_SLOTS),
+        help=f"keyslots of the software fallback, 1..{MAX_NUM_SLOTS} (default {DEFAULT_NUM_SLOTS})",
     )
     p.add_argument(
         "--no-fallback", action="store_true", help="disable the software fallback (EOPNOTSUPP)"
@@ -119,7 +118,7 @@ def run_mount(args: argparse.Namespace) -> int:
         fallback_slots=args.fallback_slots, fallback_enabled=False if args.no_fallback else None
     )
     settings = MountSettings(mountpoint, allow_other=args.allow_other)
-    build = functools.partial(build_devices, config)
+    build = functools.partial(build_devices, config, mountpoint)
     if args.foreground:
         setup_logging(args.log_level, args.log_file)
         return run_foreground(build, settings)

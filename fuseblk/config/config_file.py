@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fuseblk.blkcrypto.fallback import DEFAULT_NUM_SLOTS, MAX_NUM_SLOTS
+from fuseblk.dm.fallback_policy import FALLBACK_POLICIES
 from fuseblk.errors import FuseblkError
 from fuseblk.hw.profiles import is_profile_path, load_profile
 from fuseblk.inputfile import read_input_text
@@ -44,18 +46,13 @@ from fuseblk.sizes import parse_size
 if TYPE_CHECKING:
     from fuseblk.dm.manager import DeviceManager
 
-FALLBACK_POLICIES = ("device", "target")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-DEFAULT_FALLBACK_SLOTS = 100
-# Each fallback keyslot is an object and an expanded cipher; far more than any test needs,
-# far less than the memory a typo (99999999999999) would take while `mount` waits.
-MAX_FALLBACK_SLOTS = 65536
 
 
 @dataclass(frozen=True)
 class ConfigOptions:
     fallback: str = "device"
-    fallback_slots: int = DEFAULT_FALLBACK_SLOTS
+    fallback_slots: int = DEFAULT_NUM_SLOTS
     fallback_enabled: bool = True
 
 
@@ -242,11 +239,11 @@ def _options(r: _Reader, data: dict[str, Any]) -> ConfigOptions:
         if "fallback_slots" in data
         else opts.fallback_slots
     )
-    if not 1 <= slots <= MAX_FALLBACK_SLOTS:
+    if not 1 <= slots <= MAX_NUM_SLOTS:
         raise r.error(
             r.where.key("fallback_slots", *path),
             "options.fallback_slots",
-            f"expected 1..{MAX_FALLBACK_SLOTS}, got {slots}",
+            f"expected 1..{MAX_NUM_SLOTS}, got {slots}",
         )
     enabled = (
         r.value(data, path, "fallback_enabled", bool)
@@ -345,18 +342,21 @@ def _dependency_order(r: _Reader, specs: dict[str, DeviceSpec]) -> list[DeviceSp
 # -- building ------------------------------------------------------------------------------------
 
 
-async def build_devices(config: Config) -> DeviceManager:
+async def build_devices(config: Config, mountpoint: str | Path | None = None) -> DeviceManager:
     """A DeviceManager with every backend attached and every device created, or an error.
 
-    On failure everything already attached is closed again, so images stay clean.
+    ``mountpoint`` is where the devices are to be served: no image may lie inside it. On
+    failure everything already attached is closed again, so images stay clean.
     """
-    from fuseblk.blkcrypto.fallback import configure_fallback
     from fuseblk.dm.manager import DeviceManager
-    from fuseblk.hw.backend import Backend
+    from fuseblk.hw.factory import OwnMount, create_backend
 
     opts = config.options
-    configure_fallback(num_slots=opts.fallback_slots, enabled=opts.fallback_enabled)
-    manager = DeviceManager()
+    manager = DeviceManager(
+        fallback_slots=opts.fallback_slots, fallback_enabled=opts.fallback_enabled
+    )
+    if mountpoint is not None:
+        manager.own_mount = OwnMount(mountpoint)
 
     def error(line: int, keypath: str, err: FuseblkError) -> FuseblkError:
         return _located(config.source, line, keypath, err.errno, err.message)
@@ -375,8 +375,13 @@ async def build_devices(config: Config) -> DeviceManager:
                 hardware = load_profile(spec.profile)
                 spec.image.parent.mkdir(parents=True, exist_ok=True)
                 manager.add_device(
-                    Backend.create(
-                        spec.image, spec.size, hardware, label=spec.label, name=spec.name
+                    create_backend(
+                        spec.image,
+                        spec.size,
+                        hardware,
+                        label=spec.label,
+                        name=spec.name,
+                        own_mount=manager.own_mount,
                     )
                 )
             except FuseblkError as err:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
 from pathlib import Path
 from types import TracebackType
@@ -49,6 +50,8 @@ class ControlClient:
         return self._socket_path
 
     def _connect(self) -> socket.socket:
+        if self._sock is not None and _closed_by_peer(self._sock):
+            self.close()  # the daemon drops idle connections; this request was not sent yet
         if self._sock is None:
             path = self.socket_path
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -76,12 +79,19 @@ class ControlClient:
 
         Arguments that are ``None`` are left out, so optional ones can be passed through as-is.
         """
-        sock = self._connect()
         req_id = self._next_id
         self._next_id += 1
         payload = {k: v for k, v in args.items() if v is not None}
+        request = encode_request(req_id, cmd, payload)
+        if len(request) - 1 > MAX_LINE:
+            raise FuseblkError(
+                errno.EMSGSIZE,
+                f"{cmd}: request too long ({len(request) - 1} bytes; the control protocol takes "
+                f"at most {MAX_LINE} bytes a line)",
+            )
+        sock = self._connect()
         try:
-            sock.sendall(encode_request(req_id, cmd, payload))
+            sock.sendall(request)
             line = self._reader.readline(MAX_LINE + 2)
         except OSError as exc:
             self.close()
@@ -92,6 +102,11 @@ class ControlClient:
             self.close()
             raise FuseblkError(errno.ECONNRESET, "the fuseblk daemon closed the connection")
         response = decode_response(line)
+        if response.get("id") is None and not response["ok"]:
+            # an error about the connection or the line itself, not one request's result: the
+            # daemon may have closed the connection after it
+            self.close()
+            response_result(response)
         if response.get("id") != req_id:
             self.close()
             raise FuseblkError(
@@ -117,6 +132,14 @@ class ControlClient:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether a connection between requests has something to read: the end of the stream
+    (the daemon closed it) or bytes nobody asked for; either way it is of no further use."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def resolve_socket(mountpoint: str | os.PathLike[str] | None) -> Path:

@@ -7,39 +7,65 @@ travels: as the errno the kernel would return plus a one-line message, turned ba
 
 Requests may carry key material (``evict_key``'s ``key_hex``, a ``default-key`` table's key), so
 :func:`redacted_args` is the only way arguments reach a log line.
+
+Any line a client sends is either a valid request or a :class:`RequestError` with ``EINVAL``: the
+decoder is the daemon's first defence against bad input, so nothing a line holds (nesting, huge
+numbers, wrong types, lone surrogates) may raise anything else from it.
 """
 
 from __future__ import annotations
 
+import builtins
 import errno
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from fuseblk import SECTOR_SIZE
 from fuseblk.errors import FuseblkError, einval, redact_key_hex
 
 PROTOCOL_VERSION = 1
 MAX_LINE = 1 << 20  # bytes per request or response line, newline excluded
 
+# The numbers a request may carry (docs/control-protocol.md, "Numbers"). Byte offsets and lengths
+# are off_t, so below 2**63; a sector is one whose byte offset is.
+ID_RANGE = range(-(2**63), 2**63)
+BYTES_RANGE = range(0, 2**63)
+SECTOR_RANGE = range(0, 2**63 // SECTOR_SIZE)
+DATA_UNIT_SIZE_RANGE = range(1, 2**31 + 1)  # bit i of a mode's data unit size mask is 2**i bytes
+DUN_BYTES_RANGE = range(1, 33)  # BLK_CRYPTO_MAX_IV_SIZE
+MAX_ID_CHARS = 128
+MAX_NAME_CHARS = 255  # the manager applies dm's own, shorter limit to new names
+_MAX_INT_DIGITS = 20  # enough for any 64-bit value; longer literals are refused unparsed
+
 
 @dataclass(frozen=True)
 class Arg:
-    """One argument of a command: its JSON type and whether the request must carry it."""
+    """One argument of a command: its JSON type, the values it may take, whether it is required."""
 
-    type: type | tuple[type, ...]
+    type: type
     required: bool = True
     secret: bool = False  # never logged (key material)
+    bounds: range | None = None  # an int's accepted values
+    max_chars: int | None = None  # a string's longest accepted length
+    items: builtins.type | None = None  # the type of a list's elements
 
 
-_NAME = Arg(str)
-_OPT_NAME = Arg(str, required=False)
+_NAME = Arg(str, max_chars=MAX_NAME_CHARS)
+_OPT_NAME = Arg(str, required=False, max_chars=MAX_NAME_CHARS)
+_WORD = Arg(str, max_chars=MAX_NAME_CHARS)
 
 # cmd -> its arguments. The server rejects anything else with EINVAL before touching the manager.
 COMMANDS: dict[str, dict[str, Arg]] = {
     "ping": {},
     "version": {},
-    "create": {"name": _NAME, "table": Arg(str, secret=True), "fallback": Arg(str, required=False)},
+    "create": {
+        "name": _NAME,
+        "table": Arg(str, secret=True),
+        "fallback": Arg(str, required=False, max_chars=MAX_NAME_CHARS),
+    },
     "load": {"name": _NAME, "table": Arg(str, secret=True)},
+    "clear": {"name": _NAME},
     "resume": {"name": _NAME},
     "suspend": {"name": _NAME},
     "remove": {"name": _NAME},
@@ -48,15 +74,23 @@ COMMANDS: dict[str, dict[str, Arg]] = {
     "status": {"name": _OPT_NAME},
     "info": {"name": _OPT_NAME},
     "ls": {},
-    "message": {"name": _NAME, "sector": Arg(int), "args": Arg(list)},
+    "message": {
+        "name": _NAME,
+        "sector": Arg(int, bounds=SECTOR_RANGE),
+        "args": Arg(list, items=str),
+    },
     "evict_key": {
         "name": _NAME,
-        "mode": Arg(str),
+        "mode": _WORD,
         "key_hex": Arg(str, secret=True),
-        "data_unit_size": Arg(int),
-        "dun_bytes": Arg(int, required=False),
+        "data_unit_size": Arg(int, bounds=DATA_UNIT_SIZE_RANGE),
+        "dun_bytes": Arg(int, required=False, bounds=DUN_BYTES_RANGE),
     },
-    "discard": {"name": _NAME, "offset": Arg(int), "length": Arg(int)},
+    "discard": {
+        "name": _NAME,
+        "offset": Arg(int, bounds=BYTES_RANGE),
+        "length": Arg(int, bounds=BYTES_RANGE),
+    },
     "stats": {"name": _OPT_NAME},
     "shutdown": {"force": Arg(bool, required=False)},
 }
@@ -78,32 +112,72 @@ def encode_request(req_id: int, cmd: str, args: dict[str, Any]) -> bytes:
     return encode({"id": req_id, "cmd": cmd, "args": args})
 
 
-def _request_id(obj: object) -> int | str | None:
-    """The id to echo in an error reply, if the request had a usable one."""
-    if isinstance(obj, dict):
-        rid = obj.get("id")
-        if isinstance(rid, (int, str)) and not isinstance(rid, bool):
-            return rid
-    return None
+class _Unparsable(ValueError):
+    """A JSON literal the protocol refuses before converting it."""
+
+
+def _parse_int(text: str) -> int:
+    # int() of a long digit string costs quadratic time (and Python refuses 4300 digits and
+    # more): no valid request needs more than a 64-bit value.
+    if len(text) > _MAX_INT_DIGITS + text.startswith("-"):
+        raise _Unparsable("integer literal too long")
+    return int(text)
+
+
+def _parse_constant(name: str) -> Any:
+    raise _Unparsable(f"{name} is not JSON")
+
+
+def _loads(line: bytes) -> Any:
+    """The line's JSON value; ``EINVAL`` naming what is wrong, never echoing the line (it may
+    hold a key)."""
+    try:
+        return json.loads(
+            line.decode("utf-8"), parse_int=_parse_int, parse_constant=_parse_constant
+        )
+    except UnicodeDecodeError:
+        detail = "not UTF-8"
+    except json.JSONDecodeError as exc:
+        detail = exc.msg
+    except _Unparsable as exc:
+        detail = str(exc)
+    except RecursionError:
+        detail = "nested too deeply"
+    except ValueError:  # anything else the decoder refuses
+        detail = "not valid JSON"
+    raise RequestError(None, einval(f"malformed request: {detail}"))
+
+
+def _request_id(obj: dict[str, Any]) -> int | str | None:
+    """The id to echo in replies: absent or ``null``, a 64-bit integer or a short string."""
+    rid = obj.get("id")
+    if rid is None:
+        return None
+    if isinstance(rid, int) and not isinstance(rid, bool) and rid in ID_RANGE:
+        return rid
+    if isinstance(rid, str) and len(rid) <= MAX_ID_CHARS and _is_unicode(rid):
+        return rid
+    raise RequestError(
+        None,
+        einval(
+            "malformed request: 'id' must be a 64-bit integer or a string of at most "
+            f"{MAX_ID_CHARS} characters"
+        ),
+    )
 
 
 def decode_request(line: bytes) -> Request:
     """Parse and validate one request line; ``RequestError`` carries the id to answer with."""
-    try:
-        obj = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        # The message names the position only: the line itself may hold a key.
-        detail = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
-        raise RequestError(None, einval(f"malformed request: {detail}")) from None
-    rid = _request_id(obj)
+    obj = _loads(line)
     if not isinstance(obj, dict):
-        raise RequestError(rid, einval("malformed request: expected a JSON object"))
+        raise RequestError(None, einval("malformed request: expected a JSON object"))
+    rid = _request_id(obj)
     cmd = obj.get("cmd")
     if not isinstance(cmd, str):
         raise RequestError(rid, einval("malformed request: 'cmd' must be a string"))
     schema = COMMANDS.get(cmd)
     if schema is None:
-        raise RequestError(rid, einval(f"unknown command {cmd!r}"))
+        raise RequestError(rid, einval(f"unknown command {shown(cmd)}"))
     args = obj.get("args", {})
     if args is None:
         args = {}
@@ -117,24 +191,72 @@ def decode_request(line: bytes) -> Request:
 
 
 def validate_args(cmd: str, schema: dict[str, Arg], args: dict[str, Any]) -> None:
+    """``EINVAL`` naming the first argument that is unexpected, missing, or not as declared."""
     for key in args:
         if key not in schema:
-            raise einval(f"{cmd}: unexpected argument {key!r}")
+            raise einval(f"{cmd}: unexpected argument {shown(key)}")
     for key, spec in schema.items():
         if key not in args or args[key] is None:
             if spec.required:
                 raise einval(f"{cmd}: missing argument {key!r}")
             continue
-        value = args[key]
-        # bool is an int in Python; JSON true must not pass as a sector number.
-        if isinstance(value, bool) and spec.type is not bool:
-            raise einval(f"{cmd}: argument {key!r} has the wrong type")
-        if not isinstance(value, spec.type):
-            raise einval(f"{cmd}: argument {key!r} has the wrong type")
+        problem = _arg_problem(spec, args[key])
+        if problem is not None:
+            raise einval(f"{cmd}: argument {key!r} {problem}")
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "a boolean", list: "a list"}
+_PLURAL_NAMES = {str: "strings", int: "integers", bool: "booleans"}
+
+
+def _arg_problem(spec: Arg, value: Any) -> str | None:
+    """What is wrong with ``value`` for ``spec``, or ``None``."""
+    if not _has_type(value, spec.type):
+        return f"has the wrong type: it must be {_TYPE_NAMES[spec.type]}"
+    if spec.bounds is not None and value not in spec.bounds:
+        return f"is out of range: it must be an integer from {spec.bounds.start} to {spec.bounds.stop - 1}"
+    if isinstance(value, str):
+        if spec.max_chars is not None and len(value) > spec.max_chars:
+            return f"is longer than {spec.max_chars} characters"
+        if not _is_unicode(value):
+            return "is not valid Unicode (it holds a lone surrogate)"
+    if isinstance(value, list) and spec.items is not None:
+        if not all(_has_type(item, spec.items) for item in value):
+            return f"has the wrong type: it must be a list of {_PLURAL_NAMES[spec.items]}"
+        if not all(_is_unicode(item) for item in value if isinstance(item, str)):
+            return "is not valid Unicode (it holds a lone surrogate)"
+    return None
+
+
+def _has_type(value: Any, expected: type) -> bool:
+    # bool is an int in Python; JSON true must not pass as a sector number, nor 1 as a flag.
+    if isinstance(value, bool):
+        return expected is bool
+    return isinstance(value, expected)
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` can be encoded: JSON's ``\\ud800`` escapes decode to lone surrogates,
+    which no file name, log line or table parser downstream can take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown(text: str, limit: int = 64) -> str:
+    """``text`` quoted for an error or a log line: shortened, hex runs that may be keys hidden."""
+    # Redact before cutting: a cut could leave a key's first digits too short to be recognised.
+    safe = redact_key_hex(text)
+    if len(safe) > limit:
+        return repr(safe[:limit]) + f"... ({len(text)} characters)"
+    return repr(safe)
 
 
 def redacted_args(cmd: str, args: dict[str, Any]) -> dict[str, Any]:
-    """The arguments as they may be logged: secrets replaced by a placeholder."""
+    """The arguments as they may be logged: secrets replaced by a placeholder, long strings and
+    lists shortened so that one request makes one log line of bounded length."""
     schema = COMMANDS.get(cmd, {})
     out: dict[str, Any] = {}
     for key, value in args.items():
@@ -145,12 +267,22 @@ def redacted_args(cmd: str, args: dict[str, Any]) -> dict[str, Any]:
             else:
                 out[key] = "<redacted>"
         elif isinstance(value, str):
-            out[key] = redact_key_hex(value)
+            out[key] = _loggable(value)
         elif isinstance(value, list):  # message words: "key set <hex>" is dm-crypt's habit
-            out[key] = [redact_key_hex(v) if isinstance(v, str) else v for v in value]
+            words = [_loggable(v) if isinstance(v, str) else v for v in value[:_LOGGED_WORDS]]
+            out[key] = words + (["..."] if len(value) > _LOGGED_WORDS else [])
         else:
             out[key] = value
     return out
+
+
+_LOGGED_CHARS = 256
+_LOGGED_WORDS = 16
+
+
+def _loggable(text: str) -> str:
+    safe = redact_key_hex(text)  # before cutting, as in shown()
+    return safe if len(safe) <= _LOGGED_CHARS else safe[:_LOGGED_CHARS] + "..."
 
 
 class RequestError(Exception):

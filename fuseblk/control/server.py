@@ -7,8 +7,9 @@ runs, which is why ``--mount`` is optional on the command line.
 
 The server runs inside the daemon's trio nursery, one task per connection, and only translates
 JSON-line requests (:mod:`fuseblk.control.protocol`) into calls on the :class:`DeviceManager`.
-Errors go back as the errno the kernel would return; the connection and the daemon survive
-malformed requests.
+Errors go back as the errno the kernel would return. One request can only ever fail its own
+connection: the daemon survives any input, and :class:`ControlLimits` bounds what clients may
+hold of it (connections, buffered bytes, time), so that no input can hang it either.
 """
 
 from __future__ import annotations
@@ -21,15 +22,15 @@ import logging
 import os
 import socket as _stdsocket
 import stat
-from collections.abc import AsyncIterator, Callable
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from fuseblk import SECTOR_SIZE, __version__
-from fuseblk.bio import Bio
+from fuseblk import __version__
 from fuseblk.control.protocol import (
     MAX_LINE,
     PROTOCOL_VERSION,
@@ -42,7 +43,6 @@ from fuseblk.control.protocol import (
     redacted_args,
 )
 from fuseblk.errors import FuseblkError, einval
-from fuseblk.key import BlkCryptoKey
 from fuseblk.modes import CryptoMode
 
 log = logging.getLogger("fuseblk.control.server")
@@ -180,7 +180,7 @@ def jsonable(value: Any) -> Any:
         return [jsonable(v) for v in value]
     if isinstance(value, (bytes, bytearray, memoryview)):
         return "<bytes>"
-    to_json = getattr(value, "to_json", None)
+    to_json = getattr(value, "to_json", None)  # dynamic: any result type may know its JSON form
     if callable(to_json):
         return jsonable(to_json())
     if isinstance(value, os.PathLike):
@@ -191,17 +191,16 @@ def jsonable(value: Any) -> Any:
 class ControlCommands:
     """The commands of docs/control-protocol.md, each one call (or a few) on the manager.
 
-    Table-changing commands are serialized: like the kernel's per-device locks, it keeps two
-    clients from interleaving a load and a resume of the same device.
+    The manager serializes table-changing verbs itself, so two clients cannot interleave a load
+    and a resume of the same device.
     """
 
     def __init__(self, manager: Any, on_shutdown: Callable[[], object] | None = None) -> None:
         self.manager = manager
         self.on_shutdown = on_shutdown
-        self._table_lock = trio.Lock()
 
     async def execute(self, req: Request) -> Any:
-        handler = getattr(self, f"cmd_{req.cmd}")
+        handler = getattr(self, f"cmd_{req.cmd}")  # dynamic: the decoder admitted only COMMANDS
         result = handler(**req.args)
         if inspect.isawaitable(result):
             result = await result
@@ -220,31 +219,28 @@ class ControlCommands:
     cmd_version = cmd_ping
 
     async def cmd_create(self, name: str, table: str, fallback: str | None = None) -> None:
-        async with self._table_lock:
-            if fallback is None:
-                await self.manager.create(name, table)
-            else:
-                await self.manager.create(name, table, fallback=fallback)
+        if fallback is None:
+            await self.manager.create(name, table)
+        else:
+            await self.manager.create(name, table, fallback=fallback)
 
     async def cmd_load(self, name: str, table: str) -> None:
-        async with self._table_lock:
-            await self.manager.load(name, table)
+        await self.manager.load(name, table)
+
+    async def cmd_clear(self, name: str) -> None:
+        await self.manager.clear(name)
 
     async def cmd_resume(self, name: str) -> None:
-        async with self._table_lock:
-            await self.manager.resume(name)
+        await self.manager.resume(name)
 
     async def cmd_suspend(self, name: str) -> None:
-        async with self._table_lock:
-            await self.manager.suspend(name)
+        await self.manager.suspend(name)
 
     async def cmd_remove(self, name: str) -> None:
-        async with self._table_lock:
-            await self.manager.remove(name)
+        await self.manager.remove(name)
 
     async def cmd_rename(self, old: str, new: str) -> None:
-        async with self._table_lock:
-            self.manager.rename(old, new)
+        await self.manager.rename(old, new)
 
     # -- queries --------------------------------------------------------------------------------
     def cmd_table(self, name: str | None = None, show_keys: bool = False) -> list[dict[str, Any]]:
@@ -266,11 +262,9 @@ class ControlCommands:
         return self.manager.stats(name)
 
     # -- I/O and keys ---------------------------------------------------------------------------
-    async def cmd_message(self, name: str, sector: int, args: list[Any]) -> dict[str, Any]:
-        if not args or not all(isinstance(a, str) for a in args):
+    async def cmd_message(self, name: str, sector: int, args: list[str]) -> dict[str, Any]:
+        if not args:  # types and the sector's range are the protocol's to check
             raise einval("message: 'args' must be a non-empty list of strings")
-        if sector < 0:
-            raise einval("message: sector must not be negative")
         reply = await self.manager.message(name, sector, list(args))
         return {"reply": reply or ""}
 
@@ -281,26 +275,13 @@ class ControlCommands:
             raw = bytes.fromhex(key_hex)
         except ValueError:
             raise einval("evict_key: key_hex is not hexadecimal") from None
-        # A key is its bytes and its configuration: without a DUN width, evict it under every
-        # width the mode allows (default-key picks the width from the target's size).
-        crypto_mode = CryptoMode.parse(mode)
-        widths = range(1, crypto_mode.iv_size + 1) if dun_bytes is None else [dun_bytes]
-        for width in widths:
-            key = BlkCryptoKey.create(crypto_mode, raw, data_unit_size, width)
-            await self.manager.evict_key(name, key)
+        await self.manager.evict_raw_key(
+            name, CryptoMode.parse(mode), raw, data_unit_size, dun_bytes
+        )
 
     async def cmd_discard(self, name: str, offset: int, length: int) -> None:
         """``BLKDISCARD`` by hand: the FUSE layer cannot offer it (pyfuse3 has no fallocate)."""
-        dev = self.manager.get(name)
-        if offset < 0 or length <= 0:
-            raise einval("discard: offset must be >= 0 and length > 0")
-        if offset % SECTOR_SIZE or length % SECTOR_SIZE:
-            raise einval(f"discard: offset and length must be multiples of {SECTOR_SIZE}")
-        if offset + length > dev.size:
-            raise einval(
-                f"discard: range ends at {offset + length}, beyond the device's {dev.size} bytes"
-            )
-        await dev.submit(Bio.discard(offset, length))
+        await self.manager.discard(name, offset, length)
 
     async def cmd_shutdown(self, force: bool = False) -> None:
         """Refuse while devices are open (like umount(8)), unless forced.
@@ -317,54 +298,129 @@ class ControlCommands:
             )
 
 
-async def _lines(stream: trio.abc.ReceiveStream, limit: int) -> AsyncIterator[bytes | None]:
-    """Request lines; ``None`` stands for a line longer than ``limit``, which is skipped whole."""
-    buf = bytearray()
-    skipping = False
-    while True:
-        chunk = await stream.receive_some(65536)
-        if not chunk:
-            return
-        buf += chunk
+@dataclass(frozen=True)
+class ControlLimits:
+    """What clients may hold of the daemon at once (docs/control-protocol.md, "Limits").
+
+    Memory stays below about ``max_connections * max_line`` bytes of buffered requests, and a
+    client that stops sending or reading gives its connection up after ``idle_timeout``.
+    """
+
+    max_connections: int = 32
+    idle_timeout: float = 60.0  # seconds for a request line to arrive, or a reply to be taken
+    max_line: int = MAX_LINE
+
+
+class _LineTooLong(Exception):
+    """A request line longer than the limit: answered, then the connection is dropped."""
+
+
+class _LineReader:
+    """Request lines off a stream, holding at most ``limit + 1`` bytes of the one being read."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream, limit: int) -> None:
+        self._stream = stream
+        self._limit = limit
+        self._buf = bytearray()
+        self._scanned = 0  # bytes of _buf known to hold no newline
+
+    async def receive_line(self) -> bytes | None:
+        """The next line without its newline; ``None`` at the end of the stream (a partial line
+        there is dropped); :class:`_LineTooLong` as soon as the line is known to be too long."""
         while True:
-            nl = buf.find(b"\n")
-            if nl < 0:
-                break
-            line = bytes(buf[:nl])
-            del buf[: nl + 1]
-            if skipping:
-                skipping = False
-                continue
-            if len(line) > limit:
-                yield None
-                continue
-            yield line
-        if len(buf) > limit and not skipping:
-            buf.clear()
-            skipping = True
-            yield None
-        elif skipping:
-            buf.clear()
+            nl = self._buf.find(b"\n", self._scanned)
+            if nl >= 0:
+                if nl > self._limit:
+                    raise _LineTooLong
+                line = bytes(self._buf[:nl])
+                del self._buf[: nl + 1]
+                self._scanned = 0
+                return line
+            self._scanned = len(self._buf)
+            if len(self._buf) > self._limit:
+                raise _LineTooLong
+            chunk = await self._stream.receive_some(min(65536, self._limit + 1 - len(self._buf)))
+            if not chunk:
+                return None
+            self._buf += chunk
 
 
-async def _serve_connection(stream: trio.abc.Stream, commands: ControlCommands) -> None:
+async def _serve_connection(
+    stream: trio.abc.Stream, commands: ControlCommands, limits: ControlLimits
+) -> None:
+    """Serve one client until it leaves or misbehaves. Nothing raised here may reach the
+    daemon's nursery: an unexpected error costs this connection only."""
     try:
         async with stream:
-            async for line in _lines(stream, MAX_LINE):
-                if line is None:
-                    err = FuseblkError(errno.EMSGSIZE, f"request longer than {MAX_LINE} bytes")
-                    await stream.send_all(encode(error_response(None, err)))
-                    continue
-                if not line.strip():
-                    continue
-                response, shutdown = await _answer(line, commands)
-                await stream.send_all(encode(response))
-                if shutdown and commands.on_shutdown is not None:
-                    result = commands.on_shutdown()
-                    if inspect.isawaitable(result):
-                        await result
+            await _serve_requests(stream, commands, limits)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the client went away
+    except Exception as exc:  # a bug: drop this connection, keep serving the others
+        _log_internal_error("dropped a connection after an internal error", exc)
+
+
+async def _serve_requests(
+    stream: trio.abc.Stream, commands: ControlCommands, limits: ControlLimits
+) -> None:
+    lines = _LineReader(stream, limits.max_line)
+    while True:
+        line: bytes | None = None
+        too_long = False
+        with trio.move_on_after(limits.idle_timeout) as waiting:
+            try:
+                line = await lines.receive_line()
+            except _LineTooLong:
+                too_long = True
+        if waiting.cancelled_caught:
+            log.info("control: closing a connection idle for %s s", limits.idle_timeout)
+            return
+        if too_long:
+            err = FuseblkError(
+                errno.EMSGSIZE, f"request longer than {limits.max_line} bytes (MAX_LINE)"
+            )
+            log.info("control: %s; closing the connection", err.message)
+            await _send(stream, error_response(None, err), limits)
+            return
+        if line is None:
+            return
+        if not line.strip():
+            continue
+        response, shutdown = await _answer(line, commands)
+        if not await _send(stream, response, limits):
+            return
+        if shutdown and commands.on_shutdown is not None:
+            result = commands.on_shutdown()
+            if inspect.isawaitable(result):
+                await result
+
+
+async def _send(
+    stream: trio.abc.SendStream, response: dict[str, Any], limits: ControlLimits
+) -> bool:
+    """Send one reply line; ``False`` if the client did not take it within the idle timeout."""
+    data = encode(response)
+    if len(data) > limits.max_line + 1:
+        err = FuseblkError(errno.EMSGSIZE, f"response longer than {limits.max_line} bytes")
+        data = encode(error_response(response.get("id"), err))
+    with trio.move_on_after(limits.idle_timeout):
+        await stream.send_all(data)
+        return True
+    log.info("control: closing a connection that does not read its replies")
+    return False
+
+
+async def _refuse(stream: trio.abc.Stream, limits: ControlLimits) -> None:
+    """Tell a connection beyond ``max_connections`` why it is closed, without waiting on it."""
+    err = FuseblkError(
+        errno.EAGAIN,
+        f"too many control connections (at most {limits.max_connections}); try again later",
+    )
+    try:
+        async with stream:
+            with trio.move_on_after(1):
+                await stream.send_all(encode(error_response(None, err)))
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
 
 
 async def _answer(line: bytes, commands: ControlCommands) -> tuple[dict[str, Any], bool]:
@@ -380,10 +436,19 @@ async def _answer(line: bytes, commands: ControlCommands) -> tuple[dict[str, Any
         log.info("control: %s failed: %s (%s)", req.cmd, err.message, err.errno_name)
         return error_response(req.id, err), False
     except Exception as exc:  # a bug below: report it, keep serving
-        log.error("control: %s failed with an internal error", req.cmd, exc_info=True)
+        _log_internal_error(f"{req.cmd} failed with an internal error", exc)
         internal = FuseblkError(errno.EIO, f"{req.cmd}: internal error ({type(exc).__name__})")
         return error_response(req.id, internal), False
     return ok_response(req.id, result), req.cmd == "shutdown"
+
+
+def _log_internal_error(what: str, exc: Exception) -> None:
+    """One ERROR line naming the exception's type; its stack at DEBUG. Never the exception's
+    text: it could quote a request, hence a key."""
+    log.error("control: %s (%s)", what, type(exc).__name__)
+    if log.isEnabledFor(logging.DEBUG):
+        stack = "".join(traceback.format_tb(exc.__traceback__))
+        log.debug("control: where the %s was raised:\n%s", type(exc).__name__, stack.rstrip())
 
 
 async def _bind(socket_path: Path) -> trio.socket.SocketType:
@@ -428,6 +493,7 @@ async def serve_control(
     *,
     on_shutdown: Callable[[], object],
     mountpoint: str | os.PathLike[str] | None = None,
+    limits: ControlLimits = ControlLimits(),
     task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``manager`` on ``socket_path`` until cancelled; ``task_status.started(socket_path)``
@@ -443,9 +509,19 @@ async def serve_control(
     log.info("control socket listening on %s", socket_path)
     commands = ControlCommands(manager, on_shutdown)
     listener = trio.SocketListener(sock)
+    open_connections = 0
 
     async def handler(stream: trio.SocketStream) -> None:
-        await _serve_connection(stream, commands)
+        nonlocal open_connections
+        if open_connections >= limits.max_connections:
+            log.info("control: refused a connection beyond %d", limits.max_connections)
+            await _refuse(stream, limits)
+            return
+        open_connections += 1
+        try:
+            await _serve_connection(stream, commands, limits)
+        finally:
+            open_connections -= 1
 
     try:
         async with trio.open_nursery() as nursery:

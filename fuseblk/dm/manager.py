@@ -1,10 +1,10 @@
 """The device manager: backends, mapped devices and their names (``dm-ioctl`` plus ``dmsetup``).
 
 It owns every device: backends (emulated hardware, added by name or opened on first reference
-by path), and mapped devices with their tables. Every verb of ``dmsetup`` the daemon exposes is
-a method here; the FUSE layer follows changes through ``listeners``, called as
-``listener(event, name, *details)`` with event ``"add"``, ``"remove"``, ``"rename"`` (old, new) or
-``"resize"`` (name, new size).
+by path), and mapped devices with their tables; and the block layer (with the software
+fallback) that every bio between them goes through. Every verb of ``dmsetup`` the daemon exposes
+is a method here; the FUSE layer follows changes through ``listeners``, each called with a
+:mod:`~fuseblk.dm.events` event.
 
 Table references resolve, in order, to a mapped device name (stacking), a backend name, or an
 image path (opened, attached, and named by its absolute path). A table whose devices would reach
@@ -19,36 +19,59 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import trio
+
 from fuseblk import SECTOR_SIZE
-from fuseblk.blkcrypto.fallback import get_fallback
-from fuseblk.device import BlockDevice
+from fuseblk.bio import Bio
+from fuseblk.blkcrypto.block_layer import BlockLayer
+from fuseblk.blkcrypto.fallback import DEFAULT_NUM_SLOTS, CryptoFallback
+from fuseblk.device import Backend, BlockDevice
+from fuseblk.dm.events import (
+    DeviceAdded,
+    DeviceRemoved,
+    DeviceRenamed,
+    DeviceResized,
+    DmEvent,
+    Listener,
+)
+from fuseblk.dm.fallback_policy import falls_back_per_target
 from fuseblk.dm.mapped_device import MappedDevice
 from fuseblk.dm.table import Table
-from fuseblk.dm.targets import TargetArgError
-from fuseblk.errors import FuseblkError
-from fuseblk.hw.backend import Backend
+from fuseblk.dm.targets.base import TargetArgError
+from fuseblk.errors import FuseblkError, einval
+from fuseblk.hw.factory import OwnMount, find_or_open_backend
 from fuseblk.key import BlkCryptoKey
+from fuseblk.modes import CryptoMode
 
-Listener = Callable[..., None]
 DM_NAME_LEN = 128  # include/uapi/linux/dm-ioctl.h: names are at most 127 bytes
-FALLBACK_POLICIES = ("device", "target")
 
 
 class DeviceManager:
     """Every backend and mapped device of one daemon, by name.
 
-    Table-changing verbs (create, load, clear, resume, suspend, remove, rename) must not
-    interleave: create checks the name and registers the device on either side of an await, and
-    a concurrent release of unused images would not see a table not yet installed. The control
-    server serializes them; other callers must too.
+    Table-changing verbs (create, load, clear, resume, suspend, remove, rename) take turns, like
+    the kernel's per-device locks: create checks the name and registers the device on either
+    side of an await, and a concurrent release of unused images would not see a table not yet
+    installed, so two callers must not interleave them.
     """
 
-    def __init__(self, clock: Callable[[], float] | None = None) -> None:
-        """``clock`` (seconds, monotonic) is what time-driven targets such as flakey see."""
+    def __init__(
+        self,
+        clock: Callable[[], float] | None = None,
+        *,
+        fallback_slots: int = DEFAULT_NUM_SLOTS,
+        fallback_enabled: bool = True,
+    ) -> None:
+        """``clock`` (seconds, monotonic) is what time-driven targets such as flakey see;
+        ``fallback_slots`` and ``fallback_enabled`` configure the software fallback (the
+        kernel's module parameters), EINVAL for a slot count out of range."""
         self.clock = clock or time.monotonic
-        self._backends: dict[str, BlockDevice] = {}
+        self.block_layer = BlockLayer(CryptoFallback(fallback_slots, fallback_enabled))
+        self._backends: dict[str, Backend] = {}
         self._devices: dict[str, MappedDevice] = {}
         self._path_images: set[str] = set()  # backends a table opened by path (ours to detach)
+        self._table_lock = trio.Lock()  # table-changing verbs take turns (see the class)
+        self.own_mount: OwnMount | None = None  # the daemon's mount: references into it refused
         self.listeners: list[Listener] = []
 
     # -- backends ------------------------------------------------------------------------------
@@ -56,28 +79,25 @@ class DeviceManager:
     def add_backend(self, name: str, path: str | os.PathLike[str]) -> Backend:
         """Attach the image at ``path`` as backend ``name``."""
         self._check_new_name(name)
-        existing = self._backend_by_path(path)
-        if existing is not None:
-            raise FuseblkError(errno.EBUSY, f"image {path} is already attached as {existing.name}")
-        backend = Backend.open(path, name=name)
+        backend, new = find_or_open_backend(
+            path, self._attached(), name=name, own_mount=self.own_mount
+        )
+        if not new:
+            raise FuseblkError(errno.EBUSY, f"image {path} is already attached as {backend.name}")
         self._backends[name] = backend
         return backend
 
-    def add_device(self, dev: BlockDevice) -> None:
-        """Register an already-open device (a Backend, or any BlockDevice) under ``dev.name``."""
+    def add_device(self, dev: Backend) -> None:
+        """Register an already-open backend (attached hardware, or any device with the
+        :class:`~fuseblk.device.Backend` protocol) under ``dev.name``."""
         self._check_new_name(dev.name)
         self._backends[dev.name] = dev
 
-    def backends(self) -> dict[str, BlockDevice]:
+    def backends(self) -> dict[str, Backend]:
         return dict(self._backends)
 
-    def _backend_by_path(self, path: str | os.PathLike[str]) -> BlockDevice | None:
-        real = os.path.realpath(path)
-        for dev in self._backends.values():
-            dev_path = getattr(dev, "path", None)
-            if dev_path is not None and os.path.realpath(dev_path) == real:
-                return dev
-        return None
+    def _attached(self) -> list[Backend]:
+        return list(self._backends.values())
 
     # -- resolving table references --------------------------------------------------------------
 
@@ -97,20 +117,21 @@ class DeviceManager:
         dev = self._backends.get(ref)
         if dev is not None:
             return dev
-        dev = self._backend_by_path(ref)
-        if dev is not None:
-            return dev
-        if os.sep not in ref and not os.path.exists(ref):
-            raise TargetArgError("device", "a mapped device, a backend name or an image path", ref)
-        path = os.path.abspath(ref)
         try:
-            backend = Backend.open(path, name=path)
+            backend, new = find_or_open_backend(ref, self._attached(), own_mount=self.own_mount)
         except FuseblkError as err:
-            # backend errors usually start with the path already: do not say it twice
-            got = err.message if path in err.message else f"{ref}: {err.message}"
+            if os.sep not in ref and err.errno == errno.ENOENT:
+                raise TargetArgError(
+                    "device", "a mapped device, a backend name or an image path", ref
+                ) from None
+            # backend errors usually start with the reference already: do not say it twice
+            got = err.message if ref in err.message else f"{ref}: {err.message}"
             raise TargetArgError(
                 "device", "an image that can be attached", got, err.errno
             ) from None
+        if not new:
+            return backend
+        path = backend.name
         self._backends[path] = backend
         self._path_images.add(path)
         if opened is not None:
@@ -147,76 +168,80 @@ class DeviceManager:
 
     async def create(self, name: str, table: str, fallback: str = "device") -> MappedDevice:
         """``dmsetup create``: a new device with ``table`` live (an empty table: no table, size 0)."""
-        self._check_new_name(name)
-        if fallback not in FALLBACK_POLICIES:
-            raise FuseblkError(
-                errno.EINVAL,
-                f"fallback must be one of {', '.join(FALLBACK_POLICIES)}, got {fallback!r}",
-            )
-        md = MappedDevice(name, fallback_per_target=fallback == "target")
-        parsed = await self._parse(name, table)
-        if parsed.is_empty:
-            await parsed.destroy()
-        else:
-            await md.install(parsed)
-        self._devices[name] = md
-        self._notify("add", name)
-        return md
+        async with self._table_lock:
+            self._check_new_name(name)
+            md = MappedDevice(name, self.block_layer, falls_back_per_target(fallback))
+            parsed = await self._parse(name, table)
+            if parsed.is_empty:
+                await parsed.destroy()
+            else:
+                await md.install(parsed)
+            self._devices[name] = md
+            self._notify(DeviceAdded(name))
+            return md
 
     async def load(self, name: str, table: str) -> None:
         """``dmsetup load``: construct ``table`` into the inactive slot; the live one is untouched."""
-        md = self.get(name)
-        parsed = await self._parse(name, table)
-        try:
-            if parsed.is_empty:
-                raise FuseblkError(errno.EINVAL, f"{name}: a table needs at least one target")
-            replaced = md.set_inactive(parsed)
-        except BaseException:
-            await parsed.destroy()
-            await self._release_unused_images()  # it may have opened images by path
-            raise
-        if replaced is not None:
-            await replaced.destroy()
-            await self._release_unused_images()
+        async with self._table_lock:
+            md = self.get(name)
+            parsed = await self._parse(name, table)
+            try:
+                if parsed.is_empty:
+                    raise FuseblkError(errno.EINVAL, f"{name}: a table needs at least one target")
+                replaced = md.set_inactive(parsed)
+            except BaseException:
+                await parsed.destroy()
+                await self._release_unused_images()  # it may have opened images by path
+                raise
+            if replaced is not None:
+                await replaced.destroy()
+                await self._release_unused_images()
 
     async def clear(self, name: str) -> None:
         """``dmsetup clear``: drop the inactive table."""
-        await self.get(name).clear_inactive()
-        await self._release_unused_images()
+        async with self._table_lock:
+            await self.get(name).clear_inactive()
+            await self._release_unused_images()
 
     async def resume(self, name: str) -> None:
-        md = self.get(name)
-        old_size = md.size
-        await md.resume()
-        await self._release_unused_images()
-        if md.size != old_size:
-            self._notify("resize", name, md.size)
+        async with self._table_lock:
+            md = self.get(name)
+            old_size = md.size
+            await md.resume()
+            await self._release_unused_images()
+            if md.size != old_size:
+                self._notify(DeviceResized(name, md.size))
 
     async def suspend(self, name: str) -> None:
-        await self.get(name).suspend()
+        async with self._table_lock:
+            await self.get(name).suspend()
 
     async def remove(self, name: str) -> None:
         """``dmsetup remove``: EBUSY while open or while another table stacks on it."""
-        md = self.get(name)
-        if md.open_count > 0:
-            raise FuseblkError(errno.EBUSY, f"{name}: device is open ({md.open_count})")
-        holders = [
-            other.name for other in self._devices.values() if other is not md and other.holds(md)
-        ]
-        if holders:
-            raise FuseblkError(errno.EBUSY, f"{name}: in use by {', '.join(sorted(holders))}")
-        del self._devices[name]
-        await md.shutdown()
-        self._notify("remove", name)
-        await self._release_unused_images()
+        async with self._table_lock:
+            md = self.get(name)
+            if md.open_count > 0:
+                raise FuseblkError(errno.EBUSY, f"{name}: device is open ({md.open_count})")
+            holders = [
+                other.name
+                for other in self._devices.values()
+                if other is not md and other.holds(md)
+            ]
+            if holders:
+                raise FuseblkError(errno.EBUSY, f"{name}: in use by {', '.join(sorted(holders))}")
+            del self._devices[name]
+            await md.shutdown()
+            self._notify(DeviceRemoved(name))
+            await self._release_unused_images()
 
-    def rename(self, old: str, new: str) -> None:
-        md = self.get(old)
-        self._check_new_name(new)
-        del self._devices[old]
-        md.rename(new)
-        self._devices[new] = md
-        self._notify("rename", old, new)
+    async def rename(self, old: str, new: str) -> None:
+        async with self._table_lock:
+            md = self.get(old)
+            self._check_new_name(new)
+            del self._devices[old]
+            md.rename(new)
+            self._devices[new] = md
+            self._notify(DeviceRenamed(old, new))
 
     def get(self, name: str) -> MappedDevice:
         try:
@@ -277,7 +302,37 @@ class DeviceManager:
         return await md.live.target_at_sector(sector).message(args)
 
     async def evict_key(self, name: str, key: BlkCryptoKey) -> None:
+        """Evict ``key`` from every device below ``name`` and from the fallback."""
         await self.get(name).evict_key(key)
+
+    async def evict_raw_key(
+        self,
+        name: str,
+        mode: CryptoMode,
+        raw: bytes,
+        data_unit_size: int,
+        dun_bytes: int | None = None,
+    ) -> None:
+        """``dm evict-key``: a key is its bytes and its configuration. Without a DUN width it is
+        evicted under every width the mode allows (default-key picks the width from the
+        target's size, so the user may not know it)."""
+        widths = range(1, mode.iv_size + 1) if dun_bytes is None else [dun_bytes]
+        for width in widths:
+            key = BlkCryptoKey.create(mode, raw, data_unit_size, width)
+            await self.evict_key(name, key)
+
+    async def discard(self, name: str, offset: int, length: int) -> None:
+        """``BLKDISCARD``: ``length`` bytes at ``offset``, whole sectors inside the device."""
+        dev = self.get(name)
+        if offset < 0 or length <= 0:
+            raise einval("discard: offset must be >= 0 and length > 0")
+        if offset % SECTOR_SIZE or length % SECTOR_SIZE:
+            raise einval(f"discard: offset and length must be multiples of {SECTOR_SIZE}")
+        if offset + length > dev.size:
+            raise einval(
+                f"discard: range ends at {offset + length}, beyond the device's {dev.size} bytes"
+            )
+        await dev.submit(Bio.discard(offset, length))
 
     def stats(self, name: str | None = None) -> dict[str, Any]:
         """Counters per mapped device and per backend (with its keyslot profile's counters)."""
@@ -288,8 +343,7 @@ class DeviceManager:
         for n, dev in self._backends.items():
             if name not in (None, n):
                 continue
-            counters = getattr(dev, "counters", None)
-            entry: dict[str, Any] = dict(counters.snapshot()) if counters is not None else {}
+            entry: dict[str, Any] = dict(dev.counters.snapshot())
             if dev.crypto_profile is not None:
                 entry["profile"] = dev.crypto_profile.counters.snapshot()
             backends[n] = entry
@@ -297,7 +351,7 @@ class DeviceManager:
             raise FuseblkError(errno.ENXIO, f"no device named {name!r}")
         result: dict[str, Any] = {"devices": devices, "backends": backends}
         if name is None:
-            fb = get_fallback()
+            fb = self.block_layer.fallback
             result["fallback"] = {
                 **fb.counters.snapshot(),
                 "profile": fb.profile.counters.snapshot(),
@@ -309,9 +363,7 @@ class DeviceManager:
     async def flush_all(self) -> None:
         """Flush every backend (data durable, keyslot tables recorded)."""
         for dev in self._backends.values():
-            flush = getattr(dev, "flush", None)
-            if flush is not None:
-                await flush()
+            await dev.flush()
 
     def open_devices(self) -> dict[str, int]:
         """Devices with open handles (a process, a loop device) and how many: what blocks umount."""
@@ -337,7 +389,7 @@ class DeviceManager:
             for md in top:
                 del self._devices[md.name]
                 await md.shutdown()
-                self._notify("remove", md.name)
+                self._notify(DeviceRemoved(md.name))
         for name in list(self._backends):
             await self._detach(name)
 
@@ -360,16 +412,22 @@ class DeviceManager:
         self._path_images.discard(name)
         for md in self._devices.values():
             md.forget_device(dev)
-        close = getattr(dev, "close", None)
-        if close is not None:
-            await close()
+        await dev.close()
 
     # -- helpers ------------------------------------------------------------------------------------------
 
     def _check_new_name(self, name: str) -> None:
+        """A name is a file name in the mount: UTF-8 text, one path component, dm's length."""
         if not name or "/" in name or name in (".", "..") or "\0" in name:
             raise FuseblkError(errno.EINVAL, f"invalid device name {name!r}")
-        if len(name.encode("utf-8", "surrogatepass")) >= DM_NAME_LEN:
+        try:
+            encoded = name.encode("utf-8")
+        except UnicodeEncodeError:
+            # a lone surrogate (JSON can carry "\ud800"): no file name, no dm name spells it
+            raise FuseblkError(
+                errno.EINVAL, f"invalid device name {name!r}: not valid UTF-8 text"
+            ) from None
+        if len(encoded) >= DM_NAME_LEN:
             # dm-ioctl's limit; a longer name would also be listed in the mount but could
             # never be opened there (NAME_MAX is 255)
             raise FuseblkError(
@@ -378,9 +436,9 @@ class DeviceManager:
         if name in self._devices or name in self._backends:
             raise FuseblkError(errno.EEXIST, f"a device named {name!r} already exists")
 
-    def _notify(self, event: str, *details: Any) -> None:
+    def _notify(self, event: DmEvent) -> None:
         for listener in list(self.listeners):
-            listener(event, *details)
+            listener(event)
 
 
 class _TableEnv:
@@ -389,6 +447,7 @@ class _TableEnv:
     def __init__(self, manager: DeviceManager, device_name: str) -> None:
         self._manager = manager
         self.device_name = device_name
+        self.block_layer = manager.block_layer
         self.clock = manager.clock
         self.opened: list[str] = []  # images attached for this table, detached if it fails
 

@@ -1,17 +1,18 @@
 """A mapped device (``struct mapped_device``): a live table, an inactive one, a crypto profile.
 
-``submit`` is dm core's ``dm_submit_bio``: the suspend gate, a range check, blk-crypto's
-preparation against this device's own profile, then the split at target boundaries and
-``target.map`` for every piece. Tables are swapped only while suspended, so a bio sees one
-table from start to end.
+``submit`` is dm core's ``dm_submit_bio``: the suspend gate, a range check, then the split at
+target boundaries (:mod:`fuseblk.dm.split`) and ``target.map`` for every piece. Tables are
+swapped only while suspended, so a bio sees one table from start to end.
 
 Crypto, as in the kernel: the profile is a passthrough (0-slot) profile whose capabilities are
-those the live table could offer when it was loaded. A context it does not support is handled
-by the software fallback **at this device**, and the table sees plain data. With
-``fallback_per_target`` (``fallback=target``, beyond the kernel) the device accepts every
-context and only the pieces mapped to targets that do not pass crypto fall back here; pieces
-for pass-through targets keep their context, and each device below falls back for itself if it
-must. The ciphertext on disk is the same either way.
+those the live table could offer when it was loaded. Bios reach ``submit`` prepared by the block
+layer (:meth:`~fuseblk.blkcrypto.block_layer.BlockLayer.submit_bio`), which decides once between
+inline and the fallback: a context the profile does not support was already encrypted in
+software on this device's behalf, and the table sees plain data. With ``fallback_per_target``
+(``fallback=target``, beyond the kernel) the block layer hands this device every context, and
+only the pieces mapped to targets that do not pass crypto fall back here; pieces for
+pass-through targets keep their context, and each device below falls back for itself if it must.
+The ciphertext on disk is the same either way.
 
 Eviction goes further than the kernel: a key is evicted from every device this one ever sent
 bios to (not only the live table's) and from the fallback.
@@ -27,11 +28,11 @@ import trio
 
 from fuseblk import SECTOR_SIZE
 from fuseblk.bio import Bio, BioOp
-from fuseblk.blkcrypto import submit as blk_crypto
-from fuseblk.blkcrypto.fallback import get_fallback
+from fuseblk.blkcrypto.block_layer import BlockLayer, supports_natively
 from fuseblk.blkcrypto.keyslot_manager import CryptoProfile
 from fuseblk.capabilities import CryptoCapabilities, has_capabilities
 from fuseblk.dm.fanout import CONCURRENT_MIN_BYTES, fan_out
+from fuseblk.dm.split import split_at_targets
 from fuseblk.dm.suspend_gate import SuspendGate
 from fuseblk.dm.table import DEFAULT_BLOCK_SIZE, Table
 from fuseblk.errors import FuseblkError
@@ -40,8 +41,9 @@ from fuseblk.stats import Counters
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from fuseblk.ciphers import DataUnitCipher
     from fuseblk.device import BlockDevice
-    from fuseblk.dm.targets import Target
+    from fuseblk.dm.targets.base import Target
     from fuseblk.key import BlkCryptoKey
 
 MORE_RESTRICTIVE = (
@@ -52,23 +54,21 @@ MORE_RESTRICTIVE = (
 class MappedDevice:
     """A :class:`~fuseblk.device.BlockDevice` whose bios are mapped by a table of targets."""
 
-    def __init__(self, name: str, fallback_per_target: bool = False) -> None:
+    def __init__(
+        self, name: str, block_layer: BlockLayer, fallback_per_target: bool = False
+    ) -> None:
         self._name = name
+        self._blk = block_layer
         self.fallback_per_target = fallback_per_target
         self.counters = Counters()
         self.live: Table | None = None
         self.inactive: Table | None = None
-        self.open_count = 0
         self.event_nr = 0
+        self._open_count = 0
         self._profile: CryptoProfile | None = None
         self._gate = SuspendGate()
         self._lock = trio.Lock()  # md->suspend_lock: one suspend/resume/swap at a time
         self._touched: dict[int, BlockDevice] = {}  # every device a live table ever reached
-        self._unprepared = _Unprepared(self)
-        # key -> does the live profile support it: a dict hit is ~0.25 us cheaper per context bio
-        # than profile.supports() (tools/bench_dm_overhead.py, "with context": 5.96 vs 6.22 us).
-        # Cleared whenever the profile's capabilities change.
-        self._supported: dict[BlkCryptoKey, bool] = {}
         self.removed = False
 
     # -- BlockDevice ----------------------------------------------------------------------------
@@ -92,14 +92,36 @@ class MappedDevice:
         return self._profile
 
     @property
+    def block_layer(self) -> BlockLayer:
+        """The block layer bios to this device go through (its manager's)."""
+        return self._blk
+
+    @property
     def block_size(self) -> int:
         return self.live.block_size if self.live is not None else DEFAULT_BLOCK_SIZE
+
+    @property
+    def open_count(self) -> int:
+        """Open handles on the device's file: ``dm remove`` is EBUSY while there are any."""
+        return self._open_count
+
+    def open(self) -> None:
+        self._open_count += 1
+
+    def release(self) -> None:
+        self._open_count = max(0, self._open_count - 1)
 
     @property
     def suspended(self) -> bool:
         return self._gate.suspended
 
     async def submit(self, bio: Bio) -> None:
+        """``dm_submit_bio`` for a bio the block layer prepared for this device.
+
+        A context the bio still carries is one this device's profile supports (inline: the
+        targets pass it down), or, with ``fallback_per_target``, any context: this device then
+        falls back for the pieces whose targets cannot pass it.
+        """
         waited = await self._gate.enter()
         c = self.counters
         try:
@@ -113,7 +135,8 @@ class MappedDevice:
                 c.add("writes")
             elif op is BioOp.FLUSH:
                 c.add("flushes")
-                await self._map(bio)
+                if self.live is not None:
+                    await self._flush(self.live)
                 return
             else:
                 c.add("discards")
@@ -129,28 +152,13 @@ class MappedDevice:
                     f"{self._name}: attempt to access beyond end of device ({bio.end} > {self.size})",
                 )
             ctx = bio.crypt_ctx
-            if ctx is None:
-                await self._map(bio)
-                return
-            if op.has_data:
-                ctx.check_aligned(0, bio.length)
-            supported = self._supported.get(ctx.key)
-            if supported is None:
-                profile = self._profile
-                supported = profile is not None and profile.supports(ctx.key.config)
-                if len(self._supported) >= 4096:  # many short-lived keys: start over
-                    self._supported.clear()
-                self._supported[ctx.key] = supported
-            if supported:
+            if ctx is not None:
+                if self.fallback_per_target and not supports_natively(self, ctx.key.config):
+                    await self._map(bio, per_target_fallback=True)
+                    return
                 c.add("inline_bios")
                 c.add("inline_bytes", bio.length)
-                await self._map(bio)
-            elif self.fallback_per_target:
-                await self._map(bio, per_target_fallback=True)
-            else:
-                c.add("fallback_bios")
-                c.add("fallback_bytes", bio.length)
-                await get_fallback().submit(self._unprepared, bio)
+            await self._map(bio)
         except FuseblkError:
             c.add("errors")
             raise
@@ -160,54 +168,44 @@ class MappedDevice:
     # -- mapping ----------------------------------------------------------------------------------
 
     async def _map(self, bio: Bio, per_target_fallback: bool = False) -> None:
-        """``__split_and_process_bio`` for a bio already admitted and prepared."""
+        """``__split_and_process_bio`` for an admitted data bio: each piece to its target."""
         table = self.live
-        if bio.op is BioOp.FLUSH:
-            if table is not None:
-                await self._flush(table)
-            return
         if table is None:
             raise FuseblkError(errno.EIO, f"{self._name}: device has no table")
         targets = table.targets
-        if len(targets) == 1:  # the hot path: no split, target offset == device offset
-            await self._map_piece(targets[0], bio, per_target_fallback)
+        if len(targets) == 1 and not per_target_fallback:
+            await targets[0].map(bio)  # the hot path: no split, target offset == device offset
             return
-        i = table.index_at(bio.offset)
-        target = targets[i]
-        if bio.end <= target.begin + target.length:
-            piece = Bio(bio.op, bio.offset - target.begin, bio.length, bio.buf, bio.crypt_ctx)
-            await self._map_piece(target, piece, per_target_fallback)
-            return
-        dus = bio.crypt_ctx.key.data_unit_size if bio.crypt_ctx is not None else SECTOR_SIZE
-        calls: list[Callable[[], Awaitable[None]]] = []
-        pos = bio.offset
-        while pos < bio.end:
-            target = targets[i]
-            if (pos - bio.offset) % dus:
-                raise FuseblkError(
-                    errno.EINVAL,
-                    f"{self._name}: target boundary at sector {pos // SECTOR_SIZE} falls inside a "
-                    f"{dus}-byte data unit of the bio",
-                )
-            n = min(bio.end, target.begin + target.length) - pos
-            piece = bio.slice(pos - bio.offset, n).remap(pos - target.begin)
-            calls.append(partial(self._map_piece, target, piece, per_target_fallback))
-            pos += n
-            i += 1
-        self.counters.add("splits", len(calls) - 1)
-        await fan_out(calls, concurrent=bio.length >= CONCURRENT_MIN_BYTES)
-
-    async def _map_piece(self, target: Target, bio: Bio, per_target_fallback: bool) -> None:
-        if per_target_fallback and bio.crypt_ctx is not None:
-            if target.passes_crypto:
-                self.counters.add("passthrough_bios")
-                self.counters.add("passthrough_bytes", bio.length)
+        pieces = (
+            [(targets[0], bio)] if len(targets) == 1 else split_at_targets(table, bio, self._name)
+        )
+        if len(pieces) == 1:
+            target, piece = pieces[0]
+            if per_target_fallback:
+                await self._map_falling_back(target, piece)
             else:
-                self.counters.add("fallback_bios")
-                self.counters.add("fallback_bytes", bio.length)
-                await get_fallback().submit(_TargetDevice(target), bio)
-                return
-        await target.map(bio)
+                await target.map(piece)
+            return
+        self.counters.add("splits", len(pieces) - 1)
+        map_piece = self._map_falling_back if per_target_fallback else _map_piece
+        await fan_out(
+            [partial(map_piece, target, piece) for target, piece in pieces],
+            concurrent=bio.length >= CONCURRENT_MIN_BYTES,
+        )
+
+    async def _map_falling_back(self, target: Target, bio: Bio) -> None:
+        """``fallback=target``: a piece keeps its context if its target passes crypto, else the
+        fallback serves it here and the target sees plain data."""
+        if bio.crypt_ctx is None:
+            await target.map(bio)
+        elif target.passes_crypto:
+            self.counters.add("passthrough_bios")
+            self.counters.add("passthrough_bytes", bio.length)
+            await target.map(bio)
+        else:
+            self.counters.add("fallback_bios")
+            self.counters.add("fallback_bytes", bio.length)
+            await self._blk.fallback.submit(_TargetPiece(target), bio)
 
     async def _flush(self, table: Table) -> None:
         """A FLUSH reaches every device below once, and every target that wants to see it."""
@@ -219,7 +217,8 @@ class MappedDevice:
                     devices.setdefault(id(dev), dev)
             else:
                 calls.append(partial(target.map, Bio.flush()))
-        calls.extend(partial(blk_crypto.submit_bio, dev, Bio.flush()) for dev in devices.values())
+        submit_bio = self._blk.submit_bio
+        calls.extend(partial(submit_bio, dev, Bio.flush()) for dev in devices.values())
         if calls:
             await fan_out(calls)
 
@@ -301,7 +300,6 @@ class MappedDevice:
         for dev in table.devices():
             self._touched.setdefault(id(dev), dev)
         caps = table.crypto_caps
-        self._supported.clear()
         if caps is not None:
             if self._profile is None:
                 self._profile = CryptoProfile(caps, 0, ops=_EvictForwarder(self), name=self._name)
@@ -329,24 +327,13 @@ class MappedDevice:
     async def evict_key(self, key: BlkCryptoKey) -> None:
         """Evict ``key`` from every device this one ever reached, and from the fallback.
 
-        Every device is tried even after a failure (``dm_keyslot_evict`` does the same); the first
-        error (EBUSY for a key in use) is raised at the end.
+        Every place is tried even after a failure (``dm_keyslot_evict`` does the same); the
+        first error (EBUSY for a key in use) is raised at the end.
         """
-        first: FuseblkError | None = None
         if self.live is not None:  # legs hot-added by a target (raid1 ``add``) since the swap
             for dev in self.live.devices():
                 self._touched.setdefault(id(dev), dev)
-        for dev in list(self._touched.values()):
-            try:
-                await evict_from_device(dev, key)
-            except FuseblkError as err:
-                first = first or err
-        try:
-            await get_fallback().evict_key(key)
-        except FuseblkError as err:
-            first = first or err
-        if first is not None:
-            raise first
+        await self._blk.evict_key(key, list(self._touched.values()))
 
     def forget_device(self, dev: BlockDevice) -> None:
         """``dev`` was detached: evicting keys no longer needs to reach it."""
@@ -364,14 +351,8 @@ class MappedDevice:
         return f"MappedDevice({self._name!r}, size={self.size}, live={self.live!r})"
 
 
-async def evict_from_device(dev: BlockDevice, key: BlkCryptoKey) -> None:
-    """``blk_crypto_evict_key`` on one device below: its own profile if it supports the key."""
-    if isinstance(dev, MappedDevice):
-        await dev.evict_key(key)
-        return
-    profile = dev.crypto_profile
-    if profile is not None and profile.supports(key.config):
-        await profile.evict_key(key)
+async def _map_piece(target: Target, bio: Bio) -> None:
+    await target.map(bio)
 
 
 class _EvictForwarder:
@@ -380,42 +361,19 @@ class _EvictForwarder:
     def __init__(self, md: MappedDevice) -> None:
         self._md = md
 
-    async def program_key(self, key: BlkCryptoKey, slot: int) -> None:
+    async def program_key(self, key: BlkCryptoKey, slot: int) -> DataUnitCipher:
         raise FuseblkError(errno.EOPNOTSUPP, "a passthrough profile has no keyslots to program")
 
     async def evict_key(self, key: BlkCryptoKey, slot: int | None) -> None:
         await self._md.evict_key(key)
 
 
-class _Unprepared:
-    """The mapped device seen from the fallback: ``submit`` maps without crypto preparation."""
-
-    crypto_profile = None
-
-    def __init__(self, md: MappedDevice) -> None:
-        self._md = md
-
-    @property
-    def name(self) -> str:
-        return self._md.name
-
-    @property
-    def size(self) -> int:
-        return self._md.size
-
-    async def submit(self, bio: Bio) -> None:
-        await self._md._map(bio)
-
-
-class _TargetDevice:
-    """One target seen as a device, so the fallback can serve just that target's piece."""
-
-    crypto_profile = None
+class _TargetPiece:
+    """One target seen by the fallback, so that it can serve just that target's piece."""
 
     def __init__(self, target: Target) -> None:
         self._target = target
         self.name = target.name
-        self.size = target.length
 
     async def submit(self, bio: Bio) -> None:
         await self._target.map(bio)

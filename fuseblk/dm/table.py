@@ -2,6 +2,9 @@
 
 A table is one ``<start> <length> <target> <args...>`` line per target, in 512-byte sectors,
 covering the device contiguously from sector 0; ``#`` starts a comment, blank lines are ignored.
+Starts and lengths are u64 sector counts, as in dm, and the device ends by sector
+``MAX_SECTORS``: its size in bytes is a file's size in the mount (``loff_t``, at most 2^63 - 1).
+The text is what a dm ioctl carries: UTF-8 without NUL characters.
 Parsing constructs every target (``ctr``) before anything else happens, so a malformed table is
 refused as a whole: targets already built are destroyed and the caller's live table is never
 touched. Errors name the line and the field.
@@ -19,13 +22,17 @@ from typing import TYPE_CHECKING
 
 from fuseblk import SECTOR_SIZE
 from fuseblk.capabilities import CryptoCapabilities, intersect
-from fuseblk.dm.targets import Target, TargetArgError, TargetEnv, get_target, target_names
+from fuseblk.dm.targets.base import Target, TargetArgError, TargetEnv
+from fuseblk.dm.targets.ctr_args import SECTOR_MAX, read_decimal
+from fuseblk.dm.targets.registry import get_target, target_names
 from fuseblk.errors import FuseblkError, TableError
 
 if TYPE_CHECKING:
     from fuseblk.device import BlockDevice
 
 DEFAULT_BLOCK_SIZE = SECTOR_SIZE
+MAX_BYTES = (1 << 63) - 1  # the largest file, hence the largest device file in the mount
+MAX_SECTORS = MAX_BYTES // SECTOR_SIZE
 
 
 class Table:
@@ -45,6 +52,7 @@ class Table:
         try:
             next_sector = 0
             for lineno, raw in enumerate(text.splitlines(), start=1):
+                _check_text(lineno, raw)
                 fields = raw.split("#", 1)[0].split()
                 if not fields:
                     continue
@@ -111,14 +119,23 @@ class Table:
             default=DEFAULT_BLOCK_SIZE,
         )
 
-    @property
-    def passes_crypto(self) -> bool:
-        return all(t.passes_crypto for t in self.targets)
-
     async def destroy(self) -> None:
         """``dtr`` every target (the table was replaced or its device removed)."""
         for target in reversed(self.targets):
             await target.destroy()
+
+
+def _check_text(lineno: int, raw: str) -> None:
+    """A dm ioctl carries C strings of UTF-8: no NUL, no lone surrogate (JSON can send one)."""
+    if "\0" in raw:
+        raise TableError(lineno, "text", "no NUL characters")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        surrogate = ord(raw[exc.start])
+        raise TableError(
+            lineno, "text", f"valid UTF-8 text, without the lone surrogate U+{surrogate:04X}"
+        ) from None
 
 
 def _construct_line(lineno: int, fields: list[str], expected_start: int, env: TargetEnv) -> Target:
@@ -127,23 +144,34 @@ def _construct_line(lineno: int, fields: list[str], expected_start: int, env: Ta
             lineno, "target", "<start> <length> <target> [<args>...]", " ".join(fields)
         )
     start_text, length_text, name, *args = fields
-    # isascii: str.isdigit() also accepts digits that int() cannot read, such as '²'
-    if not start_text.isascii() or not start_text.isdigit():
-        raise TableError(lineno, "start", "a sector number", start_text)
-    if int(start_text) != expected_start:
-        what = "a gap" if int(start_text) > expected_start else "an overlap"
+    start = read_decimal(start_text, SECTOR_MAX)
+    if start is None:
+        raise TableError(lineno, "start", f"a sector number (0..{SECTOR_MAX})", start_text)
+    if start != expected_start:
+        what = "a gap" if start > expected_start else "an overlap"
         raise TableError(
             lineno,
             "start",
             f"sector {expected_start} (targets must cover the device contiguously; this is {what})",
             start_text,
         )
-    if not length_text.isascii() or not length_text.isdigit() or int(length_text) == 0:
-        raise TableError(lineno, "length", "a positive number of sectors", length_text)
+    sectors = read_decimal(length_text, SECTOR_MAX)
+    if not sectors:
+        raise TableError(
+            lineno, "length", f"a positive number of sectors (1..{SECTOR_MAX})", length_text
+        )
+    if sectors > MAX_SECTORS - start:
+        raise TableError(
+            lineno,
+            "length",
+            f"at most {MAX_SECTORS - start} sectors (a device ends by sector {MAX_SECTORS}: "
+            f"its file holds at most 2^63 - 1 bytes)",
+            length_text,
+        )
     cls = get_target(name)
     if cls is None:
         raise TableError(lineno, "target", f"one of {', '.join(target_names())}", name)
-    begin, length = expected_start * SECTOR_SIZE, int(length_text) * SECTOR_SIZE
+    begin, length = start * SECTOR_SIZE, sectors * SECTOR_SIZE
     try:
         return cls(env, begin, length, args)
     except TargetArgError as exc:

@@ -1,6 +1,6 @@
 """Byte-granular reads and writes on a block device: the block layer's side of a file request.
 
-A mapped device only accepts I/O in whole logical blocks (``MappedDevice.block_size``: 512, or
+A mapped device only accepts I/O in whole logical blocks (``BlockDevice.block_size``: 512, or
 the ``sector_size`` of a default-key/crypt target), but files are read and written at any offset.
 Like the kernel's block-device file operations, this module clamps requests to the device
 (reads past the end are short, writes starting at the end are ``ENOSPC``) and serves unaligned
@@ -16,17 +16,10 @@ from __future__ import annotations
 
 import errno
 
-from fuseblk import SECTOR_SIZE
 from fuseblk.bio import Bio
 from fuseblk.device import BlockDevice
 from fuseblk.errors import FuseblkError
 from fuseblk.rangelock import RangeLock
-
-
-def block_size_of(device: BlockDevice) -> int:
-    """The device's logical block size; plain block devices (backends) are sector-addressed."""
-    size: int = getattr(device, "block_size", SECTOR_SIZE)
-    return size
 
 
 class BlockIO:
@@ -47,7 +40,7 @@ class BlockIO:
         if offset >= dev_size or size <= 0:
             return memoryview(b"")
         size = min(size, dev_size - offset)
-        bs = block_size_of(self.device)
+        bs = self.device.block_size
         start = offset - offset % bs
         end = min(-(-(offset + size) // bs) * bs, dev_size)
         buf = bytearray(end - start)
@@ -76,7 +69,7 @@ class BlockIO:
         if offset + length > dev_size:
             length = dev_size - offset
             data = memoryview(data)[:length]
-        bs = block_size_of(self.device)
+        bs = self.device.block_size
         start = offset - offset % bs
         end = min(-(-(offset + length) // bs) * bs, dev_size)
         async with self.locks.locked(start, end):

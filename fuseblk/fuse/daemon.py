@@ -258,9 +258,9 @@ def tune_malloc() -> None:
 
     Every request allocates buffers of up to 1 MiB (pyfuse3's copy of a write, read buffers,
     bounce buffers). With glibc's defaults such sizes are mmapped or trimmed from the heap top
-    on free, so each request pays hundreds of page faults: measured on the FUSE layer alone,
-    1 MiB sequential I/O ran at ~1 GB/s with the defaults and ~4 GB/s with these settings. The
-    cost is that the heap stays at its peak (a few MiB per concurrent request).
+    on free, so each request pays hundreds of page faults, which dominate large sequential I/O
+    through the FUSE layer. The cost is that the heap stays at its peak (a few MiB per
+    concurrent request).
     """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -345,6 +345,7 @@ def run_daemon(
         tune_malloc()
         status = _child_main(build, settings, pipe)
     except BaseException as exc:  # nothing may escape a forked child
+        # dynamic: any exception; OSError and FuseblkError carry an errno, the others do not
         pipe.send(f"error {getattr(exc, 'errno', None) or errno.EIO} {exc}")
     finally:
         os._exit(status)

@@ -1,9 +1,10 @@
 """The FUSE layer: one regular file per mapped device; file requests become bios.
 
 This module only translates. Reads and writes go to :class:`fuseblk.fuse.block_io.BlockIO` (which
-owns alignment, clamping and read-modify-write), fsync/flush become a FLUSH bio, and the
-directory mirrors the device manager's names. Every operation runs under :func:`_fuse_errors`,
-the one place where :class:`FuseblkError` becomes ``FUSEError(errno)``.
+owns alignment, clamping and read-modify-write), fsync and fdatasync become a FLUSH bio, close
+flushes nothing (as closing a Linux block device), and the directory mirrors the device manager's
+names, each a file name in UTF-8. Every operation runs under :func:`_fuse_errors`, the one place
+where :class:`FuseblkError` becomes ``FUSEError(errno)``.
 
 Files are opened with ``direct_io`` so the kernel's page cache neither hides the device nor
 doubles memory use, and O_DIRECT users (fio, dd ``oflag=direct``, loop with ``--direct-io``)
@@ -28,8 +29,9 @@ import pyfuse3
 import trio
 
 from fuseblk.device import BlockDevice
+from fuseblk.dm.events import DeviceAdded, DeviceRemoved, DeviceRenamed, DeviceResized, DmEvent
 from fuseblk.errors import FuseblkError
-from fuseblk.fuse.block_io import BlockIO, block_size_of
+from fuseblk.fuse.block_io import BlockIO
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ R = TypeVar("R")
 class DeviceSource(Protocol):
     """What the FUSE layer needs from :class:`fuseblk.dm.DeviceManager`."""
 
-    listeners: list[Callable[..., Any]]
+    listeners: list[Callable[[DmEvent], Any]]
 
     def names(self) -> list[str]: ...
 
@@ -108,10 +110,13 @@ class _RequestCount:
             self.idle.set()
 
 
-def _adjust_open_count(device: BlockDevice, delta: int) -> None:
-    """Mapped devices count their openers (``dm remove`` is EBUSY while open); others don't."""
-    if hasattr(device, "open_count"):
-        device.open_count = max(0, device.open_count + delta)
+def _file_name(name: str) -> bytes | None:
+    """A device's name as a file name: its UTF-8 bytes; None for a name that has none (a lone
+    surrogate), which ``os.fsencode`` would refuse with UnicodeEncodeError."""
+    try:
+        return name.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
 
 
 def _eperm(what: str) -> FuseblkError:
@@ -178,7 +183,7 @@ class DeviceFiles(pyfuse3.Operations):
         self._by_name[name] = entry
         return entry
 
-    def on_device_event(self, event: str, name: str, *args: Any) -> None:
+    def on_device_event(self, event: DmEvent) -> None:
         """A DeviceManager listener: mirror adds, removals, renames and resizes.
 
         The kernel caches directory entries and attributes for ATTR_TIMEOUT; anything that
@@ -187,51 +192,50 @@ class DeviceFiles(pyfuse3.Operations):
         never raised: the device manager's operation already happened.
         """
         try:
-            self._follow(event, name, *args)
+            self._follow(event)
         except Exception:
-            log.exception("following device event %r for %s", event, name)
+            log.exception("following device event %r", event)
 
-    def _follow(self, event: str, name: str, *args: Any) -> None:
-        if event == "add":
-            if name in self._by_name:
-                self._forget_name(name)
-            self._add(name)
-            self._invalidate_entry(name)
-        elif event == "remove":
-            entry = self._by_name.get(name)
-            if entry is not None:
-                self._forget_name(name)
-                self._invalidate_entry(name, deleted=entry.inode)
-        elif event == "rename":
-            new = str(args[0]) if args else name
-            entry = self._by_name.pop(name, None)
-            if entry is not None:
-                if new in self._by_name:
-                    self._forget_name(new)
-                entry.name = new
-                self._by_name[new] = entry
-                entry.ctime_ns = time.time_ns()
-            self._invalidate_entry(name)
-            self._invalidate_entry(new)
-        elif event == "resize":
-            entry = self._by_name.get(name)
-            if entry is not None:
-                device = self.manager.get(name)
-                if device is not entry.io.device:  # keep the range locks unless the device changed
-                    entry.io = BlockIO(device)
-                entry.mtime_ns = entry.ctime_ns = time.time_ns()
-                self._invalidate_inode(entry.inode)
-        else:
-            log.debug("ignoring device event %r for %s", event, name)
+    def _follow(self, event: DmEvent) -> None:
+        match event:
+            case DeviceAdded(name=name):
+                if name in self._by_name:
+                    self._forget_name(name)
+                self._add(name)
+                self._invalidate_entry(name)
+            case DeviceRemoved(name=name):
+                entry = self._by_name.get(name)
+                if entry is not None:
+                    self._forget_name(name)
+                    self._invalidate_entry(name, deleted=entry.inode)
+            case DeviceRenamed(old=old, new=new):
+                entry = self._by_name.pop(old, None)
+                if entry is not None:
+                    if new in self._by_name:
+                        self._forget_name(new)
+                    entry.name = new
+                    self._by_name[new] = entry
+                    entry.ctime_ns = time.time_ns()
+                self._invalidate_entry(old)
+                self._invalidate_entry(new)
+            case DeviceResized(name=name):
+                entry = self._by_name.get(name)
+                if entry is not None:
+                    device = self.manager.get(name)
+                    if device is not entry.io.device:  # keep the range locks unless it changed
+                        entry.io = BlockIO(device)
+                    entry.mtime_ns = entry.ctime_ns = time.time_ns()
+                    self._invalidate_inode(entry.inode)
 
     def _forget_name(self, name: str) -> None:
         entry = self._by_name.pop(name)
         del self._files[entry.inode]
 
     def _invalidate_entry(self, name: str, deleted: int = 0) -> None:
-        if self.mounted:
+        file_name = _file_name(name)
+        if self.mounted and file_name is not None:
             pyfuse3.invalidate_entry_async(
-                pyfuse3.ROOT_INODE, os.fsencode(name), deleted, ignore_enoent=True
+                pyfuse3.ROOT_INODE, file_name, deleted, ignore_enoent=True
             )
         self._invalidate_inode(pyfuse3.ROOT_INODE)
 
@@ -273,7 +277,7 @@ class DeviceFiles(pyfuse3.Operations):
         attrs.st_mode = FILE_MODE
         attrs.st_nlink = 1
         attrs.st_size = size
-        attrs.st_blksize = max(block_size_of(entry.device), 4096)
+        attrs.st_blksize = max(entry.device.block_size, 4096)
         attrs.st_blocks = size // 512
         attrs.st_atime_ns = entry.mtime_ns
         attrs.st_mtime_ns = entry.mtime_ns
@@ -288,9 +292,10 @@ class DeviceFiles(pyfuse3.Operations):
             raise FuseblkError(errno.ENOTDIR, "device files have no entries")
         if name in (b".", b".."):
             return self._attrs(pyfuse3.ROOT_INODE)
-        entry = self._by_name.get(os.fsdecode(name))
+        text = name.decode("utf-8", "replace")
+        entry = self._by_name.get(text) if _file_name(text) == name else None
         if entry is None:
-            raise FuseblkError(errno.ENOENT, f"no device {os.fsdecode(name)!r}")
+            raise FuseblkError(errno.ENOENT, f"no device {text!r}")
         return self._attrs(entry.inode)
 
     @_fuse_errors
@@ -343,10 +348,18 @@ class DeviceFiles(pyfuse3.Operations):
 
     @_fuse_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        """Entries in inode order; ``start_id`` is the last inode already returned."""
+        """Entries in inode order; ``start_id`` is the last inode already returned.
+
+        A name that is no file name is left out (and logged): one odd device must not make the
+        whole directory unreadable. The device manager refuses such names; this is the backstop.
+        """
         for inode in sorted(i for i in self._files if i > start_id):
             entry = self._files[inode]
-            if not pyfuse3.readdir_reply(token, os.fsencode(entry.name), self._attrs(inode), inode):
+            file_name = _file_name(entry.name)
+            if file_name is None:
+                log.warning("not listing device %r: its name is not UTF-8 text", entry.name)
+                continue
+            if not pyfuse3.readdir_reply(token, file_name, self._attrs(inode), inode):
                 return
 
     async def releasedir(self, fh: int) -> None:
@@ -365,7 +378,7 @@ class DeviceFiles(pyfuse3.Operations):
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = entry
-        _adjust_open_count(entry.device, +1)
+        entry.device.open()
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
 
     def _handle(self, fh: int) -> DeviceFile:
@@ -388,14 +401,14 @@ class DeviceFiles(pyfuse3.Operations):
         entry.mtime_ns = time.time_ns()
         return written
 
-    @_fuse_errors
     async def flush(self, fh: int) -> None:
-        """close(2): like closing a block device, make what was written durable."""
-        with self._serving_io:
-            await self._handle(fh).io.flush()
+        """close(2) flushes nothing, as closing a Linux block device issues no cache flush
+        (``blkdev_release``): only fsync does. A FLUSH here would fail the close of a device
+        that fails writes, such as dm-flakey's ``error_writes`` while down, after mere reads."""
 
     @_fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
+        """fsync and fdatasync: ``blkdev_fsync`` → ``blkdev_issue_flush``, a FLUSH bio."""
         with self._serving_io:
             await self._handle(fh).io.flush()
 
@@ -407,7 +420,7 @@ class DeviceFiles(pyfuse3.Operations):
     async def release(self, fh: int) -> None:
         entry = self._handles.pop(fh, None)
         if entry is not None:
-            _adjust_open_count(entry.device, -1)
+            entry.device.release()
 
     # -- the namespace is the device manager's ----------------------------------------------------
 

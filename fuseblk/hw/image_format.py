@@ -1,6 +1,6 @@
 """The backend image's on-disk header: declared once with ``construct``, two copies, crash-safe.
 
-Layout of an image file (all integers little-endian)::
+Layout of an image, in a file or any other storage (all integers little-endian)::
 
     0        primary header copy   (HEADER_SIZE = 16 KiB)
     512 KiB  backup header copy    (HEADER_SIZE)
@@ -33,13 +33,10 @@ the start and the SHA-256 in the copy's last 32 bytes; new fields go into the re
 from __future__ import annotations
 
 import enum
-import fcntl
 import hashlib
-import os
 import uuid as uuid_mod
 from dataclasses import dataclass, field
-from errno import EBUSY, EEXIST, EIO
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import construct as cs
 from construct import this
@@ -49,6 +46,9 @@ from fuseblk.errors import FuseblkError, ImageFormatError
 from fuseblk.hw.profiles import MAX_KEYSLOTS, HardwareKind, HardwareProfile
 from fuseblk.key import KEY_IDENTIFIER_SIZE, CryptoConfig, KeyType
 from fuseblk.modes import CryptoMode
+
+if TYPE_CHECKING:
+    from fuseblk.hw.storage import Storage
 
 MAGIC = b"FBLKIMG\x00"
 FORMAT_VERSION = 1
@@ -400,113 +400,31 @@ class HeaderSet:
         return out
 
 
-def read_copy(fd: int, name: str) -> HeaderCopy:
+def read_copy(storage: Storage, name: str) -> HeaderCopy:
     offset = COPY_OFFSETS[name]
-    data = os.pread(fd, HEADER_SIZE, offset)
+    data = storage.read_header(offset, HEADER_SIZE)
     try:
         return HeaderCopy(name, offset, ImageHeader.from_bytes(data))
     except ImageFormatError as exc:
         return HeaderCopy(name, offset, None, exc.message, isinstance(exc, NewerFormatError))
 
 
-def read_headers(fd: int) -> HeaderSet:
+def read_headers(storage: Storage) -> HeaderSet:
     """Both copies; refuses (ImageFormatError) if either is from a newer format version."""
-    headers = HeaderSet(read_copy(fd, "primary"), read_copy(fd, "backup"))
+    headers = HeaderSet(read_copy(storage, "primary"), read_copy(storage, "backup"))
     for copy in headers.copies:
         if copy.newer:
             raise NewerFormatError(f"{copy.name} header: {copy.error}")
     return headers
 
 
-def write_copy(fd: int, name: str, data: bytes) -> None:
+def write_copy(storage: Storage, name: str, data: bytes) -> None:
     """Write one copy and make it durable before anything else happens."""
-    offset = COPY_OFFSETS[name]
-    written = os.pwrite(fd, data, offset)
-    if written != len(data):
-        raise OSError(f"short write of the {name} header: {written} of {len(data)} bytes")
-    os.fsync(fd)
+    storage.write_header(COPY_OFFSETS[name], data)
 
 
-def write_headers(fd: int, header: ImageHeader) -> None:
-    """Crash-safe update: primary then backup, each synced before the next step."""
+def write_headers(storage: Storage, header: ImageHeader) -> None:
+    """Crash-safe update: primary then backup, each durable before the next step."""
     data = header.to_bytes()
-    write_copy(fd, "primary", data)
-    write_copy(fd, "backup", data)
-
-
-def create_image_file(
-    path: str | os.PathLike[str],
-    hardware: HardwareProfile,
-    data_size: int,
-    label: str = "",
-    overwrite: bool = False,
-) -> ImageHeader:
-    """Make a new sparse image: headers written and synced, the data area a hole.
-
-    Refuses an existing file unless ``overwrite``; never writes zeroes into the data area.
-    """
-    fd, header = open_new_image(path, hardware, data_size, label, overwrite)
-    os.close(fd)
-    return header
-
-
-def open_new_image(
-    path: str | os.PathLike[str],
-    hardware: HardwareProfile,
-    data_size: int,
-    label: str = "",
-    overwrite: bool = False,
-) -> tuple[int, ImageHeader]:
-    """:func:`create_image_file`, returning the file still open and locked (no window between
-    creating an image and attaching it in which another process could take it)."""
-    header = ImageHeader(hardware, data_size, label=label, sequence=1, clean_shutdown=True)
-    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | (0 if overwrite else os.O_EXCL)
-    try:
-        fd = os.open(path, flags, 0o600)
-    except FileExistsError:
-        raise FuseblkError(EEXIST, f"{os.fspath(path)} already exists") from None
-    except OSError as exc:
-        raise FuseblkError(
-            exc.errno or EIO, f"cannot create {os.fspath(path)}: {exc.strerror}"
-        ) from None
-    try:
-        lock_image(fd, path)  # before truncating: never clobber an attached image
-        try:
-            os.ftruncate(fd, 0)
-            os.ftruncate(fd, header.image_size)
-            write_headers(fd, header)
-            _fsync_parent(path)
-        except OSError as exc:
-            raise FuseblkError(
-                exc.errno or EIO, f"cannot create {os.fspath(path)}: {exc.strerror}"
-            ) from None
-    except BaseException:
-        os.close(fd)
-        if not overwrite:  # we made this file: leave nothing half-made behind
-            os.unlink(path)
-        raise
-    return fd, header
-
-
-def _fsync_parent(path: str | os.PathLike[str]) -> None:
-    """Make the new file's directory entry durable too (a crash must not lose the whole image)."""
-    parent = os.path.dirname(os.path.abspath(path))
-    dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def lock_image(fd: int, path: str | os.PathLike[str]) -> None:
-    """Take the image's exclusive owner lock, or fail at once with EBUSY.
-
-    ``flock`` belongs to the open file description, so a second open in the same process conflicts
-    too, and the kernel drops the lock when its holder dies: a killed owner leaves nothing behind.
-    """
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise FuseblkError(
-            EBUSY, f"{os.fspath(path)} is in use (locked by another process or another open)"
-        ) from None
+    write_copy(storage, "primary", data)
+    write_copy(storage, "backup", data)

@@ -11,6 +11,11 @@ A profile says which kind of engine the backend image emulates and what it can d
 Profiles are data, not code: one small TOML file each in the source tree's ``backends/`` folder,
 installed to ``<prefix>/share/fuseblk/backends``. A profile can also be given as a file path, and
 command-line flags can build one from scratch.
+
+Every number that sizes something is bounded: a ``keyslots`` engine has 1..MAX_KEYSLOTS slots
+(each one a keyslot the profile allocates and a row of the image header), DUNs are
+1..DUN_MAX_BYTES bytes, and data unit sizes are powers of two a key can have
+(MIN_DATA_UNIT_SIZE..MAX_DATA_UNIT_SIZE).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import enum
 import sys
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +32,7 @@ from fuseblk.capabilities import CryptoCapabilities, dus_mask
 from fuseblk.dun import DUN_MAX_BYTES
 from fuseblk.errors import FuseblkError, einval
 from fuseblk.inputfile import read_input_text
-from fuseblk.key import KeyType
+from fuseblk.key import MAX_DATA_UNIT_SIZE, MIN_DATA_UNIT_SIZE, KeyType
 from fuseblk.modes import CryptoMode
 from fuseblk.numbers import parse_int
 
@@ -148,7 +154,7 @@ def parse_profile(
     try:
         kind = HardwareKind.parse(str(data.get("kind", "keyslots")))
         modes = {
-            CryptoMode.parse(name): dus_mask(*(int(s) for s in sizes))
+            CryptoMode.parse(name): data_unit_sizes_mask(int(s) for s in sizes)
             for name, sizes in dict(data.get("modes", {})).items()
         }
         key_types = KeyType(0)
@@ -183,12 +189,25 @@ def parse_mode_spec(spec: str) -> tuple[CryptoMode, int]:
         raise einval(f"--mode expects MODE:DUS[,DUS...], got {spec!r}")
     mode = CryptoMode.parse(name)
     try:
-        mask = dus_mask(*(parse_int(s, "data unit size") for s in sizes.split(",")))
+        mask = data_unit_sizes_mask(parse_int(s, "data unit size") for s in sizes.split(","))
     except ValueError as exc:
         raise einval(f"--mode {spec!r}: {exc}") from exc
     except FuseblkError as exc:  # not ASCII digits (fuseblk.numbers)
         raise einval(f"--mode {spec!r}: {exc.message}") from exc
     return mode, mask
+
+
+def data_unit_sizes_mask(sizes: Iterable[int]) -> int:
+    """The capability bitmask of ``sizes``; ValueError unless each is a power of two that a key
+    can have (a larger one could not even be recorded in an image header)."""
+    sizes = list(sizes)
+    mask = dus_mask(*sizes)
+    for size in sizes:
+        if not MIN_DATA_UNIT_SIZE <= size <= MAX_DATA_UNIT_SIZE:
+            raise ValueError(
+                f"data unit size {size} is not in {MIN_DATA_UNIT_SIZE}..{MAX_DATA_UNIT_SIZE}"
+            )
+    return mask
 
 
 def build_profile(
@@ -235,10 +254,12 @@ def build_profile(
 
 
 __all__ = [
+    "MAX_KEYSLOTS",
     "HardwareKind",
     "HardwareProfile",
     "available_profiles",
     "build_profile",
+    "data_unit_sizes_mask",
     "is_profile_path",
     "load_profile",
     "parse_mode_spec",

@@ -3,13 +3,15 @@
 A target instance covers ``length`` bytes of its mapped device starting at ``begin``. The mapped
 device hands ``map`` bios already split at target boundaries (and never inside a data unit of
 their crypt context), with ``bio.offset`` relative to the **target's** start; the target performs
-the I/O itself by awaiting ``submit`` on its underlying devices.
+the I/O itself by awaiting :attr:`Target.submit_bio` on its underlying devices: the block layer
+of the table's environment, where a context a device cannot take falls back to software.
 """
 
 from __future__ import annotations
 
 import abc
 import errno
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from fuseblk import SECTOR_SIZE
@@ -17,6 +19,7 @@ from fuseblk.bio import Bio
 from fuseblk.errors import FuseblkError, redact_key_hex
 
 if TYPE_CHECKING:
+    from fuseblk.blkcrypto.block_layer import BlockLayer
     from fuseblk.device import BlockDevice
     from fuseblk.stats import Counters
 
@@ -55,6 +58,16 @@ class TargetEnv(Protocol):
         """The mapped device this table belongs to (for messages and logs)."""
         ...
 
+    @property
+    def block_layer(self) -> BlockLayer:
+        """What targets submit bios to their devices through (and evict keys with)."""
+        ...
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """Seconds, monotonic: what time-driven targets (flakey) see; tests move it by hand."""
+        ...
+
 
 class Target(abc.ABC):
     name: ClassVar[str]
@@ -72,6 +85,8 @@ class Target(abc.ABC):
         self.begin = begin  # bytes from the mapped device's start
         self.length = length  # bytes
         self.counters: Counters | None = None  # set by the mapped device
+        # blk-crypto prep, then the device's submit: how a target reaches the devices below
+        self.submit_bio: Callable[[BlockDevice, Bio], Awaitable[None]] = env.block_layer.submit_bio
 
     @abc.abstractmethod
     async def map(self, bio: Bio) -> None:

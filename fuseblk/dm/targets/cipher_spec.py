@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from fuseblk import SECTOR_SHIFT, SECTOR_SIZE
 from fuseblk.dm.targets.base import TargetArgError
+from fuseblk.dm.targets.ctr_args import SECTOR_MAX, read_decimal
 from fuseblk.modes import CryptoMode
 
 MAX_SECTOR_SIZE = 4096
@@ -147,10 +148,25 @@ def parse_hex_key(text: str, spec: CipherSpec, supported: str) -> bytes:
 
 def parse_sector_size(option: str, value: str) -> int:
     """``sector_size:N``: a power of two from 512 to 4096."""
-    n = int(value) if value.isdecimal() and value.isascii() else 0
-    if not SECTOR_SIZE <= n <= MAX_SECTOR_SIZE or n & (n - 1):
+    n = read_decimal(value, MAX_SECTOR_SIZE) or 0
+    if n < SECTOR_SIZE or n & (n - 1):
         raise TargetArgError(f"option {option!r}", "a power of two from 512 to 4096", value)
     return n
+
+
+def check_iv_range(iv_offset: int, iv_offset_text: str, length: int) -> None:
+    """The IV sector of the target's last sector, ``iv_offset + length - 1``, must be a u64.
+
+    The kernel adds them in ``sector_t`` and wraps silently, reusing IVs from the start of the
+    range; a table that would need that is refused instead (on purpose).
+    """
+    last = SECTOR_MAX - ((length >> SECTOR_SHIFT) - 1)
+    if iv_offset > last:
+        raise TargetArgError(
+            "iv_offset",
+            f"at most {last}, so that iv_offset + length stays below 2^64 sectors",
+            iv_offset_text,
+        )
 
 
 def check_whole_units(iv_offset: int, iv_offset_text: str, sector_size: int, length: int) -> None:
@@ -183,9 +199,9 @@ def split_optional(args: list[str], max_count: int) -> list[str]:
     if not args:
         return []
     count_text, rest = args[0], args[1:]
-    if not count_text.isdecimal() or not count_text.isascii() or int(count_text) > max_count:
+    count = read_decimal(count_text, max_count)
+    if count is None:
         raise TargetArgError("#opt_params", f"a count from 0 to {max_count}", count_text)
-    count = int(count_text)
     if len(rest) != count:
         raise TargetArgError(
             "#opt_params", f"exactly {count} optional parameters to follow", " ".join(rest)

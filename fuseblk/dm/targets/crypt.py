@@ -30,12 +30,11 @@ from typing import TYPE_CHECKING
 
 from fuseblk import SECTOR_SHIFT, SECTOR_SIZE
 from fuseblk.bio import Bio, BioOp
-from fuseblk.blkcrypto.submit import submit_bio
 from fuseblk.ciphers import get_cipher
-from fuseblk.dm.targets import register
 from fuseblk.dm.targets.base import Target, TargetArgError, TargetEnv
 from fuseblk.dm.targets.cipher_spec import (
     CRYPT_SUPPORTED,
+    check_iv_range,
     check_whole_units,
     format_optional,
     parse_crypt_cipher,
@@ -84,7 +83,6 @@ def iv_runs(first: int, step: int, units: int, iv_bits: int) -> Iterator[tuple[i
         i += n
 
 
-@register
 class CryptTarget(Target):
     name = "crypt"
     version = (1, 24, 0)
@@ -105,6 +103,7 @@ class CryptTarget(Target):
         self.spec = parse_crypt_cipher(cipher_text)
         raw = parse_hex_key(key_text, self.spec, CRYPT_SUPPORTED)
         self.iv_offset = parse_sector(iv_offset_text, "iv_offset")
+        check_iv_range(self.iv_offset, iv_offset_text, length)
         check_whole_units(self.iv_offset, iv_offset_text, self.sector_size, length)
         self.dev, self.offset = get_device_at(env, self.dev_ref, offset_text, length)
         self.key = BlkCryptoKey.create(self.spec.mode, raw, self.sector_size)
@@ -169,14 +168,14 @@ class CryptTarget(Target):
                 errno.EIO, f"crypt: bio arrived with an encryption context ({bio.crypt_ctx!r})"
             )
         if bio.op is BioOp.FLUSH:
-            await submit_bio(self.dev, bio)
+            await self.submit_bio(self.dev, bio)
             return
         if bio.op is BioOp.DISCARD:
             if not self.allow_discards:
                 raise FuseblkError(
                     errno.EOPNOTSUPP, "crypt: discards need the allow_discards option"
                 )
-            await submit_bio(self.dev, bio.remap(self.offset + bio.offset))
+            await self.submit_bio(self.dev, bio.remap(self.offset + bio.offset))
             return
         if bio.offset % self.sector_size or bio.length % self.sector_size:
             # crypt_map's DM_MAPIO_KILL for I/O not aligned to the encryption sector
@@ -187,10 +186,10 @@ class CryptTarget(Target):
         assert bio.buf is not None
         lower_offset = self.offset + bio.offset
         if bio.op is BioOp.WRITE:
-            await submit_bio(self.dev, Bio.write(lower_offset, self._encrypt(bio)))
+            await self.submit_bio(self.dev, Bio.write(lower_offset, self._encrypt(bio)))
             self._count("crypt_bytes_encrypted", bio.length)
             return
-        await submit_bio(self.dev, bio.remap(lower_offset))
+        await self.submit_bio(self.dev, bio.remap(lower_offset))
         for start, nbytes, dun in self._runs(bio.offset, bio.length):
             self._cipher.decrypt_into(bio.buf[start : start + nbytes], dun)
         self._count("crypt_bytes_decrypted", bio.length)

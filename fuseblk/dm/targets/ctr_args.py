@@ -1,7 +1,8 @@
 """Constructor argument parsing shared by targets (the kernel's ``dm_read_arg``/``dm_get_device``).
 
 Every helper raises :class:`TargetArgError` naming the argument, so the table parser can report
-``line N: <field>: expected <what>, got '<text>'`` without knowing the target.
+``line N: <field>: expected <what>, got '<text>'`` without knowing the target. Every number in a
+table, the table's own starts and lengths included, is read by :func:`read_decimal`.
 """
 
 from __future__ import annotations
@@ -15,24 +16,40 @@ if TYPE_CHECKING:
     from fuseblk.device import BlockDevice
 
 UINT_MAX = (1 << 32) - 1
-SECTOR_MAX = (1 << 64) - 1
+SECTOR_MAX = (1 << 64) - 1  # sector_t: dm reads sector numbers and counts with %llu
+
+
+def read_decimal(text: str, hi: int) -> int | None:
+    """The value of ``text`` when it is ASCII decimal digits naming at most ``hi``, else None.
+
+    The kernel reads table numbers with ``kstrtoull``/``sscanf``: ASCII digits, no sign, no
+    spaces. ``str.isdigit`` alone also accepts other scripts' digits, which ``int`` reads ('١' is
+    1) or refuses ('²'); and ``int`` refuses more digits than ``sys.get_int_max_str_digits``, so
+    the length is bounded before converting.
+    """
+    if not text.isascii() or not text.isdigit():
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(hi)):
+        return None
+    value = int(digits)
+    return value if value <= hi else None
 
 
 def parse_uint(text: str, field: str, lo: int = 0, hi: int = UINT_MAX) -> int:
     """A decimal integer in ``[lo, hi]`` (``kstrtouint`` / ``dm_read_arg``): no signs, no spaces."""
-    if not text.isascii() or not text.isdigit():
-        raise TargetArgError(field, f"an integer in {lo}..{hi}", text)
-    value = int(text)
-    if not lo <= value <= hi:
+    value = read_decimal(text, hi)
+    if value is None or value < lo:
         raise TargetArgError(field, f"an integer in {lo}..{hi}", text)
     return value
 
 
 def parse_sector(text: str, field: str = "offset") -> int:
     """A sector number (``%llu``); returned in sectors."""
-    if not text.isascii() or not text.isdigit() or int(text) > SECTOR_MAX:
-        raise TargetArgError(field, "a sector number (512-byte units)", text)
-    return int(text)
+    value = read_decimal(text, SECTOR_MAX)
+    if value is None:
+        raise TargetArgError(field, f"a sector number (512-byte units, 0..{SECTOR_MAX})", text)
+    return value
 
 
 def get_device_area(

@@ -31,20 +31,15 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import TYPE_CHECKING
 
 from fuseblk import SECTOR_SHIFT, SECTOR_SIZE
 from fuseblk.bio import Bio, BioOp
-from fuseblk.blkcrypto.fallback import get_fallback
-from fuseblk.blkcrypto.submit import submit_bio
 from fuseblk.crypt_context import BioCryptContext
-from fuseblk.dm.mapped_device import evict_from_device
-from fuseblk.dm.targets import register
 from fuseblk.dm.targets.base import Target, TargetArgError, TargetEnv
 from fuseblk.dm.targets.cipher_spec import (
     DEFAULT_KEY_SUPPORTED,
+    check_iv_range,
     check_whole_units,
     format_optional,
     parse_default_key_cipher,
@@ -59,6 +54,7 @@ from fuseblk.errors import FuseblkError
 from fuseblk.key import BlkCryptoKey
 
 if TYPE_CHECKING:
+    from fuseblk.blkcrypto.block_layer import BlockLayer
     from fuseblk.device import BlockDevice
 
 log = logging.getLogger(__name__)
@@ -67,7 +63,6 @@ _POSITIONAL = ("cipher", "key", "iv_offset", "device", "offset")
 _MAX_OPT_PARAMS = 4  # as default_key_ctr_optional
 
 
-@register
 class DefaultKeyTarget(Target):
     name = "default-key"
     version = (2, 1, 0)
@@ -75,6 +70,7 @@ class DefaultKeyTarget(Target):
 
     def __init__(self, env: TargetEnv, begin: int, length: int, args: list[str]) -> None:
         super().__init__(env, begin, length, args)
+        self._block_layer: BlockLayer = env.block_layer  # evicts the key when the table goes
         cipher_text, key_text, iv_offset_text, self.dev_ref, offset_text = positional(
             args, _POSITIONAL
         )
@@ -104,6 +100,7 @@ class DefaultKeyTarget(Target):
                 "option 'iv_large_sectors'",
                 f"to be given with sector_size:{self.sector_size} (default-key implements only large-sector IVs)",
             )
+        check_iv_range(self.iv_offset, iv_offset_text, length)
         check_whole_units(self.iv_offset, iv_offset_text, self.sector_size, length)
         self._unit_shift = self.sector_size.bit_length() - 1 - SECTOR_SHIFT
         self.dev, self.offset = get_device_at(env, self.dev_ref, offset_text, length)
@@ -141,7 +138,7 @@ class DefaultKeyTarget(Target):
 
     async def map(self, bio: Bio) -> None:
         if bio.op is BioOp.FLUSH:
-            await submit_bio(self.dev, bio)
+            await self.submit_bio(self.dev, bio)
             return
         lower = bio.remap(self.offset + bio.offset)
         if bio.op is BioOp.DISCARD:
@@ -149,10 +146,10 @@ class DefaultKeyTarget(Target):
                 raise FuseblkError(
                     errno.EOPNOTSUPP, "default-key: discards need the allow_discards option"
                 )
-            await submit_bio(self.dev, lower)
+            await self.submit_bio(self.dev, lower)
             return
         if bio.crypt_ctx is not None:
-            await submit_bio(self.dev, lower)  # a context from above: not ours to replace
+            await self.submit_bio(self.dev, lower)  # a context from above: not ours to replace
             self._count("default_key_passthrough_bios")
             return
         if bio.offset % self.sector_size:
@@ -162,7 +159,7 @@ class DefaultKeyTarget(Target):
                 f"default-key: I/O at {bio.offset} not aligned to sector_size {self.sector_size}",
             )
         ctx = BioCryptContext.at(self.key, self.dun_of(bio.offset))
-        await submit_bio(self.dev, lower.with_ctx(ctx))
+        await self.submit_bio(self.dev, lower.with_ctx(ctx))
 
     async def destroy(self) -> None:
         """``default_key_dtr``: evict the key below so no keyslot keeps it after the table goes.
@@ -172,15 +169,11 @@ class DefaultKeyTarget(Target):
         devices below may have sent some of our bios there (evict from every device the key
         touched). A key still in use (EBUSY) is logged and left: the table is going anyway.
         """
-        await self._evict(partial(evict_from_device, self.dev), self.dev.name)
-        await self._evict(get_fallback().evict_key, "the crypto fallback")
-
-    async def _evict(self, evict: Callable[[BlkCryptoKey], Awaitable[None]], where: str) -> None:
         try:
-            await evict(self.key)
+            await self._block_layer.evict_key(self.key, [self.dev])
         except FuseblkError as exc:
             if exc.errno != errno.EBUSY:
                 raise
             log.warning(
-                "default-key: key %s still in use in %s: not evicted", self.key.key_id, where
+                "default-key: key %s still in use (%s): not evicted", self.key.key_id, exc.message
             )

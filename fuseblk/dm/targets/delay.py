@@ -19,8 +19,6 @@ import trio
 
 from fuseblk import SECTOR_SIZE
 from fuseblk.bio import Bio, BioOp
-from fuseblk.blkcrypto import submit as blk_crypto
-from fuseblk.dm.targets import register
 from fuseblk.dm.targets.base import Target, TargetEnv
 from fuseblk.dm.targets.ctr_args import expect_count, get_device_area, parse_sector, parse_uint
 
@@ -41,7 +39,6 @@ class _DelayClass:
         return f"{self.dev.name} {self.start} {self.delay_ms}"
 
 
-@register
 class DelayTarget(Target):
     name = "delay"
     version = (1, 4, 0)
@@ -74,7 +71,7 @@ class DelayTarget(Target):
                 c.ops -= 1
         if bio.op is not BioOp.FLUSH:
             bio = bio.remap(c.start * SECTOR_SIZE + bio.offset)
-        await blk_crypto.submit_bio(c.dev, bio)
+        await self.submit_bio(c.dev, bio)
 
     async def presuspend(self) -> None:
         self._released.set()

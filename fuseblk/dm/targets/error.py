@@ -9,13 +9,11 @@ from __future__ import annotations
 import errno
 
 from fuseblk.bio import Bio, BioOp
-from fuseblk.dm.targets import register
 from fuseblk.dm.targets.base import Target, TargetEnv
 from fuseblk.dm.targets.ctr_args import expect_count
 from fuseblk.errors import FuseblkError
 
 
-@register
 class ErrorTarget(Target):
     name = "error"
     version = (1, 7, 0)

@@ -13,21 +13,18 @@ A corrupted write goes to a copy of the data (the caller's buffer is never modif
 corrupted read is changed after the device filled it, i.e. after decryption, as ``end_io`` does.
 
 It passes crypto (Linux 5.12): the context travels with the remapped bio.
-The clock is ``env.clock`` when the table's environment offers one (tests), else monotonic time.
+The clock is the table environment's (monotonic time; tests move it by hand).
 """
 
 from __future__ import annotations
 
 import errno
 import random
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fuseblk import SECTOR_SIZE
 from fuseblk.bio import Bio, BioOp
-from fuseblk.blkcrypto import submit as blk_crypto
-from fuseblk.dm.targets import register
 from fuseblk.dm.targets.base import Target, TargetArgError, TargetEnv
 from fuseblk.dm.targets.ctr_args import UINT_MAX, get_device_area, parse_sector, parse_uint
 from fuseblk.errors import FuseblkError
@@ -39,7 +36,6 @@ PROBABILITY_BASE = 1_000_000_000
 MAX_FEATURE_ARGS = 11
 
 
-@register
 class FlakeyTarget(Target):
     name = "flakey"
     version = (1, 5, 0)
@@ -53,7 +49,7 @@ class FlakeyTarget(Target):
                 "<dev> <offset> <up interval> <down interval> [<#features> ...]",
                 " ".join(args),
             )
-        self.clock: Callable[[], float] = getattr(env, "clock", None) or time.monotonic
+        self.clock: Callable[[], float] = env.clock
         self.rng = random.Random()
         self.start_time = self.clock()
         self.start = parse_sector(args[1])
@@ -86,7 +82,7 @@ class FlakeyTarget(Target):
         for word in it:
             name = word.lower()
             if name in ("error_reads", "drop_writes", "error_writes"):
-                if getattr(self, name):
+                if getattr(self, name):  # dynamic: the feature's name is its flag's attribute
                     raise TargetArgError(f"feature {name}", "no duplicate", word)
                 setattr(self, name, True)
                 if self.drop_writes and self.error_writes:
@@ -110,6 +106,7 @@ class FlakeyTarget(Target):
                 self.corrupt_flags = parse_uint(flags, "corrupt_bio_byte flags")
             elif name in ("random_read_corrupt", "random_write_corrupt"):
                 param = next(it, None)
+                # dynamic: the feature's name is the attribute holding its probability
                 if getattr(self, name) or param is None:
                     raise TargetArgError(f"feature {name}", "once, with a probability", word)
                 setattr(self, name, parse_uint(param, f"{name} probability", hi=PROBABILITY_BASE))
@@ -174,13 +171,13 @@ class FlakeyTarget(Target):
     async def map(self, bio: Bio) -> None:
         remapped = bio if bio.op is BioOp.FLUSH else bio.remap(self._base + bio.offset)
         if not self.is_down():
-            await blk_crypto.submit_bio(self.dev, remapped)
+            await self.submit_bio(self.dev, remapped)
             return
         if bio.op is BioOp.READ:
             if self.error_reads:
                 self._event("errored")
                 raise FuseblkError(errno.EIO, "flakey: read while down")
-            await blk_crypto.submit_bio(self.dev, remapped)
+            await self.submit_bio(self.dev, remapped)
             fixed = self._corrupt_fixed(BioOp.READ)
             randomly = self._chance(self.random_read_corrupt)
             if fixed or randomly:
@@ -203,7 +200,7 @@ class FlakeyTarget(Target):
                 self._corrupt(copy, fixed, randomly)
                 self._event("corrupted")
                 remapped = remapped.with_buf(copy)
-        await blk_crypto.submit_bio(self.dev, remapped)
+        await self.submit_bio(self.dev, remapped)
 
     def table_args(self, show_keys: bool = False) -> str:
         features: list[str] = []

@@ -11,8 +11,6 @@ from typing import TYPE_CHECKING
 
 from fuseblk import SECTOR_SIZE
 from fuseblk.bio import Bio
-from fuseblk.blkcrypto import submit as blk_crypto
-from fuseblk.dm.targets import register
 from fuseblk.dm.targets.base import Target, TargetEnv
 from fuseblk.dm.targets.ctr_args import expect_count, get_device_area, parse_sector
 
@@ -20,7 +18,6 @@ if TYPE_CHECKING:
     from fuseblk.device import BlockDevice
 
 
-@register
 class LinearTarget(Target):
     name = "linear"
     version = (1, 4, 0)
@@ -36,9 +33,9 @@ class LinearTarget(Target):
 
     async def map(self, bio: Bio) -> None:
         if bio.length == 0:  # FLUSH
-            await blk_crypto.submit_bio(self.dev, bio)
+            await self.submit_bio(self.dev, bio)
         else:
-            await blk_crypto.submit_bio(self.dev, bio.remap(self._base + bio.offset))
+            await self.submit_bio(self.dev, bio.remap(self._base + bio.offset))
 
     def table_args(self, show_keys: bool = False) -> str:
         return f"{self.dev.name} {self.start}"

@@ -5,7 +5,8 @@ sizes)::
 
     raid1 <#legs> <dev> <offset> [<dev> <offset>]... [<#features> [nosync]]
 
-Offsets are 512-byte sectors. Without ``nosync`` every leg after the first is resynchronised from
+Offsets are 512-byte sectors; a target has at most 32 legs (``MAX_LEGS``, hot-added ones
+included). Without ``nosync`` every leg after the first is resynchronised from
 the first when the table goes live (dm-raid's initial resync); with it the legs are trusted to
 be identical already.
 
@@ -49,12 +50,10 @@ import trio
 
 from fuseblk import SECTOR_SHIFT
 from fuseblk.bio import Bio, BioOp
-from fuseblk.blkcrypto.submit import submit_bio
 from fuseblk.capabilities import CryptoCapabilities, has_capabilities, intersect
 from fuseblk.dm.fanout import CONCURRENT_MIN_BYTES, fan_out
-from fuseblk.dm.targets import register
 from fuseblk.dm.targets.base import Target, TargetArgError, TargetEnv
-from fuseblk.dm.targets.ctr_args import get_device_at
+from fuseblk.dm.targets.ctr_args import get_device_at, read_decimal
 from fuseblk.errors import FuseblkError
 from fuseblk.rangelock import RangeLock
 
@@ -85,7 +84,6 @@ class Leg:
         return f"{self.dev.name} {self.offset >> SECTOR_SHIFT}"
 
 
-@register
 class Raid1Target(Target):
     name = "raid1"
     version = (1, 0, 0)
@@ -96,14 +94,9 @@ class Raid1Target(Target):
         self._env = env  # for hot-adding legs later
         if not args:
             raise TargetArgError("#legs", f"a leg count from 1 to {MAX_LEGS}", None)
-        count_text = args[0]
-        if (
-            not count_text.isascii()
-            or not count_text.isdecimal()
-            or not 1 <= int(count_text) <= MAX_LEGS
-        ):
-            raise TargetArgError("#legs", f"a leg count from 1 to {MAX_LEGS}", count_text)
-        count = int(count_text)
+        count = read_decimal(args[0], MAX_LEGS)
+        if not count:
+            raise TargetArgError("#legs", f"a leg count from 1 to {MAX_LEGS}", args[0])
         leg_args, rest = args[1 : 1 + 2 * count], args[1 + 2 * count :]
         if len(leg_args) < 2 * count:
             missing = "device" if len(leg_args) % 2 == 0 else "offset"
@@ -134,7 +127,7 @@ class Raid1Target(Target):
     def _parse_features(rest: list[str]) -> bool:
         if not rest:
             return False
-        if not rest[0].isascii() or not rest[0].isdecimal() or int(rest[0]) != len(rest) - 1:
+        if read_decimal(rest[0], len(rest) - 1) != len(rest) - 1:
             raise TargetArgError(
                 "#features", f"the number of features that follow ({len(rest) - 1})", rest[0]
             )
@@ -185,11 +178,12 @@ class Raid1Target(Target):
         return ""
 
     def _leg_arg(self, text: str) -> Leg:
-        if not text.isascii() or not text.isdecimal() or int(text) >= len(self.legs):
+        index = read_decimal(text, len(self.legs) - 1)
+        if index is None:
             raise FuseblkError(
                 errno.EINVAL, f"raid1: no leg {text!r} (legs are 0..{len(self.legs) - 1})"
             )
-        return self.legs[int(text)]
+        return self.legs[index]
 
     def _remove(self, leg: Leg) -> None:
         if leg.state is not LegState.FAILED:
@@ -201,6 +195,8 @@ class Raid1Target(Target):
         self.legs.remove(leg)
 
     async def _add(self, ref: str, offset_text: str) -> None:
+        if len(self.legs) >= MAX_LEGS:
+            raise FuseblkError(errno.EINVAL, f"raid1: add: at most {MAX_LEGS} legs")
         try:
             dev, offset = get_device_at(self._env, ref, offset_text, self.length, "new leg offset")
         except TargetArgError as exc:
@@ -276,7 +272,7 @@ class Raid1Target(Target):
         while (leg := self._pick_reader(tried)) is not None:
             tried.add(id(leg))
             try:
-                await submit_bio(leg.dev, bio.remap(leg.offset + bio.offset))
+                await self.submit_bio(leg.dev, bio.remap(leg.offset + bio.offset))
                 return
             except FuseblkError as exc:
                 if exc.errno not in MEDIA_ERRNOS:
@@ -292,7 +288,7 @@ class Raid1Target(Target):
         async def one(leg: Leg) -> None:
             lower = bio if bio.op is BioOp.FLUSH else bio.remap(leg.offset + bio.offset)
             try:
-                await submit_bio(leg.dev, lower)
+                await self.submit_bio(leg.dev, lower)
             except FuseblkError as exc:
                 errors[id(leg)] = exc
 
@@ -356,7 +352,7 @@ class Raid1Target(Target):
                 if leg.state is not LegState.SYNCING:
                     return
                 try:
-                    await submit_bio(leg.dev, Bio.write(leg.offset + start, buf))
+                    await self.submit_bio(leg.dev, Bio.write(leg.offset + start, buf))
                 except FuseblkError as exc:
                     if exc.errno not in MEDIA_ERRNOS:
                         raise

@@ -4,6 +4,8 @@ Chunk ``c`` of the target lives on stripe ``c % stripes`` at chunk ``c // stripe
 stripe's area. Validation follows dm-stripe: a positive stripe count and chunk size (any size,
 not only powers of two, as since Linux 4.x), the target length divisible by the stripe count
 and the per-stripe width divisible by the chunk size, and exactly two arguments per stripe.
+At most 256 stripes (``MAX_STRIPES``): dm-stripe is bounded only by the size of the ioctl
+buffer that carries the table.
 
 It passes crypto (upstream since ~6.15): striping moves whole sectors and never touches data.
 A chunk boundary that falls inside a data unit of a bio's context cannot be split and fails
@@ -18,15 +20,15 @@ from typing import TYPE_CHECKING
 
 from fuseblk import SECTOR_SIZE
 from fuseblk.bio import Bio, BioOp
-from fuseblk.blkcrypto import submit as blk_crypto
 from fuseblk.dm.fanout import CONCURRENT_MIN_BYTES, fan_out
-from fuseblk.dm.targets import register
 from fuseblk.dm.targets.base import Target, TargetArgError, TargetEnv
 from fuseblk.dm.targets.ctr_args import get_device_area, parse_sector, parse_uint
 from fuseblk.errors import FuseblkError
 
 if TYPE_CHECKING:
     from fuseblk.device import BlockDevice
+
+MAX_STRIPES = 256
 
 
 class _Stripe:
@@ -38,7 +40,6 @@ class _Stripe:
         self.errors = 0
 
 
-@register
 class StripedTarget(Target):
     name = "striped"
     version = (1, 7, 0)
@@ -51,7 +52,7 @@ class StripedTarget(Target):
             raise TargetArgError(
                 "arguments", "<#stripes> <chunk_sectors> [<dev> <offset>]+", " ".join(args)
             )
-        self.nstripes = parse_uint(args[0], "#stripes", lo=1)
+        self.nstripes = parse_uint(args[0], "#stripes", lo=1, hi=MAX_STRIPES)
         self.chunk_sectors = parse_uint(args[1], "chunk_sectors", lo=1)
         sectors = length // SECTOR_SIZE
         if sectors % self.nstripes:
@@ -103,7 +104,7 @@ class StripedTarget(Target):
 
     async def _submit(self, stripe: _Stripe, bio: Bio) -> None:
         try:
-            await blk_crypto.submit_bio(stripe.dev, bio)
+            await self.submit_bio(stripe.dev, bio)
         except FuseblkError as err:
             if err.errno == errno.EIO:  # stripe_end_io counts EIO per stripe: 'D' in status
                 stripe.errors += 1

@@ -8,12 +8,10 @@ capability here, a bio with a context is handled by the fallback above, like the
 from __future__ import annotations
 
 from fuseblk.bio import Bio, BioOp
-from fuseblk.dm.targets import register
 from fuseblk.dm.targets.base import Target, TargetEnv
 from fuseblk.dm.targets.ctr_args import expect_count
 
 
-@register
 class ZeroTarget(Target):
     name = "zero"
     version = (1, 2, 0)

@@ -1,7 +1,8 @@
-"""Emulated inline-encryption hardware: a backend image file that stores and encrypts bios.
+"""Emulated inline-encryption hardware: an engine that en/decrypts bios around a storage.
 
-A :class:`Backend` is the bottom of every device stack. It behaves like a disk whose controller
-has an inline-encryption engine described by the image's header (see :mod:`fuseblk.hw.image_format`):
+An :class:`InlineEncryptionEngine` is the bottom of every device stack. It behaves like a disk
+whose controller has an inline-encryption engine described by the image's header (see
+:mod:`fuseblk.hw.image_format`), whatever the storage behind it (:mod:`fuseblk.hw.storage`):
 
 * a bio with an encryption context the engine supports gets a keyslot from the crypto profile
   (programmed on a miss, waiting while every slot is busy), is en/decrypted with the slot's cipher
@@ -11,29 +12,27 @@ has an inline-encryption engine described by the image's header (see :mod:`fuseb
 * ``direct`` engines take the context with each request: no slots, a small cache of expanded
   ciphers instead (expanding a key is what programming a slot costs).
 
+Expanding keys is the hardware's job, as in the kernel's ``blk_crypto_ll_ops``: the profile
+programs a slot through :class:`EngineKeyslotOps`, which returns the expanded cipher.
+
 Attaching an image is a controller reset: every slot starts empty. The header's keyslot table is
 rewritten on flush and on clean close when it changed, for inspection; the clean-shutdown flag is
-cleared while attached and set on clean close.
+cleared while attached and set on clean close (:mod:`fuseblk.hw.header_store`).
 
 Error numbers follow the block layer, not the file layer: a bio beyond the end of the device is
 EIO (``bio_check_eod``: "attempt to access beyond end of device"), a bio not made of whole
 512-byte sectors is EINVAL. (A ``write(2)`` at the end of a block device file is ENOSPC and a read
 there returns 0 bytes; that is the FUSE layer's business.) Discarded ranges read back as zeroes:
-this emulated hardware punches holes in the image, the behaviour of a device that reports
-``discard_zeroes_data``.
+this emulated hardware discards through its storage, which zeroes them, the behaviour of a
+device that reports ``discard_zeroes_data``.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import logging
-import os
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -42,151 +41,77 @@ from fuseblk import SECTOR_SIZE
 from fuseblk.bio import Bio, BioOp
 from fuseblk.blkcrypto.keyslot_manager import CryptoProfile, Keyslot
 from fuseblk.ciphers import DataUnitCipher, get_cipher
-from fuseblk.errors import FuseblkError, ImageFormatError
-from fuseblk.hw.image_format import (
-    ImageHeader,
-    SlotRecord,
-    SlotRecordState,
-    lock_image,
-    open_new_image,
-    read_headers,
-    write_headers,
-)
+from fuseblk.errors import FuseblkError
+from fuseblk.hw.header_store import Attached, HeaderStore, attach_header
+from fuseblk.hw.image_format import ImageHeader, SlotRecord, SlotRecordState
 from fuseblk.hw.profiles import HardwareKind, HardwareProfile
+from fuseblk.hw.storage import Storage
 from fuseblk.key import BlkCryptoKey
 from fuseblk.stats import Counters
 
 log = logging.getLogger(__name__)
 
-# Requests up to this size do their pread/pwrite inline on the trio thread. Measured with
-# tools/bench_backend.py (page cache hot, 2 shared cores): a pread costs 0.7 µs at 4 KiB, 10 µs
-# at 256 KiB, 40 µs at 1 MiB, 270 µs at 4 MiB; one trip through trio.to_thread costs 50-70 µs
-# plus the copy. A hop never pays for small cached copies; it pays when a copy may block on the
-# disk or is long enough to stall every other request on the loop. FUSE requests (128 KiB by
-# default) all stay inline.
+# Requests up to this size do their storage I/O inline on the trio thread. tools/bench_backend.py
+# measures both sides: a cached pread grows with its size, while one trip through trio.to_thread
+# costs several 4 KiB preads plus the copy. A hop never pays for small cached copies; it pays when
+# a copy may block on the disk or is long enough to stall every other request on the loop. FUSE
+# requests (128 KiB by default) all stay inline.
 INLINE_IO_MAX = 256 * 1024
 DIRECT_CIPHER_CACHE = 32  # expanded keys a direct engine keeps, least recently used evicted
 
-_FALLOC_FL_KEEP_SIZE = 0x01
-_FALLOC_FL_PUNCH_HOLE = 0x02
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+def attach(storage: Storage, name: str | None = None) -> InlineEncryptionEngine:
+    """The hardware over an opened, locked ``storage``: headers checked, controller reset.
+
+    Owns ``storage`` from here on, and closes it if attaching fails.
+    """
+    try:
+        attached = attach_header(storage)
+    except BaseException:
+        storage.close()
+        raise
+    return InlineEncryptionEngine(storage, attached, name or storage.reference)
 
 
-def punch_hole(fd: int, offset: int, length: int) -> None:
-    """Deallocate a range, keeping the file size: later reads return zeroes."""
-    if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+class InlineEncryptionEngine:
+    """An attached image: a :class:`fuseblk.device.Backend` (and so a ``BlockDevice``)."""
 
+    block_size = SECTOR_SIZE
+    fallback_per_target = False  # hardware takes what its profile supports, nothing else
 
-class Backend:
-    """An attached image: a :class:`fuseblk.device.BlockDevice` and the keyslot ops of its profile."""
-
-    def __init__(
-        self,
-        path: Path,
-        fd: int,
-        header: ImageHeader,
-        name: str,
-        warnings: list[str],
-        was_clean: bool,
-    ) -> None:
-        self.path = path
-        self._fd = fd
+    def __init__(self, storage: Storage, attached: Attached, name: str) -> None:
+        header = attached.header
+        self._storage = storage
+        self._read_storage = storage.read_into  # bound once: these run for every bio
+        self._write_storage = storage.write
         self._name = name
-        self._header = header  # as last written
         self._data_offset = header.data_offset
         self._size = header.data_size
         self.hardware: HardwareProfile = header.hardware
-        self.warnings = warnings  # what was wrong with the image when it was attached
-        self.was_clean = was_clean  # its clean-shutdown flag was set when attached
+        self.warnings = attached.warnings  # what was wrong with the image when it was attached
+        self.was_clean = attached.was_clean  # its clean-shutdown flag was set when attached
         self.counters = Counters()
+        self._headers = HeaderStore(storage, header, self.counters)
         self._closed = False
-        self._header_lock = trio.Lock()
-        self._written_generation = 0  # the profile's generation when the header was last written
-        self._ciphers: OrderedDict[BlkCryptoKey, DataUnitCipher] = OrderedDict()
+        self._open_count = 0
+        self._ciphers = DirectCiphers(self.counters)
         self._profile: CryptoProfile | None = None
         if self.hardware.kind is not HardwareKind.NONE:
+            ops = EngineKeyslotOps(self._ciphers, self._check_attached)
             self._profile = CryptoProfile(
-                self.hardware.caps, self.hardware.num_slots, ops=self, name=name
+                self.hardware.caps, self.hardware.num_slots, ops=ops, name=name
             )
-
-    # --- attaching ------------------------------------------------------------------------
-
-    @classmethod
-    def open(cls, path: str | os.PathLike[str], name: str | None = None) -> Backend:
-        """Attach an image: take its lock, pick the newest valid header, reset the hardware."""
-        path = Path(path)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except OSError as exc:
-            raise FuseblkError(
-                exc.errno or errno.EIO, f"cannot open image {path}: {exc.strerror}"
-            ) from None
-        try:
-            lock_image(fd, path)
-        except BaseException:
-            os.close(fd)
-            raise
-        return cls._attach(path, fd, name)
-
-    @classmethod
-    def create(
-        cls,
-        path: str | os.PathLike[str],
-        size: int,
-        hardware: HardwareProfile,
-        label: str = "",
-        *,
-        overwrite: bool = False,
-        name: str | None = None,
-    ) -> Backend:
-        """Make a new sparse image (refusing an existing file unless ``overwrite``) and attach it."""
-        fd, _ = open_new_image(path, hardware, size, label=label, overwrite=overwrite)
-        return cls._attach(Path(path), fd, name)
-
-    @classmethod
-    def _attach(cls, path: Path, fd: int, name: str | None) -> Backend:
-        """With the image's lock held: check the headers, then reset the hardware (``fd`` is ours)."""
-        try:
-            headers = read_headers(fd)
-            try:
-                current = headers.current
-            except ImageFormatError as exc:
-                raise ImageFormatError(f"{path}: {exc.message}") from None
-            warnings = list(headers.problems)
-            if not current.clean_shutdown:
-                warnings.append("image was not cleanly shut down")
-            file_size = os.fstat(fd).st_size
-            if file_size < current.image_size:
-                raise ImageFormatError(
-                    f"{path}: image is truncated: {file_size} bytes, header needs {current.image_size}"
-                )
-            for warning in warnings:
-                log.warning("%s: %s", path, warning)
-            attached = replace(
-                current,
-                sequence=current.sequence + 1,
-                clean_shutdown=False,
-                slots=current.empty_slots(),
-            )
-            write_headers(fd, attached)  # also rewrites a damaged or stale copy
-        except OSError as exc:
-            os.close(fd)
-            raise FuseblkError(
-                exc.errno or errno.EIO, f"cannot attach {path}: {exc.strerror}"
-            ) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        return cls(path, fd, attached, name or str(path), warnings, current.clean_shutdown)
 
     # --- BlockDevice ------------------------------------------------------------------------
 
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def path(self) -> str:
+        """The reference that attaches this storage (an absolute image path, ``memory://NAME``)."""
+        return self._storage.reference
 
     @property
     def size(self) -> int:
@@ -197,9 +122,19 @@ class Backend:
         return self._profile
 
     @property
+    def open_count(self) -> int:
+        return self._open_count
+
+    def open(self) -> None:
+        self._open_count += 1
+
+    def release(self) -> None:
+        self._open_count -= 1
+
+    @property
     def header(self) -> ImageHeader:
-        """The header as last written to disk."""
-        return self._header
+        """The header as last written to the storage."""
+        return self._headers.header
 
     async def submit(self, bio: Bio) -> None:
         counters = self.counters
@@ -225,6 +160,12 @@ class Backend:
         except FuseblkError:
             counters.add("errors")
             raise
+
+    async def evict_key(self, key: BlkCryptoKey) -> None:
+        """``blk_crypto_evict_key`` on this hardware: absent is success, a key in use EBUSY."""
+        profile = self._profile
+        if profile is not None and profile.supports(key.config):
+            await profile.evict_key(key)
 
     def _check_attached(self) -> None:
         if self._closed:
@@ -265,7 +206,7 @@ class Backend:
             if err.errno == errno.EOPNOTSUPP:
                 raise self._unsupported(bio) from None
             raise
-        return profile, slot, slot.cipher if slot is not None else self._direct_cipher(ctx.key)
+        return profile, slot, slot.cipher if slot is not None else self._ciphers.get(ctx.key)
 
     def _unsupported(self, bio: Bio) -> FuseblkError:
         """A context this engine cannot serve got here: blk-crypto should have fallen back above."""
@@ -285,14 +226,14 @@ class Backend:
         assert bio.buf is not None
         ctx = bio.crypt_ctx
         if ctx is None:
-            await self._do_io(self._pwrite_sync, bio.buf, bio.offset)
+            await self._do_io(self._write_sync, bio.buf, bio.offset)
             return
         profile, slot, cipher = await self._get_keyslot(bio)
         try:  # the slot stays in use while the request is in flight, as in hardware
             data = cipher.encrypt(bio.buf, ctx.dun_int)
             self.counters.add("inline_bios")
             self.counters.add("inline_bytes", bio.length)
-            await self._do_io(self._pwrite_sync, memoryview(data), bio.offset)
+            await self._do_io(self._write_sync, memoryview(data), bio.offset)
         finally:
             profile.put_keyslot(slot)
 
@@ -300,11 +241,11 @@ class Backend:
         assert bio.buf is not None
         ctx = bio.crypt_ctx
         if ctx is None:
-            await self._do_io(self._pread_sync, bio.buf, bio.offset)
+            await self._do_io(self._read_sync, bio.buf, bio.offset)
             return
         profile, slot, cipher = await self._get_keyslot(bio)
         try:
-            await self._do_io(self._pread_sync, bio.buf, bio.offset)
+            await self._do_io(self._read_sync, bio.buf, bio.offset)
             cipher.decrypt_into(bio.buf, ctx.dun_int)
             self.counters.add("inline_bios")
             self.counters.add("inline_bytes", bio.length)
@@ -320,26 +261,15 @@ class Backend:
         else:
             await trio.to_thread.run_sync(io, buf, offset)
 
-    def _pread_sync(self, buf: memoryview, offset: int) -> None:
-        pos = self._data_offset + offset
+    def _read_sync(self, buf: memoryview, offset: int) -> None:
         try:
-            done = os.preadv(self._fd, [buf], pos)
-            while done < len(buf):  # short reads only happen if the file shrank under us
-                more = os.preadv(self._fd, [buf[done:]], pos + done)
-                if more <= 0:
-                    raise FuseblkError(
-                        errno.EIO, f"{self._name}: image file is shorter than its header says"
-                    )
-                done += more
+            self._read_storage(buf, self._data_offset + offset)
         except OSError as exc:
             raise self._io_error("read", exc) from None
 
-    def _pwrite_sync(self, buf: memoryview, offset: int) -> None:
-        pos = self._data_offset + offset
+    def _write_sync(self, buf: memoryview, offset: int) -> None:
         try:
-            done = os.pwrite(self._fd, buf, pos)
-            while done < len(buf):
-                done += os.pwrite(self._fd, buf[done:], pos + done)
+            self._write_storage(buf, self._data_offset + offset)
         except OSError as exc:
             raise self._io_error("write", exc) from None
 
@@ -347,36 +277,9 @@ class Backend:
         if bio.length == 0:
             return
         try:
-            punch_hole(self._fd, self._data_offset + bio.offset, bio.length)
+            self._storage.discard(self._data_offset + bio.offset, bio.length)
         except OSError as exc:
             raise self._io_error("discard", exc) from None
-
-    # --- direct engines: the context comes with each request ---------------------------------
-
-    def _direct_cipher(self, key: BlkCryptoKey) -> DataUnitCipher:
-        cache = self._ciphers
-        cipher = cache.get(key)
-        if cipher is not None:
-            cache.move_to_end(key)
-            self.counters.add("direct_cipher_hits")
-            return cipher
-        cipher = get_cipher(key)
-        self.counters.add("direct_cipher_expansions")
-        cache[key] = cipher
-        if len(cache) > DIRECT_CIPHER_CACHE:
-            cache.popitem(last=False)
-        return cipher
-
-    # --- KeyslotOps: the profile programs and evicts through these ---------------------------
-
-    async def program_key(self, key: BlkCryptoKey, slot: int) -> None:
-        """Nothing to do in the image: the profile expands the key; the table is written on flush."""
-        self._check_attached()
-
-    async def evict_key(self, key: BlkCryptoKey, slot: int | None) -> None:
-        """For a direct engine (``slot is None``) forget the expanded key."""
-        if slot is None:
-            self._ciphers.pop(key, None)
 
     # --- flush, header, close ----------------------------------------------------------------
 
@@ -388,7 +291,7 @@ class Backend:
 
     async def _sync(self) -> None:
         try:
-            await trio.to_thread.run_sync(os.fdatasync, self._fd)
+            await trio.to_thread.run_sync(self._storage.flush)
         except OSError as exc:
             raise self._io_error("flush", exc) from None
 
@@ -411,30 +314,14 @@ class Backend:
         return tuple(records)
 
     async def _update_header(self, clean_shutdown: bool) -> bool:
-        """Write both header copies if anything in them changed; True if it wrote."""
-        async with self._header_lock:
-            old = self._header
-            generation = self._profile.generation if self._profile is not None else 0
-            if generation == self._written_generation and clean_shutdown == old.clean_shutdown:
-                return False  # nothing touched a slot since the last write: no need to look
-            slots = self.slot_records()
-            if slots == old.slots and clean_shutdown == old.clean_shutdown:
-                self._written_generation = generation
-                return False
-            new = replace(
-                old, sequence=old.sequence + 1, slots=slots, clean_shutdown=clean_shutdown
-            )
-            try:
-                await trio.to_thread.run_sync(write_headers, self._fd, new)
-            except OSError as exc:
-                raise self._io_error("header update", exc) from None
-            self._header = new
-            self._written_generation = generation
-            self.counters.add("header_writes")
-            return True
+        generation = self._profile.generation if self._profile is not None else 0
+        try:
+            return await self._headers.update(generation, self.slot_records, clean_shutdown)
+        except OSError as exc:
+            raise self._io_error("header update", exc) from None
 
     async def close(self) -> None:
-        """Clean shutdown: data synced, keyslot table and clean flag written, lock released."""
+        """Clean shutdown: data synced, keyslot table and clean flag written, storage released."""
         if self._closed:
             return
         try:
@@ -442,20 +329,20 @@ class Backend:
             await self._update_header(clean_shutdown=True)
         finally:
             self._closed = True
-            os.close(self._fd)
+            self._storage.close()
 
     def abandon(self) -> None:
         """Drop the image as a crash would: no sync, no header update, lock released."""
         if not self._closed:
             self._closed = True
-            os.close(self._fd)
+            self._storage.close()
 
     @property
     def closed(self) -> bool:
         return self._closed
 
     def info(self) -> dict[str, Any]:
-        h = self._header
+        h = self.header
         counters = self.counters.snapshot()
         if self._profile is not None:
             counters.update(
@@ -463,7 +350,7 @@ class Backend:
             )
         return {
             "name": self._name,
-            "path": str(self.path),
+            "path": self.path,
             "size": self._size,
             "data_offset": self._data_offset,
             "uuid": str(h.uuid),
@@ -478,4 +365,52 @@ class Backend:
         }
 
     def __repr__(self) -> str:
-        return f"Backend({self._name!r}, {self.hardware.describe()})"
+        return f"InlineEncryptionEngine({self._name!r}, {self.hardware.describe()})"
+
+
+class DirectCiphers:
+    """A direct engine's expanded keys: the context comes with each request, so instead of
+    keyslots the engine keeps the last DIRECT_CIPHER_CACHE keys it expanded."""
+
+    def __init__(self, counters: Counters) -> None:
+        self._cache: OrderedDict[BlkCryptoKey, DataUnitCipher] = OrderedDict()
+        self._counters = counters  # direct_cipher_hits, direct_cipher_expansions
+
+    def get(self, key: BlkCryptoKey) -> DataUnitCipher:
+        cache = self._cache
+        cipher = cache.get(key)
+        if cipher is not None:
+            cache.move_to_end(key)
+            self._counters.add("direct_cipher_hits")
+            return cipher
+        cipher = get_cipher(key)
+        self._counters.add("direct_cipher_expansions")
+        cache[key] = cipher
+        if len(cache) > DIRECT_CIPHER_CACHE:
+            cache.popitem(last=False)
+        return cipher
+
+    def forget(self, key: BlkCryptoKey) -> None:
+        self._cache.pop(key, None)
+
+
+class EngineKeyslotOps:
+    """The engine's side of its crypto profile (``blk_crypto_ll_ops``), kept apart from the
+    engine so that its ``evict_key(key, slot)`` does not clash with the device's ``evict_key``.
+
+    Programming a slot expands the key, as hardware does when a key is loaded; nothing reaches
+    the storage (the keyslot table is written with the header, on flush). Evicting from a direct
+    engine (``slot is None``) forgets its expanded key.
+    """
+
+    def __init__(self, ciphers: DirectCiphers, check_attached: Callable[[], None]) -> None:
+        self._ciphers = ciphers
+        self._check_attached = check_attached
+
+    async def program_key(self, key: BlkCryptoKey, slot: int) -> DataUnitCipher:
+        self._check_attached()
+        return get_cipher(key)
+
+    async def evict_key(self, key: BlkCryptoKey, slot: int | None) -> None:
+        if slot is None:
+            self._ciphers.forget(key)

@@ -1,6 +1,5 @@
 """Shared by the control-plane tests: a daemon's control server in a background thread.
 
-Not a test module itself (it holds no tests); it is named so it sits with the tests it serves.
 ``DaemonThread`` runs :func:`fuseblk.control.serve_control` in its own trio loop, as the FUSE
 daemon does, so a CLI subprocess or a synchronous client can talk to it over the real socket.
 """
@@ -20,7 +19,7 @@ import trio
 
 from fuseblk.control.server import RUNTIME_DIR_ENV, serve_control, socket_path_for
 from fuseblk.dm.manager import DeviceManager
-from fuseblk.hw.backend import Backend
+from fuseblk.hw.factory import create_backend
 from fuseblk.hw.profiles import load_profile
 
 
@@ -129,7 +128,7 @@ async def make_images(directory: Path) -> dict[str, Path]:
     for name, profile in (("inline", "ufs"), ("legacy", "none")):
         path = directory / f"{name}.img"
         if not path.exists():
-            await Backend.create(path, IMAGE_SIZE, load_profile(profile), label=name).close()
+            await create_backend(path, IMAGE_SIZE, load_profile(profile), label=name).close()
         paths[name] = path
     return paths
 

@@ -1,0 +1,80 @@
+"""The block layer as inline encryption sees it: ``blk_crypto_bio_prep`` before every submit.
+
+Every layer that sends a bio to a device goes through :meth:`BlockLayer.submit_bio`, so the
+choice between inline encryption and the software fallback is made in exactly one place: a
+context the device supports natively goes down with the bio; any other is handled by the
+fallback, and the device receives plain data. A device that sets ``fallback_per_target`` (a
+mapped device whose table mixes capable and incapable devices) takes every context and falls
+back itself, piece by piece, through the same fallback.
+
+The kernel has one block layer and one fallback per system. Here the device manager owns a
+:class:`BlockLayer` and passes it down (to its mapped devices, and to targets through the table
+environment), so the fallback's size and switch are the manager's configuration and two
+managers in one process share no keyslots and no counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from fuseblk.bio import Bio
+from fuseblk.blkcrypto.fallback import CryptoFallback
+from fuseblk.device import BlockDevice
+from fuseblk.errors import FuseblkError
+from fuseblk.key import BlkCryptoKey, CryptoConfig
+
+
+def supports_natively(dev: BlockDevice, config: CryptoConfig) -> bool:
+    """``blk_crypto_config_supported_natively``: the device's own profile accepts ``config``."""
+    profile = dev.crypto_profile
+    return profile is not None and profile.supports(config)
+
+
+class BlockLayer:
+    """Submitting bios and evicting keys, with the software fallback behind both."""
+
+    def __init__(self, fallback: CryptoFallback | None = None) -> None:
+        self.fallback = fallback if fallback is not None else CryptoFallback()
+
+    async def submit_bio(self, dev: BlockDevice, bio: Bio) -> None:
+        """Send ``bio`` to ``dev``, falling back to software crypto if ``dev`` cannot do it.
+
+        A misaligned bio fails with EINVAL before anything is submitted. A context that reaches
+        ``dev.submit`` is one its profile supports, or any context if it falls back per target.
+        """
+        ctx = bio.crypt_ctx
+        if ctx is None:
+            await dev.submit(bio)
+            return
+        if bio.op.has_data:
+            ctx.check_aligned(0, bio.length)
+        if dev.fallback_per_target or supports_natively(dev, ctx.key.config):
+            await dev.submit(bio)
+            return
+        # The fallback serves this bio on dev's behalf (blk_crypto_bio_prep on dev's queue), so
+        # dev's counters say so: in a stack like default-key over a mapped device, the device
+        # is where one sees which path served it.
+        counters = dev.counters
+        counters.add("fallback_bios")
+        counters.add("fallback_bytes", bio.length)
+        await self.fallback.submit(dev, bio)
+
+    async def evict_key(self, key: BlkCryptoKey, devices: Iterable[BlockDevice]) -> None:
+        """``blk_crypto_evict_key`` on each of ``devices`` (each forwards to what lies below it)
+        and on the fallback, which holds the key if any of them could not take it.
+
+        Every place is tried even after a failure (``dm_keyslot_evict`` does the same); the
+        first error (EBUSY for a key in use) is raised at the end.
+        """
+        first: FuseblkError | None = None
+        for dev in devices:
+            try:
+                await dev.evict_key(key)
+            except FuseblkError as err:
+                first = first or err
+        try:
+            await self.fallback.evict_key(key)
+        except FuseblkError as err:
+            first = first or err
+        if first is not None:
+            raise first

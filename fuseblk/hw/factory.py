@@ -1,0 +1,270 @@
+"""The one place backends are opened and created: a reference's form picks the kind of storage.
+
+A reference is ``SCHEME://LOCATION`` for a registered kind of storage (``memory://NAME``), and an
+image path for anything else (``/var/lib/fuseblk/disk.img``, ``disk.img``; a file whose name looks
+like a scheme is reached as ``./memory://x``). A new kind of storage is one module implementing
+:class:`fuseblk.hw.storage.Storage` plus one entry in :data:`STORAGE_KINDS`; whatever the
+storage, the backend is the same inline-encryption engine (:mod:`fuseblk.hw.engine`).
+
+Opening runs in a worker thread that the caller waits for at most ``OPEN_TIMEOUT`` seconds. A
+daemon serving a FUSE mount on its one trio thread would otherwise hang for good on a reference
+leading into its own mount: the kernel would send the lookup to the very thread that is waiting
+for it. References into the daemon's own mount (:class:`OwnMount`) are refused before anything is
+looked up, and again once symlinks are resolved; the timeout covers what a textual check cannot
+see. A late result is thrown away (the storage it opened is closed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from fuseblk.device import Backend
+from fuseblk.errors import FuseblkError
+from fuseblk.hw.engine import InlineEncryptionEngine, attach
+from fuseblk.hw.file_storage import FileStorage
+from fuseblk.hw.image_format import ImageHeader
+from fuseblk.hw.memory_storage import MemoryStorage
+from fuseblk.hw.profiles import HardwareProfile
+from fuseblk.hw.storage import Storage
+
+OPEN_TIMEOUT = 5.0  # seconds an open may take before the caller gives up on it
+
+T = TypeVar("T")
+
+
+class StorageOpener(Protocol):
+    def __call__(self, location: str, /) -> Storage:
+        """An existing storage, opened but not locked."""
+        ...
+
+
+class StorageCreator(Protocol):
+    def __call__(
+        self, location: str, header: ImageHeader, /, *, overwrite: bool = False
+    ) -> Storage:
+        """A new storage holding ``header`` (both copies durable), returned locked."""
+        ...
+
+
+@dataclass(frozen=True)
+class StorageKind:
+    """How one kind of storage is opened and created."""
+
+    open: StorageOpener
+    create: StorageCreator
+    # Locations are file system paths: a backend is named by the absolute path, two paths are
+    # the same storage when they resolve to the same file, and the daemon's own mount is refused.
+    local_path: bool = False
+
+
+IMAGE_FILES = StorageKind(FileStorage.open, FileStorage.create, local_path=True)
+STORAGE_KINDS: dict[str, StorageKind] = {
+    "memory": StorageKind(MemoryStorage.open, MemoryStorage.create),
+}
+
+
+@dataclass(frozen=True)
+class StorageRef:
+    """A parsed reference."""
+
+    scheme: str  # "file" for image paths
+    kind: StorageKind
+    location: str
+
+    @classmethod
+    def parse(cls, ref: str | os.PathLike[str]) -> StorageRef:
+        if isinstance(ref, str):
+            scheme, sep, location = ref.partition("://")
+            kind = STORAGE_KINDS.get(scheme) if sep else None
+            if kind is not None:
+                return cls(scheme, kind, location)
+        return cls("file", IMAGE_FILES, os.fspath(ref))
+
+    @property
+    def name(self) -> str:
+        """What a backend attached by this reference is called (no I/O)."""
+        if self.kind.local_path:
+            return os.path.abspath(self.location)
+        return f"{self.scheme}://{self.location}"
+
+    def identity(self) -> str:
+        """Equal for two references to the same storage; may look at the file system."""
+        return os.path.realpath(self.location) if self.kind.local_path else self.name
+
+
+class OwnMount:
+    """The FUSE mount this process serves: references into it are refused (EINVAL).
+
+    Made before the mount is up: the mountpoint's parent is resolved then, never the mountpoint
+    itself (once mounted, looking at it asks this process).
+    """
+
+    def __init__(self, mountpoint: str | os.PathLike[str]) -> None:
+        absolute = os.path.abspath(mountpoint)
+        parent, base = os.path.split(absolute)
+        self.roots = tuple(dict.fromkeys([absolute, os.path.join(os.path.realpath(parent), base)]))
+
+    def check(self, path: str, ref: str) -> None:
+        """Refuse ``path`` (absolute, of reference ``ref``) if it is the mount or inside it."""
+        for root in self.roots:
+            if path == root or path.startswith(root.rstrip("/") + "/"):
+                raise FuseblkError(
+                    errno.EINVAL,
+                    f"{ref}: is inside {root}, the mount this daemon serves (it cannot be a backend)",
+                )
+
+
+def open_storage(ref: str | os.PathLike[str]) -> Storage:
+    """The storage ``ref`` names, opened without taking its lock: to look at what the hardware
+    stored (tests, tools), never to attach it. The caller closes it."""
+    sref = StorageRef.parse(ref)
+    return sref.kind.open(sref.location)
+
+
+def open_backend(
+    ref: str | os.PathLike[str], *, name: str | None = None, own_mount: OwnMount | None = None
+) -> InlineEncryptionEngine:
+    """Attach the image ``ref`` names: its lock taken, headers checked, hardware reset."""
+    sref = StorageRef.parse(ref)
+    shown = os.fspath(ref)
+    _refuse_own_mount(sref, shown, own_mount)
+
+    def open_locked() -> Storage:
+        _refuse_own_mount_resolved(sref, shown, own_mount)
+        return _open_locked(sref)
+
+    return attach(_off_thread(open_locked, _close, shown), name)
+
+
+def create_backend(
+    ref: str | os.PathLike[str],
+    size: int,
+    hardware: HardwareProfile,
+    label: str = "",
+    *,
+    overwrite: bool = False,
+    name: str | None = None,
+    own_mount: OwnMount | None = None,
+) -> InlineEncryptionEngine:
+    """Make a new image of ``size`` data bytes (refusing an existing one unless ``overwrite``)
+    and attach it."""
+    sref = StorageRef.parse(ref)
+    header = ImageHeader(hardware, size, label=label, sequence=1, clean_shutdown=True)
+    shown = os.fspath(ref)
+    _refuse_own_mount(sref, shown, own_mount)
+
+    def create() -> Storage:
+        _refuse_own_mount_resolved(sref, shown, own_mount)
+        return sref.kind.create(sref.location, header, overwrite=overwrite)
+
+    storage = _off_thread(create, _close, shown)
+    return attach(storage, name)
+
+
+@dataclass(frozen=True)
+class _Found:
+    """What the worker found: an attached backend, or the storage it opened and locked."""
+
+    backend: Backend | None = None
+    storage: Storage | None = None
+
+    def discard(self) -> None:
+        if self.storage is not None:
+            self.storage.close()
+
+
+def find_or_open_backend(
+    ref: str | os.PathLike[str],
+    attached: Iterable[Backend],
+    *,
+    name: str | None = None,
+    own_mount: OwnMount | None = None,
+) -> tuple[Backend, bool]:
+    """The backend among ``attached`` over the storage ``ref`` names (False), or that storage
+    newly attached (True), named ``name`` or after the reference.
+
+    EBUSY if another process (or another open) holds it, EINVAL inside ``own_mount``, ETIMEDOUT
+    if opening does not finish in time.
+    """
+    sref = StorageRef.parse(ref)
+    shown = os.fspath(ref)
+    _refuse_own_mount(sref, shown, own_mount)
+    candidates = [(dev.path, dev) for dev in attached]
+
+    def find_or_open() -> _Found:
+        identity = sref.identity()
+        _refuse_own_mount_resolved(sref, shown, own_mount)
+        for path, dev in candidates:
+            if StorageRef.parse(path).identity() == identity:
+                return _Found(backend=dev)
+        return _Found(storage=_open_locked(sref))
+
+    found = _off_thread(find_or_open, _Found.discard, shown)
+    if found.backend is not None:
+        return found.backend, False
+    assert found.storage is not None
+    return attach(found.storage, name), True
+
+
+def _open_locked(sref: StorageRef) -> Storage:
+    storage = sref.kind.open(sref.location)
+    try:
+        storage.lock()
+    except BaseException:
+        storage.close()
+        raise
+    return storage
+
+
+def _refuse_own_mount(sref: StorageRef, shown: str, own_mount: OwnMount | None) -> None:
+    if own_mount is not None and sref.kind.local_path:
+        own_mount.check(os.path.abspath(sref.location), shown)
+
+
+def _refuse_own_mount_resolved(sref: StorageRef, shown: str, own_mount: OwnMount | None) -> None:
+    if own_mount is not None and sref.kind.local_path:
+        own_mount.check(os.path.realpath(sref.location), shown)
+
+
+def _close(storage: Storage) -> None:
+    storage.close()
+
+
+def _off_thread(work: Callable[[], T], discard: Callable[[T], None], shown: str) -> T:
+    """``work()`` in a worker thread, waited for at most OPEN_TIMEOUT seconds.
+
+    Blocks the calling thread (table references are resolved synchronously), but never for
+    longer than that. A result that comes after the caller gave up is passed to ``discard``.
+    """
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            value = work()
+        except BaseException as exc:  # handed to the waiting thread, if it still waits
+            with contextlib.suppress(InvalidStateError):
+                future.set_exception(exc)
+            return
+        try:
+            future.set_result(value)
+        except InvalidStateError:  # cancelled: the caller gave up
+            discard(value)
+
+    threading.Thread(target=run, name=f"fuseblk open {shown}", daemon=True).start()
+    try:
+        return future.result(timeout=OPEN_TIMEOUT)
+    except TimeoutError:
+        if not future.cancel():  # finished meanwhile (or work itself timed out): take that
+            return future.result()
+        raise FuseblkError(
+            errno.ETIMEDOUT,
+            f"{shown}: no answer after {OPEN_TIMEOUT:g} s "
+            "(does it lead into a mount this daemon serves?)",
+        ) from None
