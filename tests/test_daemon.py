@@ -360,7 +360,8 @@ def test_fallback_slots_in_a_config_beyond_65536_are_refused(tmp_path: Path) -> 
     config = tmp_path / "big.toml"
     config.write_text("[options]\nfallback_slots = 99999999999999\n")
     (tmp_path / "mnt").mkdir()
-    err = mount_fails(str(tmp_path / "mnt"), "--config", str(config), timeout=30)
+    log = str(tmp_path / "log")  # without it a config mount logs to the home directory
+    err = mount_fails(str(tmp_path / "mnt"), "--config", str(config), "--log-file", log)
     assert (
         err
         == f"fuseblk mount: {config}:2: options.fallback_slots: expected 1..65536, got 99999999999999\n"

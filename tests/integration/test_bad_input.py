@@ -44,6 +44,7 @@ def bad_invocations(m: FuseblkMount, tmp: Path) -> list[Bad]:
     other = tmp / "mnt2"  # where a second mount is tried: none may come up
     other.mkdir(parents=True)
     state2 = str(tmp / "state2")
+    log2 = ("--log-file", str(tmp / "mnt2.log"))  # a config mount logs to the home directory
     files = _bad_files(tmp, m)
     f = {name: str(path) for name, path in files.items()}
     at = ("--mount", mp)
@@ -157,9 +158,9 @@ def bad_invocations(m: FuseblkMount, tmp: Path) -> list[Bad]:
         ),  # fmt: skip
         Bad(("image", "create", img, "--size", "8M", "--profile", f["fifo.toml"]), "is a FIFO"),
         Bad(("image", "inspect", str(tmp / "missing.img")), "No such file"),
-        Bad(("mount", str(other), "--config", f["config.latin1"]), "not UTF-8"),
-        Bad(("mount", str(other), "--config", f["fifo"]), "is a FIFO"),
-        Bad(("mount", str(other), "--config", f["config.slots"]), "1..65536"),
+        Bad(("mount", str(other), "--config", f["config.latin1"], *log2), "not UTF-8"),
+        Bad(("mount", str(other), "--config", f["fifo"], *log2), "is a FIFO"),
+        Bad(("mount", str(other), "--config", f["config.slots"], *log2), "1..65536"),
         Bad(("mount", str(other), "--state-dir", f["file"]), "not a directory"),
         Bad(("mount", str(other), "--state-dir", f["file"] + "/state"), "Not a directory"),
         Bad(
