@@ -111,7 +111,7 @@ def test_every_malformed_table_names_the_field(table: str, field: str) -> None:
 def test_table_and_status_describe_the_legs() -> None:
     target = mirror("2 l0 8 l1 0 1 nosync", Leg("l0"), Leg("l1"))
     assert target.table_args() == "2 l0 8 l1 0 1 nosync"
-    assert target.status() == "2 AA 1024/1024 idle"
+    assert target.status() == "2 AA 1024/1024 idle 2 optimal"
 
 
 async def test_writes_reach_every_leg_and_reads_alternate() -> None:
@@ -173,7 +173,7 @@ async def test_all_legs_failed_means_eio() -> None:
     with pytest.raises(FuseblkError) as info:
         await read(target, 0, 512)
     assert info.value.errno == errno.EIO
-    assert target.status() == "2 DD 1024/1024 idle"
+    assert target.status() == "2 DD 1024/1024 idle 2 degraded"
 
 
 async def test_fail_and_remove_messages() -> None:
@@ -218,11 +218,11 @@ async def test_hot_add_stops_at_max_legs() -> None:
 async def test_initial_resync_copies_the_first_leg_to_the_others() -> None:
     l0, l1 = Leg("l0"), Leg("l1")
     target = mirror("2 l0 0 l1 0", l0, l1)
-    assert target.status() == "2 Aa 0/1024 frozen"
+    assert target.status() == "2 Aa 0/1024 frozen 2 optimal"
     await target.resume()
     await target.wait_resync()
     assert region(l1) == region(l0)
-    assert target.status() == "2 AA 1024/1024 idle"
+    assert target.status() == "2 AA 1024/1024 idle 2 optimal"
     assert target.counters is not None and target.counters["resync_bytes"] == LENGTH
 
 
@@ -235,7 +235,7 @@ async def test_resync_message_makes_diverged_legs_identical_again() -> None:
     assert target.status().split()[1] == "Aa"
     await target.wait_resync()
     assert region(l0) == region(l1)
-    assert target.status() == "2 AA 1024/1024 idle"
+    assert target.status() == "2 AA 1024/1024 idle 2 optimal"
 
 
 async def test_hot_add_with_concurrent_writes_produces_identical_legs(
@@ -259,7 +259,7 @@ async def test_hot_add_with_concurrent_writes_produces_identical_legs(
     await target.wait_resync()
     assert written_during_resync > 1
     assert region(l0) == region(l1) == region(l2)
-    assert target.status() == "3 AAA 1024/1024 idle"
+    assert target.status() == "3 AAA 1024/1024 idle 3 optimal"
     assert target.table_args() == "3 l0 0 l1 0 l2 0 1 nosync"
 
 
@@ -289,7 +289,7 @@ async def test_suspend_freezes_resync_and_resume_continues_it() -> None:
     await target.resume()
     await trio.testing.wait_all_tasks_blocked()
     await target.presuspend()
-    assert target.status() == "2 Aa 0/1024 frozen"
+    assert target.status() == "2 Aa 0/1024 frozen 2 optimal"
     l0.read_gate.set()
     await target.resume()
     await target.wait_resync()
@@ -358,7 +358,7 @@ async def test_encrypted_mirror_over_images_survives_a_leg_and_hot_adds_another(
         assert profile is not None and profile.counters["programs"] == 1
 
     await manager.message("mirror", 0, ["fail", "0"])
-    assert manager.status("mirror") == "0 2048 raid1 2 DA 2048/2048 idle\n"
+    assert manager.status("mirror") == "0 2048 raid1 2 DA 2048/2048 idle 2 degraded\n"
     back = bytearray(len(data))
     await secure.submit(Bio.read(0, back))
     assert back == data
@@ -371,7 +371,7 @@ async def test_encrypted_mirror_over_images_survives_a_leg_and_hot_adds_another(
     target = mirror_md.live.targets[0]
     assert isinstance(target, Raid1Target)
     await target.wait_resync()
-    assert manager.status("mirror") == "0 2048 raid1 3 DAA 2048/2048 idle\n"
+    assert manager.status("mirror") == "0 2048 raid1 3 DAA 2048/2048 idle 3 degraded\n"
     assert await raw_bytes(images["c"], len(data)) == await raw_bytes(images["b"], len(data))
     assert manager.stats("mirror")["devices"]["mirror"]["resync_bytes"] == 1 << 20
     await manager.message("mirror", 0, ["remove", "0"])
