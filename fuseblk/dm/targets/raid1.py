@@ -28,11 +28,11 @@ data. A leg being resynchronised receives writes but serves no reads until it is
 Degraded writes. The array's **width** is the number of legs it is meant to have: the leg count
 of the table line, raised by each hot-add that makes the set larger than the width, never
 lowered (failing or removing a leg leaves a hole that only an ``add`` fills; a table with
-fewer legs is how an array is made narrower). A write or discard
-that succeeds on fewer legs than the width, for whatever reason (a leg failed earlier, removed,
-or erroring during this very write), is a degraded write: it bumps the mapped device's
-``degraded_writes`` counter and adds its length to ``degraded_bytes``. A leg being
-resynchronised takes writes, so it counts as reached; flushes carry no data and are not counted.
+fewer legs is how an array is made narrower). A write or discard that succeeds on fewer legs
+than the width, for whatever reason (a leg failed earlier, removed, or erroring during this
+very write), is a degraded write: it bumps the mapped device's ``degraded_writes`` counter and
+adds its length to ``degraded_bytes``. A leg being resynchronised takes writes, so it counts as
+reached; flushes carry no data and are not counted.
 
 Held devices. Every leg, failed ones included, stays in :meth:`Raid1Target.held_devices` until
 it is removed: the table still names it (``dmsetup table`` lists it), so its image stays
