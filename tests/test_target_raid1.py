@@ -602,3 +602,15 @@ async def test_a_failed_leg_still_counts_when_refusing_a_cycle(
     with pytest.raises(FuseblkError) as info:
         await manager.load("lower", "0 1024 linear mirror 0")
     assert "no cycles" in info.value.message
+
+
+async def test_a_renamed_mirror_cannot_hot_add_itself_as_a_leg(
+    manager: DeviceManager, tmp_path: Path
+) -> None:
+    a, b = await images(tmp_path, "ab")
+    await manager.create("old", f"0 1024 raid1 2 {a} 0 {b} 0 1 nosync")
+    await manager.rename("old", "new")
+    with pytest.raises(FuseblkError, match="no cycles") as info:
+        await manager.message("new", 0, ["add", "new", "0"])
+    assert info.value.errno == errno.EINVAL
+    assert manager.table("new") == f"0 1024 raid1 2 {a.resolve()} 0 {b.resolve()} 0 1 nosync\n"

@@ -152,9 +152,9 @@ class DeviceManager:
             stack.extend(d for d in cur.held_devices() if isinstance(d, MappedDevice))
         return False
 
-    async def _parse(self, name: str, text: str) -> Table:
-        """Construct a table; images it opened are detached again if it is refused."""
-        env = _TableEnv(self, name)
+    async def _parse(self, md: MappedDevice, text: str) -> Table:
+        """Construct a table for ``md``; images it opened are detached again if it is refused."""
+        env = _TableEnv(self, md)
         try:
             return await Table.parse(text, env)
         except BaseException:
@@ -168,7 +168,7 @@ class DeviceManager:
         async with self._table_lock:
             self._check_new_name(name)
             md = MappedDevice(name, self.block_layer, falls_back_per_target(fallback))
-            parsed = await self._parse(name, table)
+            parsed = await self._parse(md, table)
             if parsed.is_empty:
                 await parsed.destroy()
             else:
@@ -181,7 +181,7 @@ class DeviceManager:
         """``dmsetup load``: construct ``table`` into the inactive slot; the live one is untouched."""
         async with self._table_lock:
             md = self.get(name)
-            parsed = await self._parse(name, table)
+            parsed = await self._parse(md, table)
             try:
                 if parsed.is_empty:
                     raise FuseblkError(errno.EINVAL, f"{name}: a table needs at least one target")
@@ -444,14 +444,19 @@ class DeviceManager:
 
 
 class _TableEnv:
-    """What a target constructor may ask while a table for ``device_name`` is being parsed."""
+    """What a target may ask of the table it belongs to: while it is parsed, and later (a raid1
+    hot-add resolves its leg through it, under the device's name at that time)."""
 
-    def __init__(self, manager: DeviceManager, device_name: str) -> None:
+    def __init__(self, manager: DeviceManager, md: MappedDevice) -> None:
         self._manager = manager
-        self.device_name = device_name
+        self._md = md
         self.block_layer = manager.block_layer
         self.clock = manager.clock
         self.opened: list[str] = []  # images attached for this table, detached if it fails
+
+    @property
+    def device_name(self) -> str:
+        return self._md.name
 
     def get_device(self, ref: str) -> BlockDevice:
         return self._manager.resolve(ref, self.device_name, self.opened)
