@@ -160,7 +160,7 @@ class Raid1Target(Target):
         return f"{len(self.legs)} {legs}" + (" 1 nosync" if self.nosync else "")
 
     def devices(self) -> list[BlockDevice]:
-        return [leg.dev for leg in self.legs if leg.state is not LegState.FAILED]
+        return [leg.dev for leg in self._writable_legs()]
 
     def held_devices(self) -> list[BlockDevice]:
         return [leg.dev for leg in self.legs]
