@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from control_helpers import private_runtime_dir
+from control_helpers import DaemonThread, manager_factory, private_runtime_dir
 
 from fuseblk.dm.manager import DeviceManager
 
@@ -25,3 +25,14 @@ async def manager() -> AsyncIterator[DeviceManager]:
         yield dm
     finally:
         await dm.close()
+
+
+@pytest.fixture
+def daemon(rundir: Path, tmp_path: Path) -> Iterator[DaemonThread]:
+    """A daemon (in a thread) over images attached as ``inline`` and ``legacy``, stopped even
+    when the test fails."""
+    d = DaemonThread(manager_factory(tmp_path), tmp_path / "mnt").start()
+    try:
+        yield d
+    finally:
+        d.stop()

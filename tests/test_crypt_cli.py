@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cipher_oracles import openssl_cbc_essiv, openssl_xts
+from cipher_helpers import openssl_cbc_essiv, openssl_xts
 
 
 def _fuseblk(*args: str, stdin: bytes | Path = b"") -> subprocess.CompletedProcess[bytes]:
