@@ -103,11 +103,13 @@ class MemDevice:
     Crypto: ``profile`` as given, or ``caps`` makes it hardware with ``num_slots`` keyslots of a
     :class:`MemKeyslotHardware`. ``noise`` starts it with random bytes instead of zeroes, so a
     read that does nothing shows. ``tear_writes`` lands writes half a block at a time with
-    checkpoints between, so concurrent writers tear blocks unless the caller serializes them
-    (otherwise a write lands at once, as a reader racing it expects). Steering: ``fail_next`` fails the next data bio with that
-    errno, ``failing`` every data bio until cleared (like the error target); ``hold`` (a trio
-    Event) holds every bio inside the event loop, ``gate`` (a threading Event) holds data bios
-    off the loop, for tests that release it from another thread, as real slow I/O would wait.
+    checkpoints between, so concurrent writers tear blocks unless the caller serializes them;
+    otherwise a write lands at once, as a reader racing it expects.
+
+    Steering: ``fail_next`` fails the next data bio with that errno, ``failing`` every data bio
+    until cleared (like the error target); ``hold`` (a trio Event) holds every bio inside the
+    event loop, ``gate`` (a threading Event) holds data bios off the loop, for tests that release
+    it from another thread, as real slow I/O would wait.
     """
 
     fallback_per_target = False
