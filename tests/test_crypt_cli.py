@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cipher_oracles import openssl_cbc_essiv, openssl_xts
+from cipher_helpers import openssl_cbc_essiv, openssl_xts
 
 
 def _fuseblk(*args: str, stdin: bytes | Path = b"") -> subprocess.CompletedProcess[bytes]:

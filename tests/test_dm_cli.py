@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,15 +27,6 @@ KEY_HEX = KEY.hex()
 SECTORS = 16 * 1024 * 1024 // 512
 BASE = f"0 {SECTORS // 2} linear inline 0\n{SECTORS // 2} {SECTORS // 2} linear legacy 0\n"
 SECURE = f"0 {SECTORS} default-key aes-xts-plain64 {KEY_HEX} 0 base 0 2 sector_size:4096 iv_large_sectors\n"
-
-
-@pytest.fixture
-def daemon(rundir: Path, tmp_path: Path) -> Iterator[DaemonThread]:
-    d = DaemonThread(manager_factory(tmp_path), tmp_path / "mnt").start()
-    try:
-        yield d
-    finally:
-        d.stop()
 
 
 def fuseblk(rundir: Path, *argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
-from dm_helpers import DeviceEnv, MiB, make_image, manager
-from memdev import MemDevice, MemKeyslotHardware, make_key
+from device_helpers import MemDevice, MemKeyslotHardware, MiB, make_key
+from dm_helpers import DeviceEnv, make_image
 
 from fuseblk.bio import Bio, BioOp
 from fuseblk.blkcrypto.keyslot_manager import CryptoProfile
@@ -29,8 +29,6 @@ from fuseblk.key import KeyType
 from fuseblk.modes import CryptoMode
 from fuseblk.stats import Counters
 
-__all__ = ["manager"]  # the fixture, re-exported for pytest
-
 DEV_SIZE = 1 << 20
 LENGTH = 512 * 1024
 
@@ -39,7 +37,7 @@ class Leg(MemDevice):
     """A RAM leg that can die (every later I/O fails) and can hold its reads at a gate."""
 
     def __init__(self, name: str, profile: CryptoProfile | None = None) -> None:
-        super().__init__(DEV_SIZE, profile, name)
+        super().__init__(name, DEV_SIZE, profile=profile, noise=True)
         self.dead_errno: int | None = None
         self.die_after: int | None = None  # data bios still served before dying
         self.read_gate: trio.Event | None = None
