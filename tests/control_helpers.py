@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import trio
 
-from fuseblk.control.server import RUNTIME_DIR_ENV, serve_control, socket_path_for
+from fuseblk.control.runtime import RUNTIME_DIR_ENV, socket_path_for
+from fuseblk.control.server import serve_control
 from fuseblk.dm.manager import DeviceManager
 from fuseblk.hw.factory import create_backend
 from fuseblk.hw.profiles import load_profile

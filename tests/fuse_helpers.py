@@ -201,7 +201,7 @@ def daemon_pid(mountpoint: Path) -> int:
 
 def _maybe_pid(mountpoint: Path) -> int | None:
     """The daemon's pid from its control record (the mountpoint as it was given, absolute)."""
-    from fuseblk.control.server import find_daemons
+    from fuseblk.control.runtime import find_daemons
 
     wanted = os.path.abspath(mountpoint)
     for daemon in find_daemons():

@@ -24,7 +24,8 @@ from fuseblk.bio import Bio
 from fuseblk.control import server as server_module
 from fuseblk.control.client import ControlClient
 from fuseblk.control.protocol import MAX_LINE, PROTOCOL_VERSION, Request
-from fuseblk.control.server import ControlLimits, serve_control, socket_path_for
+from fuseblk.control.runtime import socket_path_for
+from fuseblk.control.server import ControlLimits, serve_control
 from fuseblk.dm.manager import DeviceManager
 from fuseblk.errors import FuseblkError
 

@@ -16,7 +16,8 @@ import pytest
 import trio
 
 from fuseblk.control.client import ControlClient, resolve_socket
-from fuseblk.control.server import find_daemons, runtime_dir, serve_control, socket_path_for
+from fuseblk.control.runtime import find_daemons, runtime_dir, socket_path_for
+from fuseblk.control.server import serve_control
 from fuseblk.dm.manager import DeviceManager
 from fuseblk.errors import FuseblkError
 

@@ -19,7 +19,7 @@ from fuse_helpers import needs_fuse
 
 from fuseblk.bio import Bio
 from fuseblk.cli import main
-from fuseblk.control.server import find_daemons
+from fuseblk.control.runtime import find_daemons
 from fuseblk.hw.file_storage import punch_hole
 
 KEY = bytes(range(64))

@@ -108,7 +108,7 @@ def bench(
 
 
 def daemon_pid(mountpoint: Path) -> int | None:
-    from fuseblk.control.server import find_daemons
+    from fuseblk.control.runtime import find_daemons
 
     wanted = os.path.abspath(mountpoint)
     return next((d.pid for d in find_daemons() if d.mountpoint == wanted), None)

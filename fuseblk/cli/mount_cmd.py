@@ -160,7 +160,7 @@ def _ask_daemon_to_shut_down(mountpoint: str, timeout: float, force: bool) -> st
     path: resolving stats the mount, which would hang on a hung daemon.
     """
     from fuseblk.control.client import ControlClient
-    from fuseblk.control.server import find_daemons
+    from fuseblk.control.runtime import find_daemons
 
     daemons = [d for d in find_daemons() if d.mountpoint == mountpoint]
     if not daemons:

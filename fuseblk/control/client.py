@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Any
 
 from fuseblk.control.protocol import MAX_LINE, decode_response, encode_request, response_result
-from fuseblk.control.server import check_private, find_daemons, socket_path_for
+from fuseblk.control.runtime import check_private, find_daemons, socket_path_for
 from fuseblk.errors import FuseblkError
 
 

@@ -1,11 +1,6 @@
-"""The daemon's control socket: where it lives, and the server that runs DeviceManager commands.
+"""The daemon's control server: runs DeviceManager commands arriving on its Unix socket.
 
-Every mounted daemon listens on a 0600 Unix socket in a per-user runtime directory, named after a
-hash of the mountpoint, beside a small JSON record ``{mountpoint, pid, socket}``. The hash lets a
-client find the daemon of a given mountpoint; the records let it find *the* daemon when only one
-runs, which is why ``--mount`` is optional on the command line.
-
-The server runs inside the daemon's trio nursery, one task per connection, and only translates
+Where the socket and its record live is :mod:`fuseblk.control.runtime`'s business. The server runs inside the daemon's trio nursery, one task per connection, and only translates
 JSON-line requests (:mod:`fuseblk.control.protocol`) into calls on the :class:`DeviceManager`.
 Errors go back as the errno the kernel would return. One request can only ever fail its own
 connection: the daemon survives any input, and :class:`ControlLimits` bounds what clients may
@@ -15,13 +10,10 @@ hold of it (connections, buffered bytes, time), so that no input can hang it eit
 from __future__ import annotations
 
 import errno
-import hashlib
 import inspect
-import json
 import logging
 import os
 import socket as _stdsocket
-import stat
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,129 +34,11 @@ from fuseblk.control.protocol import (
     ok_response,
     redacted_args,
 )
+from fuseblk.control.runtime import SUN_PATH_MAX, check_private, read_record, write_record
 from fuseblk.errors import FuseblkError, einval
 from fuseblk.modes import CryptoMode
 
 log = logging.getLogger("fuseblk.control.server")
-
-RUNTIME_DIR_ENV = "FUSEBLK_RUNTIME_DIR"  # overrides the runtime directory (tests, odd setups)
-_SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
-
-
-# --- where daemons are found -------------------------------------------------------------------
-
-
-def runtime_dir() -> Path:
-    """``$FUSEBLK_RUNTIME_DIR``, else ``$XDG_RUNTIME_DIR/fuseblk``, ``/run/fuseblk`` for root,
-    or ``/tmp/fuseblk-UID``: private to the user, so the sockets' 0600 mode is not the only guard."""
-    override = os.environ.get(RUNTIME_DIR_ENV)
-    if override:
-        return Path(override)
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg:
-        return Path(xdg) / "fuseblk"
-    if os.geteuid() == 0:
-        return Path("/run/fuseblk")
-    return Path(f"/tmp/fuseblk-{os.geteuid()}")
-
-
-def _mount_key(mountpoint: str | os.PathLike[str]) -> str:
-    # realpath: "mnt", "./mnt" and "/abs/mnt" must find the same daemon. Call this before the
-    # mount is up when inside the daemon: resolving the mountpoint stats it.
-    real = os.path.realpath(os.fspath(mountpoint))
-    return hashlib.sha256(real.encode()).hexdigest()[:16]
-
-
-def socket_path_for(mountpoint: str | os.PathLike[str]) -> Path:
-    """The control socket of the daemon serving ``mountpoint`` (whether or not one runs)."""
-    return runtime_dir() / f"{_mount_key(mountpoint)}.sock"
-
-
-def check_private(directory: Path) -> None:
-    """EPERM unless ``directory`` is ours and closed to others.
-
-    The /tmp fallback could have been created by another user beforehand; a client trusting
-    records there could be sent to an impostor's socket (and hand it a key).
-    """
-    try:
-        st = directory.lstat()
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
-        raise FuseblkError(
-            errno.EPERM,
-            f"runtime directory {directory} must be a directory owned by uid {os.geteuid()} "
-            "with mode 0700",
-        )
-
-
-def _record_path(socket_path: Path) -> Path:
-    return socket_path.with_suffix(".json")
-
-
-@dataclass(frozen=True)
-class DaemonInfo:
-    """A running daemon as its record describes it."""
-
-    mountpoint: str | None
-    pid: int
-    socket: Path
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
-def find_daemons() -> list[DaemonInfo]:
-    """Live daemons of this user, by mountpoint; records of dead ones are removed on the way."""
-    directory = runtime_dir()
-    check_private(directory)
-    found: list[DaemonInfo] = []
-    try:
-        records = sorted(directory.glob("*.json"))
-    except OSError:
-        return []
-    for record in records:
-        info = _read_record(record)
-        if info is not None and _pid_alive(info.pid) and info.socket.exists():
-            found.append(info)
-            continue
-        log.info("removing stale control record %s", record)
-        record.unlink(missing_ok=True)
-        record.with_suffix(".sock").unlink(missing_ok=True)
-    return sorted(found, key=lambda d: (d.mountpoint or "", str(d.socket)))
-
-
-def _read_record(record: Path) -> DaemonInfo | None:
-    try:
-        obj = json.loads(record.read_text())
-        pid = obj["pid"]
-        sock = obj["socket"]
-        mountpoint = obj.get("mountpoint")
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if not isinstance(pid, int) or not isinstance(sock, str):
-        return None
-    return DaemonInfo(mountpoint if isinstance(mountpoint, str) else None, pid, Path(sock))
-
-
-def _write_record(socket_path: Path, mountpoint: str | None) -> Path:
-    record = _record_path(socket_path)
-    tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
-    tmp.write_text(
-        json.dumps({"mountpoint": mountpoint, "pid": os.getpid(), "socket": str(socket_path)})
-    )
-    os.replace(tmp, record)  # readers see the whole record or none
-    return record
-
-
-# --- the server --------------------------------------------------------------------------------
 
 
 def jsonable(value: Any) -> Any:
@@ -452,7 +326,7 @@ def _log_internal_error(what: str, exc: Exception) -> None:
 
 
 async def _bind(socket_path: Path) -> trio.socket.SocketType:
-    if len(os.fsencode(socket_path)) > _SUN_PATH_MAX:
+    if len(os.fsencode(socket_path)) > SUN_PATH_MAX:
         raise FuseblkError(errno.ENAMETOOLONG, f"control socket path too long: {socket_path}")
     socket_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     check_private(socket_path.parent)
@@ -505,7 +379,7 @@ async def serve_control(
     socket_path = Path(socket_path)
     sock = await _bind(socket_path)
     mp = os.path.abspath(os.fspath(mountpoint)) if mountpoint is not None else None
-    record = _write_record(socket_path, mp)
+    record = write_record(socket_path, mp)
     log.info("control socket listening on %s", socket_path)
     commands = ControlCommands(manager, on_shutdown)
     listener = trio.SocketListener(sock)
@@ -540,5 +414,5 @@ async def serve_control(
 
 def _owns(record: Path) -> bool:
     """Whether the record is still this process's (a successor may have taken the path)."""
-    info = _read_record(record)
+    info = read_record(record)
     return info is None or info.pid == os.getpid()

@@ -39,7 +39,8 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from fuseblk.control.server import serve_control, socket_path_for
+from fuseblk.control.runtime import socket_path_for
+from fuseblk.control.server import serve_control
 from fuseblk.errors import FuseblkError
 from fuseblk.fuse.ops import DeviceFiles, ServedManager
 
