@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from control_helpers import DaemonThread, cli_env, manager_factory
 from fuseblk.bio import Bio
 from fuseblk.cli import main
 from fuseblk.cli.output import stats_lines
+from fuseblk.cli.rates import COLUMNS, interval_rates
 
 KEY_HEX = bytes(range(64)).hex()
 SECTORS = 16 * 1024 * 1024 // 512
@@ -168,3 +171,108 @@ def test_stats_lines_fallback_is_one_column_even_with_only_profile_counters() ->
     # a fresh fallback has counted nothing of its own yet, only (say) a key eviction
     stats = {"devices": {}, "backends": {}, "fallback": {"profile": {"evictions": 1}}}
     assert stats_lines(stats) == ["FALLBACK           fallback", "profile.evictions         1"]
+
+
+def test_interval_rates_are_counter_differences_over_the_interval() -> None:
+    before = {
+        "devices": {"secure": {"reads": 10, "writes": 4, "bytes": 1_000_000, "inline_bios": 4}},
+        "backends": {"inline": {"bios": 4, "profile": {"programs": 1, "hits": 3}}},
+        "fallback": {"bios": 0, "bytes": 0, "profile": {"programs": 0}},
+    }
+    now = {
+        "devices": {
+            "secure": {
+                "reads": 30,
+                "writes": 4,
+                "bytes": 3_000_000,
+                "inline_bios": 7,
+                "fallback_bios": 1,
+            },
+            "new": {},  # appeared in the interval: counted from zero
+        },
+        "backends": {"inline": {"bios": 8, "profile": {"programs": 1, "hits": 7, "waits": 2}}},
+        "fallback": {"bios": 1, "bytes": 4096, "profile": {"programs": 1}},
+    }
+    rates = interval_rates(now, before, 2.0)
+    secure = rates["devices"]["secure"]
+    assert secure["r/s"] == 10 and secure["w/s"] == 0 and secure["MB/s"] == 1.0
+    assert secure["inline%"] == 75.0 and secure["fallback%"] == 25.0
+    assert secure["prog/s"] is None  # a mapped device has no keyslots
+    assert rates["devices"]["new"]["r/s"] == 0 and rates["devices"]["new"]["inline%"] is None
+    inline = rates["backends"]["inline"]
+    assert inline["hit/s"] == 2 and inline["wait/s"] == 1 and inline["prog/s"] == 0
+    assert inline["evict/s"] == 0  # never counted yet: zero, not unknown
+    fallback = rates["fallback"]
+    assert fallback["r/s"] is None and fallback["prog/s"] == 0.5  # the fallback keeps no reads
+    assert fallback["MB/s"] == 4096 / 2 / 1e6
+
+
+def _keep_writing(daemon: DaemonThread, seconds: float) -> threading.Thread:
+    """Writes through secure's inline and fallback halves from another thread for a while."""
+
+    def loop() -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            _io_through_secure(daemon)
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    return thread
+
+
+def test_watch_json_prints_one_object_per_interval_with_inline_and_fallback_shares(
+    daemon: DaemonThread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    writer = _keep_writing(daemon, 1.0)
+    try:
+        assert main(["stats", "--watch", "0.3", "--count", "3", "--json"]) == 0
+    finally:
+        writer.join()
+    intervals = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(intervals) == 3
+    assert all(0.25 < i["interval_s"] < 5 for i in intervals)
+    busy = [i for i in intervals if i["devices"]["secure"]["w/s"] > 0]
+    assert busy, intervals
+    # base passes every context down (fallback=target): the hardware below decides
+    assert busy[0]["devices"]["base"]["inline%"] is None
+    inline, legacy = busy[0]["backends"]["inline"], busy[0]["backends"]["legacy"]
+    assert inline["w/s"] > 0 and inline["inline%"] == 100 and inline["fallback%"] == 0
+    assert legacy["w/s"] > 0 and legacy["fallback%"] == 100
+    assert busy[0]["fallback"]["MB/s"] > 0
+
+
+def test_watch_prints_an_iostat_like_table_per_interval(
+    daemon: DaemonThread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _io_through_secure(daemon)
+    capsys.readouterr()
+    assert main(["stats", "--watch", "0.1", "--count", "2"]) == 0
+    blocks = capsys.readouterr().out.strip().split("\n\n")
+    assert len(blocks) == 2
+    for block in blocks:
+        lines = block.splitlines()
+        assert "interval" in lines[0]
+        assert lines[1].split() == ["DEVICE", "KIND", *COLUMNS]
+        rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
+        assert set(rows) == {"base", "secure", "inline", "legacy", "blk-crypto-fallback"}
+        assert rows["secure"][0] == "dm" and rows["inline"][0] == "hw"
+        assert rows["blk-crypto-fallback"][1] == "-"  # the fallback keeps no read counter
+        assert len({len(line) for line in lines[1:]}) == 1  # aligned
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--count", "2"], ["--watch", "０.５"], ["--watch", "0"], ["--watch", "1", "--count", "0"]],
+)
+def test_watch_options_out_of_range_are_usage_errors(
+    daemon: DaemonThread, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    status: object
+    try:
+        status = main(["stats", *args])
+    except SystemExit as exit_info:  # argparse's own usage errors
+        status = exit_info.code
+    assert status == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
