@@ -37,7 +37,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -48,6 +47,7 @@ import trio
 from fuseblk import SECTOR_SIZE
 from fuseblk.ciphers import Buffer, byte_view
 from fuseblk.errors import FuseblkError
+from fuseblk.hw.holder import holder_is_gone, this_process
 from fuseblk.hw.image_format import Holder, ImageHeader, read_headers, write_headers
 
 log = logging.getLogger(__name__)
@@ -178,33 +178,6 @@ async def _readable_or_writable(fd: int) -> bool:
         nursery.start_soon(on_read)
         nursery.start_soon(on_write)
     return readable
-
-
-def this_process() -> Holder:
-    """This process as a holder: host name, pid and start time (from /proc)."""
-    return Holder(socket.gethostname()[:64], os.getpid(), _process_start_ns(os.getpid()) or 0)
-
-
-def _process_start_ns(pid: int) -> int | None:
-    """When process ``pid`` started (ns since the epoch, to 1/CLK_TCK), None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        with open("/proc/stat") as f:
-            btime = next(int(line.split()[1]) for line in f if line.startswith("btime "))
-    except (OSError, StopIteration, IndexError):
-        return None
-    ticks = int(fields[19])  # starttime, field 22 of stat (the split starts at field 3)
-    return btime * 1_000_000_000 + ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
-
-
-def holder_is_gone(holder: Holder) -> bool:
-    """True only for a claim from this host whose process has ended (or is another process
-    with the same pid): a claim from another host is never judged from here."""
-    if holder.host != socket.gethostname()[:64]:
-        return False
-    started = _process_start_ns(holder.pid)
-    return started is None or abs(started - holder.started_ns) > 1_000_000_000
 
 
 class NbdStorage:
