@@ -180,6 +180,13 @@ async def _readable_or_writable(fd: int) -> bool:
     return readable
 
 
+def _connection_gone(conn: _Connection) -> bool:
+    handle = conn.handle
+    if not conn.dead and (handle.aio_is_dead() or handle.aio_is_closed()):
+        conn.dead = "the server closed the connection"
+    return bool(conn.dead)
+
+
 class NbdStorage:
     """An NBD export holding an image (a :class:`fuseblk.hw.storage.Storage` whose
     :attr:`network` is itself)."""
@@ -391,15 +398,20 @@ class NbdStorage:
         try:
             issue(conn.handle, *args, done)
         except nbd.Error as exc:
+            if _connection_gone(conn):  # a request is never refused for the link's sake alone
+                self._lose(conn, exc.string)
+                raise OSError(errno.EIO, f"{what} failed: {exc.string}") from None
             raise OSError(exc.errnum or errno.EIO, f"{what} failed: {exc.string}") from None
         conn.kick()
         with trio.move_on_after(self.timeout):
             await conn.wait(lambda: done.finished)
-        if not done.finished:
+        if not done.finished or (done.error and _connection_gone(conn)):
+            # no answer, or libnbd retired the command when the connection died (ENOTCONN):
+            # the block layer sees a media error, as from a disk that went away
             why = conn.dead or f"no answer in {self.timeout:g} s"
             self._lose(conn, why)
             raise OSError(errno.EIO, f"{what} failed: {why}")
-        if done.error:
+        if done.error:  # the server's answer (an EIO of its disk, ENOSPC...)
             raise OSError(done.error, f"{what} failed: {os.strerror(done.error)}")
 
     def _lose(self, conn: _Connection, why: str) -> None:
