@@ -27,13 +27,15 @@ def this_process() -> Holder:
 
 
 def process_start_ns(pid: int) -> int | None:
-    """When process ``pid`` started (ns since the epoch), None if there is no such process."""
+    """When process ``pid`` started (ns since the epoch), None if no such process runs."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         with open("/proc/stat") as f:
             btime = next(int(line.split()[1]) for line in f if line.startswith("btime "))
     except (OSError, StopIteration, IndexError):
+        return None
+    if fields[0] in ("Z", "X"):  # exited, not yet reaped: gone all the same
         return None
     ticks = int(fields[19])  # starttime: field 22 of stat, the split starts at field 3
     return btime * NS + ticks * NS // os.sysconf("SC_CLK_TCK")
