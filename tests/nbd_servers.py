@@ -87,9 +87,13 @@ class NbdServer:
             self.proc.wait(10)
 
     def stall(self) -> None:
-        """SIGSTOP: the connection stays up, nothing answers."""
+        """SIGSTOP: the connection stays up, nothing answers (once every thread has stopped)."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not all(_stopped(task) for task in Path(f"/proc/{self.proc.pid}/task").iterdir()):
+            assert time.monotonic() < deadline, f"{self.argv[0]} did not stop"
+            time.sleep(0.01)
 
     def resume(self) -> None:
         assert self.proc is not None
@@ -100,6 +104,13 @@ class NbdServer:
             return self._log.read_text(errors="replace")[-2000:]
         except OSError:
             return "(no log)"
+
+
+def _stopped(task: Path) -> bool:
+    try:
+        return (task / "stat").read_text().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except OSError:
+        return True  # the thread is gone
 
 
 class NbdServers:
