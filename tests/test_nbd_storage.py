@@ -154,7 +154,8 @@ async def test_an_engine_over_an_export_claims_it_and_a_clean_close_releases_it(
     await backend.close()
     storage = await trio.to_thread.run_sync(open_export, export.uri)
     try:
-        assert await trio.to_thread.run_sync(storage.holder) is None
+        headers = await trio.to_thread.run_sync(read_headers, storage)
+        assert headers.current.holder is None
     finally:
         storage.close()
 

@@ -29,7 +29,7 @@ cannot hold 512-byte bios and is refused.
 No kernel lock spans machines, so an export is claimed through its header: :meth:`lock` records
 this process as the holder (:class:`fuseblk.hw.image_format.Holder`) and refuses an image some
 other live process holds, naming it. A claim left by a process that is gone on this host is
-taken over; one from another host needs ``fuseblk image check --repair`` (or ``--force``).
+taken over; one from another host needs ``fuseblk image check --repair``.
 """
 
 from __future__ import annotations
@@ -317,19 +317,6 @@ class NbdStorage:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.dead = "closed"  # the handle, and its socket, go with the last reference
-
-    # --- what ``fuseblk image`` needs -----------------------------------------------------------
-
-    def release_claim(self) -> None:
-        """Clear the holder from the header, whoever it is."""
-        header = self._current_header()
-        self._claimed = None
-        if header is not None and header.holder is not None:
-            write_headers(self, replace(header, holder=None))
-
-    def holder(self) -> Holder | None:
-        header = self._current_header()
-        return header.holder if header is not None else None
 
     def _current_header(self) -> ImageHeader | None:
         try:
