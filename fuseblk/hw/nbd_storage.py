@@ -52,7 +52,6 @@ from fuseblk.hw.image_format import Holder, ImageHeader, read_headers, write_hea
 
 log = logging.getLogger(__name__)
 
-SCHEMES = ("nbd", "nbd+unix")
 DEFAULT_TIMEOUT = 3.0  # seconds a request may wait for its answer
 TIMEOUT_ENV = "FUSEBLK_NBD_TIMEOUT"
 BACKOFF_FIRST = 0.1  # seconds before the first reconnect attempt, doubled up to BACKOFF_MAX
@@ -327,7 +326,7 @@ class NbdStorage:
     # --- NetworkIO ------------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
-        """The connection as ``fuseblk stats`` and ``dm status`` show it."""
+        """The connection as ``fuseblk stats`` and the backend's info show it."""
         return {
             "server": self._reference,
             "state": self._state,
