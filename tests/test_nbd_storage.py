@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from nbd_servers import NbdServers, nbd_servers, require_libnbd
+from nbd_helpers import NbdServers, nbd_servers, require_libnbd
 
 from fuseblk.errors import FuseblkError
 from fuseblk.hw.factory import create_backend, open_backend

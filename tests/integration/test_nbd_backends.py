@@ -25,7 +25,7 @@ from harness import (
     require_tools,
     run,
 )
-from nbd_servers import NbdServers, nbd_servers, read_at, require_libnbd, sparse_file
+from nbd_helpers import NbdServers, nbd_servers, read_at, require_libnbd, sparse_file
 
 pytestmark = pytest.mark.integration
 
