@@ -11,6 +11,7 @@ import errno
 import os
 
 from fuseblk.errors import FuseblkError
+from fuseblk.inputfile import read_input_file
 
 _HEX_DIGITS = b"0123456789abcdefABCDEF"
 
@@ -30,14 +31,10 @@ def read_key_file(path: str | os.PathLike[str], key_size: int, what: str) -> byt
 
     Reads at most one byte more than the longest valid file (hex and a newline), so pointing
     ``--key-file`` at something large costs nothing. An unreadable file is a FuseblkError with
-    the OS's errno.
+    the OS's errno; a FIFO or device is refused without waiting on it (fuseblk.inputfile).
     """
     longest = 2 * key_size + 1
-    try:
-        with open(path, "rb") as f:
-            data = f.read(longest + 1)
-    except OSError as exc:
-        raise FuseblkError(exc.errno or errno.EIO, f"{path}: {exc.strerror}") from None
+    data = read_input_file(path, longest + 1)
     if len(data) == key_size:
         return data
     text = data[:-1] if data.endswith(b"\n") else data

@@ -1,10 +1,11 @@
-"""Helpers for FUSE-layer tests: an in-memory block device, a small manager, and real mounts.
+"""Helpers for FUSE-layer tests: a small manager over RAM devices, and real mounts.
 
-``MemoryDevice`` enforces the one rule the FUSE layer must respect — I/O in whole logical blocks
-— so tests catch any unaligned bio reaching a device. ``serve_in_thread`` mounts any manager
-in-process (the FUSE server runs in its own thread with its own trio loop, the test does plain
-blocking file I/O); ``daemon_mount`` runs the real ``fuseblk mount`` in a subprocess. Both always
-unmount in teardown, even when the test failed or the daemon hung.
+``MemoryManager`` is what the FUSE layer sees of a manager; its devices are device_helpers'
+``MemDevice``, which refuses I/O not in whole logical blocks, so tests catch any unaligned bio
+reaching a device. ``serve_in_thread`` mounts any manager in-process (the FUSE server runs in
+its own thread with its own trio loop, the test does plain blocking file I/O); ``daemon_mount``
+runs the real ``fuseblk mount`` in a subprocess. Both always unmount in teardown, even when the
+test failed or the daemon hung.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from typing import Any
 
 import pytest
 import trio
+from device_helpers import MemDevice
 
-from fuseblk.bio import Bio, BioOp
+from fuseblk.bio import Bio
 from fuseblk.dm.events import DeviceAdded, DeviceRemoved, DeviceRenamed, DeviceResized, DmEvent
 from fuseblk.errors import FuseblkError
 
@@ -42,68 +44,11 @@ def have_fuse() -> bool:
 needs_fuse = pytest.mark.skipif(not have_fuse(), reason="needs root, /dev/fuse and fusermount3")
 
 
-class MemoryDevice:
-    """A BlockDevice in memory that refuses I/O not aligned to ``block_size``.
-
-    Writes land half a block at a time with checkpoints between (so concurrent writers would
-    tear blocks unless serialized); ``fail`` makes every data bio fail with EIO, like the error
-    target; ``gate`` holds data bios until the event is set, like a slow target.
-    """
-
-    def __init__(self, name: str, size: int, block_size: int = 512) -> None:
-        self.name = name
-        self.data = bytearray(size)
-        self.block_size = block_size
-        self.crypto_profile = None
-        self.fail = False
-        self.gate: threading.Event | None = None  # while set and not released, bios wait
-        self.flushes = 0
-        self.bios: list[tuple[BioOp, int, int]] = []
-        self.open_count = 0
-
-    @property
-    def size(self) -> int:
-        return len(self.data)
-
-    def open(self) -> None:
-        self.open_count += 1
-
-    def release(self) -> None:
-        self.open_count -= 1
-
-    async def submit(self, bio: Bio) -> None:
-        self.bios.append((bio.op, bio.offset, bio.length))
-        if bio.op is BioOp.FLUSH:
-            self.flushes += 1
-            return
-        if bio.offset % self.block_size or bio.length % self.block_size:
-            raise FuseblkError(
-                errno.EINVAL, f"unaligned bio {bio!r} on {self.block_size}-byte blocks"
-            )
-        if bio.end > self.size:
-            raise FuseblkError(errno.EIO, f"bio {bio!r} beyond the end")
-        if self.gate is not None:  # a slow target: wait off the event loop, as real I/O would
-            await trio.to_thread.run_sync(self.gate.wait, abandon_on_cancel=True)
-        await trio.lowlevel.checkpoint()
-        if self.fail:
-            raise FuseblkError(errno.EIO, f"{self.name}: injected failure")
-        assert bio.buf is not None
-        if bio.op is BioOp.READ:
-            bio.buf[:] = self.data[bio.offset : bio.end]
-        elif bio.op is BioOp.WRITE:
-            # Half a block at a time with checkpoints between: a concurrent writer would tear
-            # blocks if the caller did not serialize overlapping writes.
-            step = max(self.block_size // 2, 1)
-            for pos in range(0, bio.length, step):
-                self.data[bio.offset + pos : bio.offset + pos + step] = bio.buf[pos : pos + step]
-                await trio.lowlevel.checkpoint()
-
-
 class MemoryManager:
-    """The part of DeviceManager the FUSE layer uses, over MemoryDevices."""
+    """The part of DeviceManager the FUSE layer uses, over MemDevices."""
 
     def __init__(self) -> None:
-        self.devices: dict[str, MemoryDevice] = {}
+        self.devices: dict[str, MemDevice] = {}
         self.listeners: list[Callable[[DmEvent], Any]] = []
         self.flushed = 0
         self.closed = False
@@ -112,7 +57,7 @@ class MemoryManager:
         for listener in list(self.listeners):
             listener(event)
 
-    def add(self, device: MemoryDevice) -> MemoryDevice:
+    def add(self, device: MemDevice) -> MemDevice:
         self.devices[device.name] = device
         self._notify(DeviceAdded(device.name))
         return device
@@ -129,12 +74,13 @@ class MemoryManager:
     def resize(self, name: str, size: int) -> None:
         dev = self.devices[name]
         dev.data = dev.data[:size] + bytearray(max(0, size - len(dev.data)))
+        dev.size = size
         self._notify(DeviceResized(name, size))
 
     def names(self) -> list[str]:
         return list(self.devices)
 
-    def get(self, name: str) -> MemoryDevice:
+    def get(self, name: str) -> MemDevice:
         try:
             return self.devices[name]
         except KeyError:

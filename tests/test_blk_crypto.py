@@ -7,7 +7,7 @@ import errno
 import os
 
 import pytest
-from memdev import MemDevice, MemKeyslotHardware, make_key
+from device_helpers import MemDevice, MemKeyslotHardware, make_key
 
 from fuseblk.bio import Bio
 from fuseblk.blkcrypto.block_layer import BlockLayer
@@ -26,7 +26,7 @@ KEY = make_key(1, dus=4096, dun_bytes=8)
 
 def inline_device() -> MemDevice:
     return MemDevice(
-        profile=CryptoProfile(XTS_4K, 2, MemKeyslotHardware(2), name="ufs"), name="ufs0"
+        "ufs0", profile=CryptoProfile(XTS_4K, 2, MemKeyslotHardware(2), name="ufs"), noise=True
     )
 
 
@@ -40,7 +40,7 @@ class PerTargetDevice(MemDevice):
 
 
 async def test_bio_without_context_goes_straight_to_the_device() -> None:
-    blk, dev = BlockLayer(), MemDevice()
+    blk, dev = BlockLayer(), MemDevice(noise=True)
     await blk.submit_bio(dev, Bio.write(0, b"x" * 512))
     assert dev.data[:512] == b"x" * 512
     assert blk.fallback.counters.snapshot() == {}
@@ -58,8 +58,10 @@ async def test_supported_context_goes_to_the_device_with_its_context() -> None:
 
 async def test_unsupported_context_is_encrypted_by_the_fallback() -> None:
     blk = BlockLayer()
-    for dev in (MemDevice(), inline_device()):
-        key = make_key(2, dus=512) if dev.crypto_profile else KEY  # 512-byte units: not inline
+    for dev in (MemDevice(noise=True), inline_device()):
+        key = (
+            make_key(2, dus=512, dun_bytes=16) if dev.crypto_profile else KEY
+        )  # 512-byte units: not inline
         ctx = BioCryptContext.at(key, 9)
         plain = os.urandom(4096)
         await blk.submit_bio(dev, Bio.write(0, plain, ctx))
@@ -70,7 +72,7 @@ async def test_unsupported_context_is_encrypted_by_the_fallback() -> None:
 
 async def test_ciphertext_is_identical_inline_and_through_the_fallback() -> None:
     blk = BlockLayer()
-    inline, legacy = inline_device(), MemDevice()
+    inline, legacy = inline_device(), MemDevice(noise=True)
     ctx = BioCryptContext.at(KEY, (1 << 64) - 1)
     plain = os.urandom(3 * 4096)
     for dev in (inline, legacy):
@@ -90,7 +92,7 @@ async def test_misaligned_bio_is_einval_before_anything_is_submitted() -> None:
 
 
 async def test_unsupported_with_fallback_disabled_is_eopnotsupp() -> None:
-    blk, dev = BlockLayer(CryptoFallback(enabled=False)), MemDevice()
+    blk, dev = BlockLayer(CryptoFallback(enabled=False)), MemDevice(noise=True)
     with pytest.raises(FuseblkError) as err:
         await blk.submit_bio(dev, Bio.read(0, bytearray(4096), BioCryptContext.at(KEY, 0)))
     assert err.value.errno == errno.EOPNOTSUPP and dev.bios == []
@@ -104,13 +106,13 @@ async def test_device_that_falls_back_per_target_receives_the_context() -> None:
 
 
 async def test_flush_with_a_context_reaches_the_device() -> None:
-    blk, dev = BlockLayer(), MemDevice()
+    blk, dev = BlockLayer(), MemDevice(noise=True)
     await blk.submit_bio(dev, Bio.flush().with_ctx(BioCryptContext.at(KEY, 0)))
     assert [b.op.value for b in dev.bios] == ["flush"]
 
 
 async def test_evict_key_reaches_every_device_and_the_fallback() -> None:
-    blk, inline, legacy = BlockLayer(), inline_device(), MemDevice()
+    blk, inline, legacy = BlockLayer(), inline_device(), MemDevice(noise=True)
     ctx = BioCryptContext.at(KEY, 0)
     for dev in (inline, legacy):
         await blk.submit_bio(dev, Bio.write(0, bytes(4096), ctx))
@@ -124,7 +126,9 @@ async def test_evict_key_reaches_every_device_and_the_fallback() -> None:
 async def test_evict_key_in_use_is_ebusy_after_every_other_place_was_evicted() -> None:
     blk, inline = BlockLayer(), inline_device()
     await blk.submit_bio(inline, Bio.write(0, bytes(4096), BioCryptContext.at(KEY, 0)))
-    await blk.fallback.submit(MemDevice(), Bio.write(0, bytes(4096), BioCryptContext.at(KEY, 0)))
+    await blk.fallback.submit(
+        MemDevice(noise=True), Bio.write(0, bytes(4096), BioCryptContext.at(KEY, 0))
+    )
     assert inline.crypto_profile is not None
     async with inline.crypto_profile.keyslot(KEY):
         with pytest.raises(FuseblkError) as err:

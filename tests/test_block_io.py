@@ -7,15 +7,15 @@ import random
 
 import pytest
 import trio
-from fuse_helpers import MemoryDevice
+from device_helpers import MemDevice
 
 from fuseblk.bio import BioOp
 from fuseblk.errors import FuseblkError
 from fuseblk.fuse.block_io import BlockIO
 
 
-def make(size: int = 64 * 1024, block_size: int = 4096) -> tuple[MemoryDevice, BlockIO]:
-    dev = MemoryDevice("d", size, block_size)
+def make(size: int = 64 * 1024, block_size: int = 4096) -> tuple[MemDevice, BlockIO]:
+    dev = MemDevice("d", size, block_size, tear_writes=True)
     dev.data[:] = random.Random(1).randbytes(size)
     return dev, BlockIO(dev)
 
@@ -23,7 +23,7 @@ def make(size: int = 64 * 1024, block_size: int = 4096) -> tuple[MemoryDevice, B
 async def test_aligned_write_is_one_bio_without_reads() -> None:
     dev, bio = make()
     assert await bio.write(4096, b"x" * 8192) == 8192
-    assert dev.bios == [(BioOp.WRITE, 4096, 8192)]
+    assert dev.extents() == [(BioOp.WRITE, 4096, 8192)]
     assert dev.data[4096:12288] == b"x" * 8192
 
 
@@ -34,19 +34,23 @@ async def test_unaligned_write_merges_into_whole_blocks() -> None:
     expected = before[:4000] + b"y" * 200 + before[4200:]
     assert bytes(dev.data) == expected
     # Two partial blocks (0 and 1): each read once, then one write of both.
-    assert dev.bios == [(BioOp.READ, 0, 4096), (BioOp.READ, 4096, 4096), (BioOp.WRITE, 0, 8192)]
+    assert dev.extents() == [
+        (BioOp.READ, 0, 4096),
+        (BioOp.READ, 4096, 4096),
+        (BioOp.WRITE, 0, 8192),
+    ]
 
 
 async def test_write_inside_one_block_reads_it_once() -> None:
     dev, bio = make()
     await bio.write(5000, b"z" * 10)
-    assert dev.bios == [(BioOp.READ, 4096, 4096), (BioOp.WRITE, 4096, 4096)]
+    assert dev.extents() == [(BioOp.READ, 4096, 4096), (BioOp.WRITE, 4096, 4096)]
 
 
 async def test_unaligned_read_returns_exactly_the_range() -> None:
     dev, bio = make()
     assert bytes(await bio.read(1000, 5000)) == dev.data[1000:6000]
-    assert dev.bios == [(BioOp.READ, 0, 8192)]
+    assert dev.extents() == [(BioOp.READ, 0, 8192)]
 
 
 async def test_read_at_end_is_empty_and_past_end_is_short() -> None:
@@ -71,7 +75,7 @@ async def test_write_running_past_end_is_short() -> None:
 
 async def test_device_errors_pass_through() -> None:
     dev, bio = make()
-    dev.fail = True
+    dev.failing = errno.EIO
     with pytest.raises(FuseblkError) as info:
         await bio.read(0, 4096)
     assert info.value.errno == errno.EIO
@@ -80,7 +84,7 @@ async def test_device_errors_pass_through() -> None:
 async def test_flush_reaches_the_device() -> None:
     dev, bio = make()
     await bio.flush()
-    assert dev.flushes == 1
+    assert dev.counters["flushes"] == 1
 
 
 async def test_block_size_is_read_per_request() -> None:
@@ -88,7 +92,7 @@ async def test_block_size_is_read_per_request() -> None:
     await bio.write(512, b"c" * 512)
     dev.block_size = 4096
     await bio.write(512, b"d" * 512)
-    assert dev.bios[-1] == (BioOp.WRITE, 0, 4096)
+    assert dev.extents()[-1] == (BioOp.WRITE, 0, 4096)
 
 
 async def test_concurrent_overlapping_unaligned_writes_never_tear_a_block() -> None:

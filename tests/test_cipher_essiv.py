@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-from cipher_oracles import openssl_cbc_essiv
+from cipher_helpers import openssl_cbc_essiv
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st

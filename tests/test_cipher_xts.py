@@ -6,7 +6,7 @@ import os
 
 import cryptography_vectors
 import pytest
-from cipher_oracles import openssl_xts
+from cipher_helpers import openssl_xts
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st

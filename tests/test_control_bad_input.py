@@ -11,12 +11,10 @@ from __future__ import annotations
 import errno
 import json
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from control_helpers import DaemonThread, manager_factory
+from control_helpers import DaemonThread
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -154,15 +152,6 @@ def test_a_value_of_the_wrong_type_is_einval_naming_the_argument(case: tuple[byt
 
 
 # --- (b) a running daemon, over its Unix socket --------------------------------------------------
-
-
-@pytest.fixture
-def daemon(rundir: Path, tmp_path: Path) -> Iterator[DaemonThread]:
-    d = DaemonThread(manager_factory(tmp_path), tmp_path / "mnt").start()
-    try:
-        yield d
-    finally:
-        d.stop()
 
 
 def _exchange(path: Path, line: bytes) -> dict[str, Any] | None:

@@ -7,9 +7,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-from cipher_oracles import openssl_cbc_essiv, openssl_xts
+from cipher_helpers import openssl_cbc_essiv, openssl_xts
 
 
 def _fuseblk(*args: str, stdin: bytes | Path = b"") -> subprocess.CompletedProcess[bytes]:
@@ -149,6 +150,10 @@ def test_partial_data_unit_from_a_pipe_is_refused() -> None:
         ({"--dun": "-1"}, "negative"),
         ({"--dun": "0xg"}, "--dun"),
         ({"--dun-bytes": "17"}, "dun_bytes"),
+        ({"--data-unit-size": "５１２"}, "--data-unit-size: expected a decimal or 0x-hex integer"),
+        ({"--dun": "０"}, "in ASCII digits, got '０'"),
+        ({"--dun-bytes": "８"}, "--dun-bytes"),
+        ({"--dun": "1" * 5000}, "--dun: must be 0.."),
     ],
 )
 def test_bad_arguments_give_one_line_and_exit_2(change: dict[str, str], expect: str) -> None:
@@ -191,3 +196,47 @@ def test_empty_input_gives_empty_output() -> None:
         "--data-unit-size", "512", "--dun", "0",
     )  # fmt: skip
     assert proc.returncode == 0 and proc.stdout == b""
+
+
+# -- standard streams and key files that are not what they should be ----------------------------
+
+_ARGS = ["encrypt", "--mode", "AES-256-XTS", "--key-hex", "5a" * 64, "--data-unit-size", "512",
+         "--dun", "0"]  # fmt: skip
+
+
+def _run_with(
+    preexec: Any = None, stdout: Any = subprocess.PIPE
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "fuseblk", "crypt", *_ARGS],
+        input=bytes(1024),
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        preexec_fn=preexec,
+        timeout=60,
+    )
+
+
+def test_closed_stdout_is_one_line_and_exit_1() -> None:
+    proc = _run_with(preexec=lambda: os.close(1))  # as `fuseblk crypt ... >&-`
+    assert proc.returncode == 1
+    assert proc.stderr == b"fuseblk crypt: standard output is closed\n"
+
+
+def test_a_full_stdout_is_one_line_and_exit_1() -> None:
+    with open("/dev/full", "wb") as full:
+        proc = _run_with(stdout=full)
+    assert proc.returncode == 1
+    assert proc.stderr == b"fuseblk crypt: standard output: No space left on device\n"
+
+
+def test_a_fifo_as_key_file_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "key"
+    os.mkfifo(fifo)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fuseblk", "crypt", "encrypt", "--mode", "AES-256-XTS",
+         "--key-file", str(fifo), "--data-unit-size", "512", "--dun", "0"],
+        input=bytes(512), capture_output=True, timeout=30,
+    )  # fmt: skip
+    _assert_one_line_error(proc)
+    assert proc.stderr.decode() == f"fuseblk crypt: {fifo}: is a FIFO, not a regular file\n"

@@ -7,7 +7,7 @@ import errno
 import pytest
 import trio
 import trio.testing
-from memdev import MemKeyslotHardware, make_key
+from device_helpers import MemKeyslotHardware, make_key
 
 from fuseblk.blkcrypto.keyslot_manager import CryptoProfile, Keyslot
 from fuseblk.capabilities import CryptoCapabilities, dus_mask
@@ -17,7 +17,7 @@ from fuseblk.key import BlkCryptoKey, KeyType
 from fuseblk.modes import CryptoMode
 
 CAPS = CryptoCapabilities({CryptoMode.AES_256_XTS: dus_mask(512, 4096)}, 8, KeyType.RAW)
-K1, K2, K3, K4 = (make_key(i, dun_bytes=8) for i in range(1, 5))
+K1, K2, K3, K4 = (make_key(i, dus=512, dun_bytes=8) for i in range(1, 5))
 
 
 def profile_with(num_slots: int) -> tuple[CryptoProfile, MemKeyslotHardware]:
@@ -165,7 +165,7 @@ async def test_waiters_are_served_in_arrival_order() -> None:
     order: list[int] = []
 
     async def waiter(n: int, key_seed: int) -> None:
-        slot = await profile.get_keyslot(make_key(key_seed, dun_bytes=8))
+        slot = await profile.get_keyslot(make_key(key_seed, dus=512, dun_bytes=8))
         order.append(n)
         await trio.testing.wait_all_tasks_blocked()
         profile.put_keyslot(slot)
@@ -185,7 +185,7 @@ async def test_hit_on_an_idle_slot_does_not_overtake_a_waiting_miss() -> None:
     order: list[str] = []
 
     async def get(name: str, key_seed: int) -> None:
-        slot = await profile.get_keyslot(make_key(key_seed, dun_bytes=8))
+        slot = await profile.get_keyslot(make_key(key_seed, dus=512, dun_bytes=8))
         order.append(name)
         profile.put_keyslot(slot)
 
@@ -254,8 +254,8 @@ async def test_unsupported_configuration_is_eopnotsupp_naming_the_key() -> None:
     profile, hw = profile_with(1)
     for key in (
         make_key(1, dus=1024, dun_bytes=8),
-        make_key(1, mode=CryptoMode.ADIANTUM),
-        make_key(1, dun_bytes=9),
+        make_key(1, mode=CryptoMode.ADIANTUM, dus=512, dun_bytes=32),
+        make_key(1, dus=512, dun_bytes=9),
     ):
         with pytest.raises(FuseblkError) as err:
             await profile.get_keyslot(key)

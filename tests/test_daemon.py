@@ -12,16 +12,24 @@ import json
 import mmap
 import os
 import random
+import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 from fuse_helpers import daemon_mount, eventually, fuseblk_cmd, is_mounted, needs_fuse
+
+from fuseblk.errors import FuseblkError
+from fuseblk.fuse.daemon import MountSettings, run_daemon, startup_error
 
 pytestmark = [needs_fuse, pytest.mark.integration]
 
@@ -248,6 +256,180 @@ def test_startup_errors_come_back_from_the_daemon(tmp_path: Path, foreground: bo
     assert result.returncode == 2  # bad input (EINVAL), whether or not the daemon forked
     assert f"{config}:2: devices.d.table: line 1:" in result.stderr
     assert not is_mounted(tmp_path / "mnt")
+
+
+# -- startup errors: one line on stderr, the errno's exit status, nothing left mounted ------------
+
+
+def mount_fails(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> str:
+    """Run ``fuseblk mount MOUNTPOINT ARGS``; assert it failed as a user should see it; its
+    stderr. A daemon it left behind anyway (mounted, or still starting) is stopped."""
+    try:
+        result = subprocess.run(
+            fuseblk_cmd("mount", *args),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=None if env is None else {**os.environ, **env},
+        )
+    finally:
+        _stop_daemons_of(Path(args[0]))
+    assert result.returncode != 0, result.stderr
+    assert "Traceback" not in result.stderr and "ExceptionGroup" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    return result.stderr
+
+
+@pytest.mark.parametrize("foreground", [False, True], ids=["daemonized", "foreground"])
+def test_a_runtime_dir_open_to_others_is_one_line_not_an_exception_group(
+    tmp_path: Path, foreground: bool
+) -> None:
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o755)
+    runtime.chmod(0o755)
+    (tmp_path / "mnt").mkdir()
+    err = mount_fails(
+        str(tmp_path / "mnt"),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--log-file",
+        str(tmp_path / "log"),
+        *(["--foreground"] if foreground else []),
+        env={"FUSEBLK_RUNTIME_DIR": str(runtime)},
+    )
+    assert err.startswith(f"fuseblk mount: runtime directory {runtime} must be")
+    assert not is_mounted(tmp_path / "mnt")
+
+
+def test_a_control_socket_path_too_long_is_one_line(tmp_path: Path) -> None:
+    runtime = tmp_path / ("r" * 120)
+    (tmp_path / "mnt").mkdir()
+    err = mount_fails(
+        str(tmp_path / "mnt"),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--log-file",
+        str(tmp_path / "log"),
+        env={"FUSEBLK_RUNTIME_DIR": str(runtime)},
+    )
+    assert err.startswith("fuseblk mount: control socket path too long")
+    assert not is_mounted(tmp_path / "mnt")
+
+
+def test_a_dev_fuse_that_cannot_mount_is_one_line(tmp_path: Path) -> None:
+    """/dev/fuse replaced by an empty file, in a mount namespace of the test's own."""
+    if not shutil.which("unshare") or run("unshare", "--mount", "true", check=False).returncode:
+        pytest.skip("needs unshare --mount (CAP_SYS_ADMIN)")
+    fake, mnt = tmp_path / "not-fuse", tmp_path / "mnt"
+    fake.write_bytes(b"")
+    mnt.mkdir()
+    mount = fuseblk_cmd("mount", str(mnt), "--state-dir", str(tmp_path / "state"))
+    script = f"mount --bind {shlex.quote(str(fake))} /dev/fuse && exec {shlex.join(mount)}"
+    try:
+        result = run("unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+                     check=False)  # fmt: skip
+    finally:
+        _stop_daemons_of(mnt)
+    assert result.returncode == 1
+    assert result.stderr == f"fuseblk mount: cannot mount {mnt}: fuse_session_mount failed\n"
+
+
+def test_startup_error_unwraps_groups_holding_only_fuseblk_errors() -> None:
+    first, second = FuseblkError(errno.EPERM, "first"), FuseblkError(errno.EIO, "second")
+    nested = BaseExceptionGroup("outer", [BaseExceptionGroup("inner", [first]), second])
+    assert startup_error(nested) is first
+    assert startup_error(first) is first
+    assert startup_error(ExceptionGroup("mixed", [first, ValueError("bug")])) is None
+    assert startup_error(ValueError("bug")) is None
+
+
+@pytest.mark.parametrize("slots", ["99999999999999", "0", "１"])
+def test_fallback_slots_outside_1_to_65536_are_refused_before_anything_starts(
+    tmp_path: Path, slots: str
+) -> None:
+    (tmp_path / "mnt").mkdir()
+    err = mount_fails(
+        str(tmp_path / "mnt"), "--state-dir", str(tmp_path / "state"), "--fallback-slots", slots
+    )
+    assert err.startswith("fuseblk mount: error: argument --fallback-slots: ")
+    assert ("must be 1..65536" in err) != (slots == "１")  # and "１" is not a digit
+    assert not (tmp_path / "state").exists() and not is_mounted(tmp_path / "mnt")
+
+
+def test_fallback_slots_in_a_config_beyond_65536_are_refused(tmp_path: Path) -> None:
+    config = tmp_path / "big.toml"
+    config.write_text("[options]\nfallback_slots = 99999999999999\n")
+    (tmp_path / "mnt").mkdir()
+    log = str(tmp_path / "log")  # without it a config mount logs to the home directory
+    err = mount_fails(str(tmp_path / "mnt"), "--config", str(config), "--log-file", log)
+    assert (
+        err
+        == f"fuseblk mount: {config}:2: options.fallback_slots: expected 1..65536, got 99999999999999\n"
+    )
+
+
+def test_a_daemon_silent_past_the_startup_timeout_is_stopped_and_reported(tmp_path: Path) -> None:
+    async def never_ready() -> Any:
+        await trio.sleep_forever()
+
+    settings = MountSettings(tmp_path)
+    started = time.monotonic()
+    with pytest.raises(FuseblkError) as info:
+        run_daemon(never_ready, settings, startup_timeout=1.0)
+    assert info.value.errno == errno.ETIMEDOUT
+    assert "did not report ready within 1 s" in info.value.message
+    assert time.monotonic() - started < 15
+    assert not is_mounted(tmp_path)
+
+
+@pytest.mark.parametrize("foreground", [False, True], ids=["daemonized", "foreground"])
+def test_a_directory_as_log_file_is_one_line(tmp_path: Path, foreground: bool) -> None:
+    (tmp_path / "mnt").mkdir()
+    err = mount_fails(
+        str(tmp_path / "mnt"),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--log-file",
+        str(tmp_path),
+        *(["--foreground"] if foreground else []),
+    )
+    assert err == f"fuseblk mount: log file {tmp_path}: Is a directory\n"
+    assert not is_mounted(tmp_path / "mnt")
+
+
+@pytest.mark.parametrize("where", ["a file", "below a file"])
+def test_a_state_dir_that_cannot_be_a_directory_is_one_line(tmp_path: Path, where: str) -> None:
+    (tmp_path / "file").write_text("")
+    state = tmp_path / "file" if where == "a file" else tmp_path / "file" / "state"
+    (tmp_path / "mnt").mkdir()
+    err = mount_fails(str(tmp_path / "mnt"), "--state-dir", str(state))
+    assert str(state) in err and "ot a directory" in err
+
+
+def test_state_dir_is_0700_and_log_file_0600(tmp_path: Path) -> None:
+    state, log = tmp_path / "state", tmp_path / "logs" / "daemon.log"
+    with daemon_mount(tmp_path / "mnt", "--state-dir", str(state), "--log-file", str(log)):
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700
+        assert stat.S_IMODE((state / "secure.key").stat().st_mode) == 0o600
+        assert stat.S_IMODE(log.stat().st_mode) == 0o600
+        assert stat.S_IMODE(log.parent.stat().st_mode) == 0o700
+
+
+def test_a_state_dir_open_to_others_is_warned_about_at_mount(tmp_path: Path) -> None:
+    state, mnt = tmp_path / "state", tmp_path / "mnt"
+    state.mkdir()
+    state.chmod(0o755)
+    mnt.mkdir()
+    result = fuseblk("mount", str(mnt), "--state-dir", str(state), check=False)
+    try:
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == (
+            f"fuseblk mount: warning: state directory {state} holds the key but is open to "
+            f"others (mode 0755): chmod 700 {state}\n"
+        )
+    finally:
+        if is_mounted(mnt):
+            fuseblk("umount", str(mnt), check=False)
 
 
 _HELD_READER = """
@@ -555,6 +737,23 @@ def _read(path: Path, offset: int, length: int) -> bytes:
     finally:
         os.close(fd)
     return bytes(buf)
+
+
+def _stop_daemons_of(mountpoint: Path) -> None:
+    """Unmount ``mountpoint`` and kill every ``fuseblk mount`` process serving it."""
+    if is_mounted(mountpoint):
+        run("fusermount3", "-uz", str(mountpoint), check=False)
+    wanted = os.fsencode(os.path.abspath(mountpoint))
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"mount" in argv and wanted in argv:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def _wait_gone(pid: int, timeout: float = 20) -> None:

@@ -6,19 +6,8 @@ import errno
 from pathlib import Path
 
 import pytest
-from dm_helpers import (
-    XTS,
-    MiB,
-    caps,
-    ciphertext,
-    image_manager,
-    make_image,
-    make_key,
-    manager,
-    pattern,
-    read,
-    write,
-)
+from device_helpers import XTS, MiB, caps, ciphertext, make_key
+from dm_helpers import image_manager, make_image, pattern, read, write
 
 from fuseblk.bio import Bio
 from fuseblk.blkcrypto.fallback import CryptoFallback
@@ -26,7 +15,6 @@ from fuseblk.crypt_context import BioCryptContext
 from fuseblk.dm.manager import DeviceManager
 from fuseblk.errors import FuseblkError
 
-__all__ = ["manager"]  # the fixture, re-exported for pytest
 SZ = 2 * MiB // 512
 
 

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,15 +28,6 @@ KEY_HEX = KEY.hex()
 SECTORS = 16 * 1024 * 1024 // 512
 BASE = f"0 {SECTORS // 2} linear inline 0\n{SECTORS // 2} {SECTORS // 2} linear legacy 0\n"
 SECURE = f"0 {SECTORS} default-key aes-xts-plain64 {KEY_HEX} 0 base 0 2 sector_size:4096 iv_large_sectors\n"
-
-
-@pytest.fixture
-def daemon(rundir: Path, tmp_path: Path) -> Iterator[DaemonThread]:
-    d = DaemonThread(manager_factory(tmp_path), tmp_path / "mnt").start()
-    try:
-        yield d
-    finally:
-        d.stop()
 
 
 def fuseblk(rundir: Path, *argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -121,12 +111,41 @@ def test_clear_drops_a_mistakenly_loaded_table(daemon: DaemonThread, rundir: Pat
             "--data-unit-size",
             "4096",
         ],
+        ["dm", "discard", "dev", "５１２", "512"],  # full-width digits are not a number
+        ["dm", "message", "dev", "１", "x"],
+        ["dm", "message", "dev", "-1", "x"],
+        [
+            "dm",
+            "evict-key",
+            "dev",
+            "--mode",
+            "AES-256-XTS",
+            "--key-hex",
+            KEY_HEX,
+            "--data-unit-size",
+            "４０９６",
+        ],  # fmt: skip
+        [
+            "dm",
+            "evict-key",
+            "dev",
+            "--mode",
+            "AES-256-XTS",
+            "--key-hex",
+            KEY_HEX,
+            "--data-unit-size",
+            "4096",
+            "--dun-bytes",
+            "-1",
+        ],  # fmt: skip
+        ["dm", "create", "x", "--table", "0 8 zero", "--fallback", "sometimes"],
     ],
 )
 def test_usage_errors_exit_2(daemon: DaemonThread, rundir: Path, argv: list[str]) -> None:
     result = fuseblk(rundir, *argv)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip()
+    assert len(result.stderr.splitlines()) == 1, result.stderr  # no usage block, no traceback
 
 
 def test_without_a_daemon_the_cli_says_so_and_exits_1(rundir: Path) -> None:
@@ -373,6 +392,66 @@ def test_discard_with_size_suffixes_zeroes_the_range(
     )
     status, _, err = dm(capsys, "discard", "plain", "0", "1M")
     assert status == 1 and "beyond" in err
+
+
+def test_discard_with_non_ascii_digits_zeroes_nothing(
+    daemon: DaemonThread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dm(capsys, "create", "plain", "--table", "0 64 linear legacy 0")
+    dev = daemon.manager.get("plain")
+    buf = bytearray(64 * 512)
+
+    async def fill() -> None:
+        await dev.submit(Bio.write(0, b"\x5a" * len(buf)))
+
+    async def read() -> None:
+        await dev.submit(Bio.read(0, buf))
+
+    daemon.run(fill)
+    status, _, err = dm(capsys, "discard", "plain", "５１２", "512")  # full-width 512
+    assert status == 2 and err.startswith("fuseblk dm discard: invalid size '５１２'")
+    daemon.run(read)
+    assert buf == b"\x5a" * len(buf)
+
+
+def _create_with_table_file(rundir: Path, table_file: Path) -> subprocess.CompletedProcess[str]:
+    return fuseblk(rundir, "dm", "create", "x", "--table-file", str(table_file))
+
+
+def test_a_table_file_that_is_not_utf8_is_one_line(
+    daemon: DaemonThread, rundir: Path, tmp_path: Path
+) -> None:
+    table = tmp_path / "table"
+    table.write_bytes(b"0 8 zero \xff\n")
+    result = _create_with_table_file(rundir, table)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"fuseblk dm create: {table}: not UTF-8 text (byte 0xff at offset 9)\n"
+    )
+
+
+def test_a_table_on_stdin_that_is_not_utf8_is_one_line(daemon: DaemonThread, rundir: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fuseblk", "dm", "create", "x"],
+        input=b"\xfe0 8 zero\n",
+        capture_output=True,
+        env=cli_env(rundir),
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        b"fuseblk dm create: standard input: not UTF-8 text (byte 0xfe at offset 0)\n"
+    )
+
+
+def test_a_fifo_as_table_file_is_refused_at_once(
+    daemon: DaemonThread, rundir: Path, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "table"
+    os.mkfifo(fifo)
+    result = _create_with_table_file(rundir, fifo)  # times out if it waits for a writer
+    assert result.returncode == 1
+    assert result.stderr == f"fuseblk dm create: {fifo}: is a FIFO, not a regular file\n"
 
 
 def test_mount_chooses_between_daemons(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import errno
 
 import pytest
-from dm_helpers import XTS, MemDisk, caps, make_key, manager_over, pattern, write
+from device_helpers import XTS, MemDevice, caps, make_key
+from dm_helpers import manager_over, pattern, write
 
 from fuseblk.crypt_context import BioCryptContext
 from fuseblk.errors import FuseblkError
@@ -14,7 +15,7 @@ UFS = caps({XTS: (512, 4096)}, 8)
 
 
 async def test_evict_walks_the_stack_down_to_the_hardware():
-    a, b = MemDisk("a", caps=UFS), MemDisk("b", caps=UFS)
+    a, b = MemDevice("a", caps=UFS), MemDevice("b", caps=UFS)
     dm = manager_over(a, b)
     await dm.create("lower", "0 32 striped 2 8 a 0 b 0")
     upper = await dm.create("upper", "0 32 linear lower 0")
@@ -28,7 +29,7 @@ async def test_evict_walks_the_stack_down_to_the_hardware():
 
 
 async def test_evict_through_the_device_profile_forwards_like_the_kernel():
-    a = MemDisk("a", caps=UFS)
+    a = MemDevice("a", caps=UFS)
     dm = manager_over(a)
     md = await dm.create("d", "0 32 linear a 0")
     key = make_key(2)
@@ -38,7 +39,7 @@ async def test_evict_through_the_device_profile_forwards_like_the_kernel():
 
 
 async def test_evict_reaches_devices_of_tables_that_are_no_longer_live():
-    a, b = MemDisk("a", caps=UFS), MemDisk("b", caps=UFS)
+    a, b = MemDevice("a", caps=UFS), MemDevice("b", caps=UFS)
     dm = manager_over(a, b)
     md = await dm.create("d", "0 32 linear a 0")
     key = make_key(3)
@@ -50,7 +51,7 @@ async def test_evict_reaches_devices_of_tables_that_are_no_longer_live():
 
 
 async def test_evict_also_drops_the_key_from_the_fallback():
-    plain = MemDisk("plain")
+    plain = MemDevice("plain")
     dm = manager_over(plain)
     fallback = dm.block_layer.fallback
     md = await dm.create("d", "0 32 linear plain 0")
@@ -62,7 +63,7 @@ async def test_evict_also_drops_the_key_from_the_fallback():
 
 
 async def test_evicting_a_key_in_use_below_is_ebusy_and_other_devices_are_still_evicted():
-    a, b = MemDisk("a", caps=UFS), MemDisk("b", caps=UFS)
+    a, b = MemDevice("a", caps=UFS), MemDevice("b", caps=UFS)
     dm = manager_over(a, b)
     md = await dm.create("d", "0 16 linear a 0\n16 16 linear b 0")
     key = make_key(5)
@@ -78,12 +79,12 @@ async def test_evicting_a_key_in_use_below_is_ebusy_and_other_devices_are_still_
 
 
 async def test_evicting_a_key_never_used_succeeds():
-    dm = manager_over(MemDisk("a", caps=UFS))
+    dm = manager_over(MemDevice("a", caps=UFS))
     await dm.create("d", "0 16 linear a 0")
     await dm.evict_key("d", make_key(6))
 
 
-class ForwardingDisk(MemDisk):
+class ForwardingDisk(MemDevice):
     """A device whose eviction is its own business (as a hardware engine's is)."""
 
     def __init__(self, name: str) -> None:
@@ -107,7 +108,7 @@ async def test_eviction_reaches_each_device_through_its_own_evict_key():
 
 
 async def test_raw_key_without_a_dun_width_is_evicted_under_every_width():
-    a = MemDisk("a", caps=UFS)
+    a = MemDevice("a", caps=UFS)
     dm = manager_over(a)
     md = await dm.create("d", "0 32 linear a 0")
     key = make_key(8, dun_bytes=2)

@@ -6,7 +6,8 @@ import errno
 
 import pytest
 import trio
-from dm_helpers import MemDisk, manager_over, pattern, read, write
+from device_helpers import MemDevice
+from dm_helpers import manager_over, pattern, read, write
 
 from fuseblk.dm.events import DeviceAdded, DeviceRemoved, DeviceRenamed, DeviceResized
 from fuseblk.errors import FuseblkError, TableError
@@ -19,7 +20,7 @@ def events_of(dm) -> list:
 
 
 async def test_create_load_resume_rename_remove_notify_listeners():
-    dm = manager_over(MemDisk("a"))
+    dm = manager_over(MemDevice("a"))
     events = events_of(dm)
     await dm.create("d", "")
     assert dm.info("d")["size"] == 0
@@ -40,7 +41,7 @@ async def test_create_load_resume_rename_remove_notify_listeners():
 
 
 async def test_info_reports_state_tables_and_events():
-    dm = manager_over(MemDisk("a"))
+    dm = manager_over(MemDevice("a"))
     await dm.create("d", "0 16 linear a 0")
     await dm.load("d", "0 8 linear a 0\n8 8 zero")
     info = dm.info("d")
@@ -57,7 +58,7 @@ async def test_info_reports_state_tables_and_events():
     "name", ["", "a/b", ".", "..", "x" * 128, "é" * 64, "\ud800", "a\udcffb", "a\0b"]
 )
 async def test_invalid_names_are_einval(name: str):
-    dm = manager_over(MemDisk("a"))
+    dm = manager_over(MemDevice("a"))
     with pytest.raises(FuseblkError) as info:
         await dm.create(name, "")
     assert info.value.errno == errno.EINVAL
@@ -70,7 +71,7 @@ async def test_invalid_names_are_einval(name: str):
 
 
 async def test_a_name_with_a_lone_surrogate_says_it_is_not_utf8_text():
-    dm = manager_over(MemDisk("a"))
+    dm = manager_over(MemDevice("a"))
     with pytest.raises(FuseblkError) as info:
         await dm.create("\ud800", "")
     assert "not valid UTF-8 text" in info.value.message
@@ -78,7 +79,7 @@ async def test_a_name_with_a_lone_surrogate_says_it_is_not_utf8_text():
 
 
 async def test_names_up_to_dm_name_len_minus_one_bytes_are_valid_for_create_and_rename():
-    dm = manager_over(MemDisk("a"))
+    dm = manager_over(MemDevice("a"))
     await dm.create("x" * 127, "")
     with pytest.raises(FuseblkError) as info:
         await dm.rename("x" * 127, "y" * 128)
@@ -87,7 +88,7 @@ async def test_names_up_to_dm_name_len_minus_one_bytes_are_valid_for_create_and_
 
 
 async def test_existing_names_are_eexist_and_unknown_names_enxio():
-    dm = manager_over(MemDisk("a"))
+    dm = manager_over(MemDevice("a"))
     await dm.create("d", "")
     for name in ("d", "a"):
         with pytest.raises(FuseblkError) as info:
@@ -103,12 +104,12 @@ async def test_existing_names_are_eexist_and_unknown_names_enxio():
 
 async def test_unknown_fallback_policy_is_einval():
     with pytest.raises(FuseblkError) as info:
-        await manager_over(MemDisk("a")).create("d", "0 8 zero", fallback="sometimes")
+        await manager_over(MemDevice("a")).create("d", "0 8 zero", fallback="sometimes")
     assert info.value.errno == errno.EINVAL
 
 
 async def test_remove_is_ebusy_while_a_live_or_inactive_table_stacks_on_it():
-    dm = manager_over(MemDisk("a"))
+    dm = manager_over(MemDevice("a"))
     await dm.create("lower", "0 16 linear a 0")
     await dm.create("upper", "0 16 linear lower 0")
     with pytest.raises(FuseblkError) as info:
@@ -126,7 +127,7 @@ async def test_remove_is_ebusy_while_a_live_or_inactive_table_stacks_on_it():
 
 
 async def test_remove_is_ebusy_while_open():
-    dm = manager_over(MemDisk("a"))
+    dm = manager_over(MemDevice("a"))
     md = await dm.create("d", "0 8 zero")
     md.open()
     with pytest.raises(FuseblkError) as info:
@@ -137,7 +138,7 @@ async def test_remove_is_ebusy_while_open():
 
 
 async def test_table_that_reaches_its_own_device_is_refused():
-    dm = manager_over(MemDisk("a"))
+    dm = manager_over(MemDevice("a"))
     await dm.create("x", "0 16 linear a 0")
     await dm.create("y", "0 16 linear x 0")
     await dm.create("z", "0 16 linear y 0")
@@ -151,14 +152,14 @@ async def test_table_that_reaches_its_own_device_is_refused():
 
 
 async def test_status_and_table_lines_per_target():
-    dm = manager_over(MemDisk("a"), MemDisk("b"))
+    dm = manager_over(MemDevice("a"), MemDevice("b"))
     await dm.create("d", "0 16 striped 2 4 a 0 b 0\n16 8 delay a 64 0\n24 8 error")
     assert dm.table("d") == "0 16 striped 2 4 a 0 b 0\n16 8 delay a 64 0\n24 8 error\n"
     assert dm.status("d") == "0 16 striped 2 a b 1 AA\n16 8 delay 0 0 0\n24 8 error\n"
 
 
 async def test_message_goes_to_the_target_at_that_sector():
-    dm = manager_over(MemDisk("a"))
+    dm = manager_over(MemDevice("a"))
     await dm.create("d", "0 8 linear a 0\n8 8 zero")
     with pytest.raises(FuseblkError) as info:
         await dm.message("d", 9, ["hello"])
@@ -169,7 +170,7 @@ async def test_message_goes_to_the_target_at_that_sector():
 
 
 async def test_stats_count_per_device_and_per_backend():
-    a = MemDisk("a")
+    a = MemDevice("a")
     dm = manager_over(a)
     md = await dm.create("d", "0 16 linear a 0\n16 16 linear a 16")
     await write(md, 0, pattern(32 * 512))
@@ -183,7 +184,7 @@ async def test_stats_count_per_device_and_per_backend():
 
 
 async def test_close_removes_devices_top_down():
-    dm = manager_over(MemDisk("a"))
+    dm = manager_over(MemDevice("a"))
     events = events_of(dm)
     await dm.create("lower", "0 16 linear a 0")
     await dm.create("upper", "0 16 linear lower 0")
@@ -195,7 +196,7 @@ async def test_close_removes_devices_top_down():
 
 
 async def test_table_verbs_take_turns_so_concurrent_creates_of_one_name_are_eexist():
-    disk = MemDisk("a")
+    disk = MemDevice("a")
     dm = manager_over(disk)
     events = events_of(dm)
     results: list[int | None] = []
@@ -218,17 +219,17 @@ async def test_table_verbs_take_turns_so_concurrent_creates_of_one_name_are_eexi
     ("offset", "length"), [(100, 512), (0, 1000), (0, 0), (-512, 512), (0, 65 * 512)]
 )
 async def test_discard_outside_or_misaligned_is_einval(offset: int, length: int):
-    disk = MemDisk("a")
+    disk = MemDevice("a")
     dm = manager_over(disk)
     await dm.create("d", "0 64 linear a 0")
     with pytest.raises(FuseblkError) as info:
         await dm.discard("d", offset, length)
     assert info.value.errno == errno.EINVAL
-    assert disk.seen == []
+    assert disk.bios == []
 
 
 async def test_discard_reaches_the_device_below():
-    disk = MemDisk("a")
+    disk = MemDevice("a")
     disk.data[:] = b"\xa5" * len(disk.data)
     dm = manager_over(disk)
     await dm.create("d", "0 64 linear a 8")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import errno
 
 import pytest
-from dm_helpers import DeviceEnv, MemDisk, MiB, make_key
+from device_helpers import MemDevice, MiB, make_key
+from dm_helpers import DeviceEnv
 
 from fuseblk.bio import Bio
 from fuseblk.crypt_context import BioCryptContext
@@ -13,7 +14,7 @@ from fuseblk.dm.split import split_at_targets
 from fuseblk.dm.table import Table
 from fuseblk.errors import FuseblkError
 
-ENV = DeviceEnv({"a": MemDisk("a", MiB), "b": MemDisk("b", MiB)}, "dm-split")
+ENV = DeviceEnv({"a": MemDevice("a", MiB), "b": MemDevice("b", MiB)}, "dm-split")
 TABLE = "0 8 linear a 0\n8 16 linear b 0\n24 8 zero\n"
 
 

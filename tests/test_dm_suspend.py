@@ -7,13 +7,14 @@ import errno
 import pytest
 import trio
 import trio.testing
-from dm_helpers import MemDisk, image_manager, manager_over, pattern, read, write
+from device_helpers import MemDevice
+from dm_helpers import image_manager, manager_over, pattern, read, write
 
 from fuseblk.errors import FuseblkError
 
 
 async def test_suspend_waits_for_in_flight_io_to_complete():
-    a = MemDisk("a")
+    a = MemDevice("a")
     dm = manager_over(a)
     md = await dm.create("d", "0 16 linear a 0")
     a.hold = trio.Event()
@@ -34,7 +35,7 @@ async def test_suspend_waits_for_in_flight_io_to_complete():
 
 
 async def test_io_submitted_while_suspended_waits_for_resume_and_sees_the_new_table():
-    a, b = MemDisk("a"), MemDisk("b")
+    a, b = MemDevice("a"), MemDevice("b")
     dm = manager_over(a, b)
     md = await dm.create("d", "0 16 linear a 0")
     await dm.suspend("d")
@@ -54,7 +55,7 @@ async def test_io_submitted_while_suspended_waits_for_resume_and_sees_the_new_ta
 
 
 async def test_resume_with_a_new_table_suspends_first():
-    a = MemDisk("a")
+    a = MemDevice("a")
     dm = manager_over(a)
     md = await dm.create("d", "0 16 linear a 0")
     a.hold = trio.Event()
@@ -118,7 +119,7 @@ async def stress_suspend_reload(dm, dev: str) -> None:
 
 
 async def test_concurrent_io_loses_nothing_across_suspend_reload_resume():
-    await stress_suspend_reload(manager_over(MemDisk("a", size=1 << 20)), "a")
+    await stress_suspend_reload(manager_over(MemDevice("a", size=1 << 20)), "a")
 
 
 async def test_concurrent_io_over_an_image_stacked_device_loses_nothing(tmp_path):
@@ -128,7 +129,7 @@ async def test_concurrent_io_over_an_image_stacked_device_loses_nothing(tmp_path
 
 
 async def test_removed_device_fails_waiting_io_with_enodev():
-    dm = manager_over(MemDisk("a"))
+    dm = manager_over(MemDevice("a"))
     md = await dm.create("d", "0 16 linear a 0")
     await dm.suspend("d")
     failures: list[int] = []
@@ -147,7 +148,7 @@ async def test_removed_device_fails_waiting_io_with_enodev():
 
 
 async def test_suspending_twice_and_resuming_an_active_device_are_harmless():
-    dm = manager_over(MemDisk("a"))
+    dm = manager_over(MemDevice("a"))
     md = await dm.create("d", "0 16 linear a 0")
     await dm.resume("d")
     await dm.suspend("d")

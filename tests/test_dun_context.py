@@ -5,9 +5,9 @@ from __future__ import annotations
 import errno
 
 import pytest
+from device_helpers import make_key
 from hypothesis import given
 from hypothesis import strategies as st
-from memdev import make_key
 
 from fuseblk.bio import Bio
 from fuseblk.crypt_context import BioCryptContext
@@ -16,7 +16,12 @@ from fuseblk.errors import FuseblkError
 from fuseblk.key import BlkCryptoKey
 
 U64 = (1 << 64) - 1
-KEYS = [make_key(1, dus=16), make_key(2, dus=512), make_key(3, dus=4096), make_key(4, dus=512)]
+KEYS = [
+    make_key(1, dus=16, dun_bytes=16),
+    make_key(2, dus=512, dun_bytes=16),
+    make_key(3, dus=4096, dun_bytes=16),
+    make_key(4, dus=512, dun_bytes=16),
+]
 
 
 def kernel_increment(dun: Dun, inc: int) -> Dun:
@@ -144,7 +149,7 @@ def test_contexts_with_different_keys_never_merge(bio: Bio, other_key: BlkCrypto
 
 
 def test_equal_keys_made_separately_merge() -> None:
-    a, b = make_key(9), make_key(9)
+    a, b = make_key(9, dus=512, dun_bytes=16), make_key(9, dus=512, dun_bytes=16)
     assert a is not b
     assert BioCryptContext.at(a, 0).is_contiguous_with(512, BioCryptContext.at(b, 1))
 

@@ -7,8 +7,8 @@ import os
 
 import pytest
 import trio
-from dm_helpers import MemDisk, manager_over
-from memdev import MemDevice, make_key
+from device_helpers import MemDevice, make_key
+from dm_helpers import manager_over
 
 from fuseblk.bio import Bio
 from fuseblk.blkcrypto.fallback import DEFAULT_NUM_SLOTS, MAX_NUM_SLOTS, CryptoFallback
@@ -19,7 +19,7 @@ from fuseblk.errors import FuseblkError
 from fuseblk.key import BlkCryptoKey, KeyType
 from fuseblk.modes import CryptoMode
 
-KEY = make_key(1)
+KEY = make_key(1, dus=512, dun_bytes=16)
 
 
 class FillsThenFailsDevice(MemDevice):
@@ -32,7 +32,7 @@ class FillsThenFailsDevice(MemDevice):
 
 
 async def test_write_stores_exactly_the_ciphertext_of_the_keys_cipher() -> None:
-    dev, fallback = MemDevice(), CryptoFallback()
+    dev, fallback = MemDevice(noise=True), CryptoFallback()
     plain = os.urandom(8 * 512)
     dun = (1 << 64) - 3  # the DUN carries into the second limb inside this bio
     await fallback.submit(dev, Bio.write(4096, plain, BioCryptContext.at(KEY, dun)))
@@ -40,7 +40,7 @@ async def test_write_stores_exactly_the_ciphertext_of_the_keys_cipher() -> None:
 
 
 async def test_write_never_modifies_the_callers_buffer() -> None:
-    dev, fallback = MemDevice(), CryptoFallback()
+    dev, fallback = MemDevice(noise=True), CryptoFallback()
     plain = bytearray(os.urandom(4096))
     before = bytes(plain)
     await fallback.submit(dev, Bio.write(0, plain, BioCryptContext.at(KEY, 5)))
@@ -49,7 +49,7 @@ async def test_write_never_modifies_the_callers_buffer() -> None:
 
 
 async def test_the_device_below_never_sees_the_context() -> None:
-    dev, fallback = MemDevice(), CryptoFallback()
+    dev, fallback = MemDevice(noise=True), CryptoFallback()
     ctx = BioCryptContext.at(KEY, 0)
     await fallback.submit(dev, Bio.write(0, bytes(1024), ctx))
     await fallback.submit(dev, Bio.read(0, bytearray(1024), ctx))
@@ -57,7 +57,7 @@ async def test_the_device_below_never_sees_the_context() -> None:
 
 
 async def test_read_decrypts_in_place_after_the_io() -> None:
-    dev, fallback = MemDevice(), CryptoFallback()
+    dev, fallback = MemDevice(noise=True), CryptoFallback()
     plain = os.urandom(3 * 512)
     dev.data[512 : 512 + len(plain)] = get_cipher(KEY).encrypt(plain, 77)
     buf = bytearray(len(plain))
@@ -76,7 +76,7 @@ async def test_failed_read_propagates_and_leaves_the_buffer_undecrypted() -> Non
 
 
 async def test_read_that_fails_before_transfer_leaves_the_buffer_alone() -> None:
-    dev, fallback = MemDevice(), CryptoFallback()
+    dev, fallback = MemDevice(noise=True), CryptoFallback()
     dev.fail_next = errno.EIO
     buf = bytearray(b"\xaa" * 512)
     with pytest.raises(FuseblkError):
@@ -85,7 +85,7 @@ async def test_read_that_fails_before_transfer_leaves_the_buffer_alone() -> None
 
 
 async def test_roundtrip_through_the_fallback_returns_the_plaintext() -> None:
-    dev, fallback = MemDevice(), CryptoFallback()
+    dev, fallback = MemDevice(noise=True), CryptoFallback()
     plain = os.urandom(64 * 1024)
     ctx = BioCryptContext.at(KEY, 1234)
     await fallback.submit(dev, Bio.write(8192, plain, ctx))
@@ -95,7 +95,7 @@ async def test_roundtrip_through_the_fallback_returns_the_plaintext() -> None:
 
 
 async def test_disabled_fallback_is_eopnotsupp_naming_the_key() -> None:
-    dev, fallback = MemDevice(), CryptoFallback(enabled=False)
+    dev, fallback = MemDevice(noise=True), CryptoFallback(enabled=False)
     for bio in (Bio.write(0, bytes(512)), Bio.read(0, bytearray(512))):
         with pytest.raises(FuseblkError) as err:
             await fallback.submit(dev, bio.with_ctx(BioCryptContext.at(KEY, 0)))
@@ -107,7 +107,7 @@ async def test_hardware_wrapped_key_is_eopnotsupp() -> None:
     wrapped = BlkCryptoKey.create(
         CryptoMode.AES_256_XTS, os.urandom(100), 4096, key_type=KeyType.HW_WRAPPED
     )
-    dev, fallback = MemDevice(), CryptoFallback()
+    dev, fallback = MemDevice(noise=True), CryptoFallback()
     with pytest.raises(FuseblkError) as err:
         await fallback.submit(dev, Bio.write(0, bytes(4096), BioCryptContext.at(wrapped, 0)))
     assert err.value.errno == errno.EOPNOTSUPP and wrapped.key_id in str(err.value)
@@ -115,15 +115,15 @@ async def test_hardware_wrapped_key_is_eopnotsupp() -> None:
 
 
 async def test_misaligned_bio_is_einval_and_not_submitted() -> None:
-    dev, fallback = MemDevice(), CryptoFallback()
-    key4k = make_key(2, dus=4096)
+    dev, fallback = MemDevice(noise=True), CryptoFallback()
+    key4k = make_key(2, dus=4096, dun_bytes=16)
     with pytest.raises(FuseblkError) as err:
         await fallback.submit(dev, Bio.write(0, bytes(512), BioCryptContext.at(key4k, 0)))
     assert err.value.errno == errno.EINVAL and dev.bios == []
 
 
 async def test_flush_and_discard_pass_through_without_the_context() -> None:
-    dev, fallback = MemDevice(), CryptoFallback(enabled=False)
+    dev, fallback = MemDevice(noise=True), CryptoFallback(enabled=False)
     ctx = BioCryptContext.at(KEY, 0)
     await fallback.submit(dev, Bio.flush().with_ctx(ctx))
     await fallback.submit(dev, Bio.discard(0, 4096).with_ctx(ctx))
@@ -131,7 +131,7 @@ async def test_flush_and_discard_pass_through_without_the_context() -> None:
 
 
 async def test_a_large_bio_programs_its_key_once() -> None:
-    dev, fallback = MemDevice(size=2 << 20), CryptoFallback()
+    dev, fallback = MemDevice(size=2 << 20, noise=True), CryptoFallback()
     plain = os.urandom(1 << 20)
     await fallback.submit(dev, Bio.write(0, plain, BioCryptContext.at(KEY, 0)))
     assert fallback.profile.counters["programs"] == 1
@@ -139,8 +139,8 @@ async def test_a_large_bio_programs_its_key_once() -> None:
 
 
 async def test_counters_count_bios_bytes_and_units() -> None:
-    dev, fallback = MemDevice(), CryptoFallback()
-    key4k = make_key(3, dus=4096)
+    dev, fallback = MemDevice(noise=True), CryptoFallback()
+    key4k = make_key(3, dus=4096, dun_bytes=16)
     await fallback.submit(dev, Bio.write(0, bytes(8192), BioCryptContext.at(key4k, 0)))
     await fallback.submit(dev, Bio.read(0, bytearray(4096), BioCryptContext.at(key4k, 0)))
     assert fallback.counters.snapshot() == {
@@ -152,7 +152,7 @@ async def test_counters_count_bios_bytes_and_units() -> None:
 
 
 async def test_evict_key_drops_the_cached_key() -> None:
-    dev, fallback = MemDevice(), CryptoFallback()
+    dev, fallback = MemDevice(noise=True), CryptoFallback()
     await fallback.submit(dev, Bio.write(0, bytes(512), BioCryptContext.at(KEY, 0)))
     assert fallback.profile.find_slot(KEY) is not None
     await fallback.evict_key(KEY)
@@ -169,8 +169,8 @@ async def test_evicting_a_key_in_use_by_the_fallback_is_ebusy() -> None:
 
 
 async def test_more_keys_than_fallback_slots_concurrently() -> None:
-    dev, fallback = MemDevice(), CryptoFallback(num_slots=2)
-    keys = [make_key(10 + i) for i in range(7)]
+    dev, fallback = MemDevice(noise=True), CryptoFallback(num_slots=2)
+    keys = [make_key(10 + i, dus=512, dun_bytes=16) for i in range(7)]
     plain = {i: os.urandom(2048) for i in range(len(keys))}
 
     async def writer_then_reader(i: int) -> None:
@@ -202,7 +202,7 @@ def test_device_manager_configures_its_own_fallback() -> None:
 
 
 async def test_two_managers_have_independent_fallbacks() -> None:
-    first, second = manager_over(MemDisk("a")), manager_over(MemDisk("a"))
+    first, second = manager_over(MemDevice("a")), manager_over(MemDevice("a"))
     for dm in (first, second):
         await dm.create("d", "0 64 linear a 0")
     await first.get("d").block_layer.submit_bio(

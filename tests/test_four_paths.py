@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 import trio
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from dm_helpers import manager
 
 from fuseblk.bio import Bio
 from fuseblk.capabilities import CryptoCapabilities, dus_mask
@@ -30,8 +29,6 @@ from fuseblk.hw.factory import create_backend
 from fuseblk.hw.profiles import HardwareKind, HardwareProfile
 from fuseblk.key import KeyType
 from fuseblk.modes import CryptoMode
-
-__all__ = ["manager"]  # the fixture, re-exported for pytest
 
 IMAGE_SIZE = 4 << 20
 TARGET_SECTORS = 2048

@@ -18,15 +18,9 @@ from pathlib import Path
 
 import pytest
 import trio
-from dm_helpers import MemDisk, manager_over
-from fuse_helpers import (
-    MemoryDevice,
-    MemoryManager,
-    eventually,
-    is_mounted,
-    needs_fuse,
-    serve_in_thread,
-)
+from device_helpers import MemDevice
+from dm_helpers import manager_over
+from fuse_helpers import MemoryManager, eventually, is_mounted, needs_fuse, serve_in_thread
 
 pytestmark = [needs_fuse, pytest.mark.integration]
 
@@ -37,8 +31,8 @@ LARGEST_FILE = (1 << 63) - 1  # off_t
 @pytest.fixture
 def manager() -> MemoryManager:
     mgr = MemoryManager()
-    mgr.add(MemoryDevice("small", 64 * 1024, block_size=512))
-    mgr.add(MemoryDevice("big4k", 4 * MiB, block_size=4096))
+    mgr.add(MemDevice("small", 64 * 1024, block_size=512, tear_writes=True))
+    mgr.add(MemDevice("big4k", 4 * MiB, block_size=4096, tear_writes=True))
     return mgr
 
 
@@ -107,8 +101,8 @@ def test_unaligned_writes_read_modify_write_whole_blocks(mnt: Path, manager: Mem
     finally:
         os.close(fd)
     assert dev.data == expected
-    # MemoryDevice rejects unaligned bios, so none reached it.
-    assert all(o % 4096 == 0 and n % 4096 == 0 for _, o, n in dev.bios if n)
+    # MemDevice rejects unaligned bios, so none reached it.
+    assert all(o % 4096 == 0 and n % 4096 == 0 for _, o, n in dev.extents() if n)
 
 
 def test_read_at_end_is_eof_and_past_end_is_short(mnt: Path) -> None:
@@ -161,7 +155,7 @@ def test_create_unlink_mkdir_rename_are_eperm(mnt: Path) -> None:
 def test_device_errors_reach_the_caller_as_eio_and_the_log_as_warnings(
     mnt: Path, manager: MemoryManager, caplog: pytest.LogCaptureFixture
 ) -> None:
-    manager.devices["small"].fail = True
+    manager.devices["small"].failing = errno.EIO
     fd = os.open(mnt / "small", os.O_RDONLY)
     try:
         with (
@@ -172,7 +166,7 @@ def test_device_errors_reach_the_caller_as_eio_and_the_log_as_warnings(
         assert info.value.errno == errno.EIO
         assert any("EIO" in r.getMessage() for r in caplog.records if r.name == "fuseblk.fuse.ops")
     finally:
-        manager.devices["small"].fail = False
+        manager.devices["small"].failing = None
         os.close(fd)
 
 
@@ -183,19 +177,19 @@ def test_fsync_and_fdatasync_flush_the_device_and_close_does_not(
     fd = os.open(mnt / "small", os.O_RDWR)
     os.pwrite(fd, b"a" * 512, 0)
     os.fsync(fd)
-    assert dev.flushes == 1
+    assert dev.counters["flushes"] == 1
     os.fdatasync(fd)
-    assert dev.flushes == 2
+    assert dev.counters["flushes"] == 2
     os.close(fd)  # blkdev_release issues no flush
-    assert dev.flushes == 2
+    assert dev.counters["flushes"] == 2
 
 
 @pytest.fixture
-def dm_mnt(tmp_path: Path) -> Iterator[tuple[Path, MemDisk]]:
+def dm_mnt(tmp_path: Path) -> Iterator[tuple[Path, MemDevice]]:
     """A real DeviceManager over one RAM disk, mounted: ``flaky`` is dm-flakey always down with
     ``error_writes`` (up 0 s, down 1 s), ``lin`` is linear over the same disk, ``huge`` the
     largest device there can be."""
-    disk = MemDisk("disk", MiB)
+    disk = MemDevice("disk", MiB)
     dm = manager_over(disk)
     trio.run(dm.create, "flaky", "0 1024 flakey disk 0 0 1 1 error_writes")
     trio.run(dm.create, "lin", "0 1024 linear disk 1024")
@@ -206,7 +200,7 @@ def dm_mnt(tmp_path: Path) -> Iterator[tuple[Path, MemDisk]]:
         yield mountpoint, disk
 
 
-def test_the_largest_device_is_a_file_of_the_largest_size(dm_mnt: tuple[Path, MemDisk]) -> None:
+def test_the_largest_device_is_a_file_of_the_largest_size(dm_mnt: tuple[Path, MemDevice]) -> None:
     mnt = dm_mnt[0]
     assert sorted(os.listdir(mnt)) == ["flaky", "huge", "lin"]
     size = os.stat(mnt / "huge").st_size
@@ -215,7 +209,7 @@ def test_the_largest_device_is_a_file_of_the_largest_size(dm_mnt: tuple[Path, Me
 
 
 def test_closing_a_flakey_error_writes_device_after_reads_in_its_down_interval_succeeds(
-    dm_mnt: tuple[Path, MemDisk],
+    dm_mnt: tuple[Path, MemDevice],
 ) -> None:
     mnt, disk = dm_mnt
     fd = os.open(mnt / "flaky", os.O_RDONLY)
@@ -227,7 +221,7 @@ def test_closing_a_flakey_error_writes_device_after_reads_in_its_down_interval_s
 
 
 def test_fsync_on_a_flakey_error_writes_device_in_its_down_interval_is_eio(
-    dm_mnt: tuple[Path, MemDisk],
+    dm_mnt: tuple[Path, MemDevice],
 ) -> None:
     fd = os.open(dm_mnt[0] / "flaky", os.O_RDWR)
     try:
@@ -239,7 +233,7 @@ def test_fsync_on_a_flakey_error_writes_device_in_its_down_interval_is_eio(
 
 
 def test_fsync_and_fdatasync_of_a_mapped_device_reach_the_disk_below(
-    dm_mnt: tuple[Path, MemDisk],
+    dm_mnt: tuple[Path, MemDevice],
 ) -> None:
     mnt, disk = dm_mnt
     fd = os.open(mnt / "lin", os.O_RDWR)
@@ -260,7 +254,7 @@ def test_devices_added_and_removed_while_mounted_appear_and_disappear(
     mnt: Path, manager: MemoryManager
 ) -> None:
     assert not (mnt / "late").exists()
-    manager.add(MemoryDevice("late", 8192))
+    manager.add(MemDevice("late", 8192))
     assert os.stat(mnt / "late").st_size == 8192
     assert "late" in os.listdir(mnt)
     manager.remove("late")
@@ -272,8 +266,8 @@ def test_a_device_whose_name_is_no_file_name_is_left_out_of_the_listing(
     mnt: Path, manager: MemoryManager, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="fuseblk.fuse.ops"):
-        manager.add(MemoryDevice("\ud800", 8192))  # a lone surrogate: no UTF-8 spelling
-        manager.add(MemoryDevice("caf\u00e9", 8192))
+        manager.add(MemDevice("\ud800", 8192))  # a lone surrogate: no UTF-8 spelling
+        manager.add(MemDevice("caf\u00e9", 8192))
         assert sorted(os.listdir(mnt)) == ["big4k", "caf\u00e9", "small"]
     assert os.stat(mnt / "caf\u00e9").st_size == 8192
     assert any("not UTF-8" in r.getMessage() for r in caplog.records)
@@ -339,7 +333,7 @@ def test_one_mib_direct_write_and_read_each_reach_the_device_as_one_bio(
         os.preadv(fd, [buf], 0)
     finally:
         os.close(fd)
-    data_bios = [(op.value, off, n) for op, off, n in dev.bios if n]
+    data_bios = [(op.value, off, n) for op, off, n in dev.extents() if n]
     assert data_bios == [("write", 0, MiB), ("read", 0, MiB)]
 
 
@@ -352,7 +346,7 @@ def test_a_slow_device_does_not_stall_requests_to_another(
     reader = threading.Thread(target=lambda: result.update(slow=_pread(mnt / "big4k", 4096, 0)))
     reader.start()
     try:
-        eventually(lambda: any(n for _, _, n in slow.bios))  # the slow read is in flight
+        eventually(lambda: any(n for _, _, n in slow.extents()))  # the slow read is in flight
         manager.devices["small"].data[:5] = b"quick"
         quick = threading.Thread(target=lambda: result.update(small=_pread(mnt / "small", 5, 0)))
         quick.start()
@@ -385,7 +379,7 @@ def test_a_second_mount_on_the_same_mountpoint_is_refused(mnt: Path) -> None:
 
 def test_shutdown_unmounts_and_closes_the_manager(tmp_path: Path) -> None:
     mgr = MemoryManager()
-    mgr.add(MemoryDevice("d", 8192))
+    mgr.add(MemDevice("d", 8192))
     mountpoint = tmp_path / "m"
     mountpoint.mkdir()
     with serve_in_thread(mgr, mountpoint):
@@ -404,7 +398,7 @@ def _pread(path: Path, length: int, offset: int) -> bytes:
 
 def test_mountpoint_with_spaces_is_recognised_as_a_mount(tmp_path: Path) -> None:
     mgr = MemoryManager()
-    mgr.add(MemoryDevice("d", 8192))
+    mgr.add(MemDevice("d", 8192))
     mountpoint = tmp_path / "with space\tand tab"
     mountpoint.mkdir()
     with serve_in_thread(mgr, mountpoint):

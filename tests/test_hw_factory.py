@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from dm_helpers import manager
 
 from fuseblk.dm.manager import DeviceManager
 from fuseblk.errors import FuseblkError
@@ -35,7 +34,6 @@ from fuseblk.hw.memory_storage import MemoryStorage
 from fuseblk.hw.profiles import load_profile
 
 MiB = 1 << 20
-__all__ = ["manager"]  # the fixture, re-exported for pytest
 
 
 # --- reference forms ------------------------------------------------------------------------------

@@ -111,6 +111,13 @@ def test_create_refuses_an_existing_file_without_force(tmp_path: Path) -> None:
         (["--size", "1000", "--profile", "tiny"], "multiple of 512"),
         (["--size", "8M", "--profile", "floppy"], "unknown hardware profile"),
         (["--size", "8M", "--keyslots", "2", "--mode", "rot13:512"], "unknown crypto mode"),
+        (["--size", "１６M", "--profile", "tiny"], "invalid size '１６M'"),
+        (["--size", "8M", "--keyslots", "2", "--mode", "AES-256-XTS:４０９６"], "ASCII digits"),
+        (["--size", "8M", "--keyslots", "２", "--mode", "AES-256-XTS:4096"], "--keyslots"),
+        (["--size", "8M", "--profile", "tiny", "--max-dun-bytes", "８"], "--max-dun-bytes"),
+        (["--size", str(1 << 63), "--profile", "tiny"], "larger than the largest file offset"),
+        (["--size", str((1 << 63) - 1), "--profile", "tiny"], "an image holds at most"),
+        (["--size", str((1 << 63) - 1024), "--profile", "tiny"], "an image holds at most"),
         (
             ["--size", "8M", "--keyslots", "2", "--mode", "AES-256-XTS:4294967296"],
             "data unit size 4294967296 is not in 16..65536",
@@ -123,7 +130,29 @@ def test_bad_create_arguments_exit_2_with_a_reason(
 ) -> None:
     result = fuseblk("create", tmp_path / "bad.img", *args)
     assert result.returncode == 2 and complaint in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
     assert not (tmp_path / "bad.img").exists()
+
+
+def test_a_profile_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    profile = tmp_path / "bad.toml"
+    profile.write_bytes(b'kind = "none\xff"\n')
+    result = fuseblk("create", tmp_path / "x.img", "--size", "8M", "--profile", profile)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"fuseblk image: cannot read hardware profile {profile}: "
+        "not UTF-8 text (byte 0xff at offset 12)\n"
+    )
+
+
+def test_a_fifo_as_profile_file_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    result = fuseblk("create", tmp_path / "x.img", "--size", "8M", "--profile", fifo)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"fuseblk image: cannot read hardware profile {fifo}: is a FIFO, not a regular file\n"
+    )
 
 
 def test_inspect_shows_slots_with_key_identifiers_never_keys(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from fifo_helpers import returns_within
 
 from fuseblk.config.default_setup import default_config
 from fuseblk.errors import FuseblkError
@@ -88,3 +89,26 @@ def test_default_setup_reads_its_key_file_the_same_way(tmp_path: Path) -> None:
     (state / "secure.key").write_bytes(key[:63])
     with pytest.raises(KeyFileError, match="got 63 bytes"):
         default_config(state)
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    fifo = tmp_path / "key.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(FuseblkError) as info:
+        returns_within(5, read_key_file, fifo, 32, "Adiantum", unblock=fifo)
+    assert not isinstance(info.value, KeyFileError)
+    assert info.value.errno == errno.EINVAL
+    assert info.value.message == f"{fifo}: is a FIFO, not a regular file"
+
+
+@pytest.mark.parametrize(
+    "path, errno_, reason",
+    [
+        ("/dev/zero", errno.EINVAL, "is a character device, not a regular file"),
+        ("/", errno.EISDIR, "Is a directory"),
+    ],
+)
+def test_a_device_or_a_directory_is_refused_by_kind(path: str, errno_: int, reason: str) -> None:
+    with pytest.raises(FuseblkError) as info:
+        read_key_file(path, 32, "Adiantum")
+    assert (info.value.errno, info.value.message) == (errno_, f"{path}: {reason}")

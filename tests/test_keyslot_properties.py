@@ -14,16 +14,16 @@ from dataclasses import dataclass, field
 
 import trio
 import trio.testing
+from device_helpers import MemKeyslotHardware, make_key
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from memdev import MemKeyslotHardware, make_key
 
 from fuseblk.blkcrypto.keyslot_manager import CryptoProfile, Keyslot
 from fuseblk.capabilities import CryptoCapabilities
 from fuseblk.errors import FuseblkError
 from fuseblk.key import BlkCryptoKey
 
-KEYS = [make_key(i) for i in range(8)]
+KEYS = [make_key(i, dus=512, dun_bytes=16) for i in range(8)]
 BAD = {KEYS[7]}  # programming this key always fails
 CAPS = CryptoCapabilities.everything()
 

@@ -5,17 +5,8 @@ from __future__ import annotations
 import errno
 
 import pytest
-from dm_helpers import (
-    XTS,
-    MemDisk,
-    caps,
-    ciphertext,
-    make_key,
-    manager_over,
-    pattern,
-    read,
-    write,
-)
+from device_helpers import XTS, MemDevice, caps, ciphertext, make_key
+from dm_helpers import manager_over, pattern, read, write
 
 from fuseblk.bio import Bio
 from fuseblk.blkcrypto.fallback import CryptoFallback
@@ -27,7 +18,7 @@ UFS = caps({XTS: (512, 4096)}, 8)
 
 
 async def test_io_beyond_the_end_is_eio_and_misaligned_is_einval():
-    dm = manager_over(MemDisk("a"))
+    dm = manager_over(MemDevice("a"))
     md = await dm.create("d", "0 16 linear a 0")
     with pytest.raises(FuseblkError) as beyond:
         await write(md, 8 * 512, bytes(16 * 512))
@@ -39,7 +30,7 @@ async def test_io_beyond_the_end_is_eio_and_misaligned_is_einval():
 
 
 async def test_bio_spanning_targets_is_split_at_the_boundaries():
-    a, b = MemDisk("a"), MemDisk("b")
+    a, b = MemDevice("a"), MemDevice("b")
     dm = manager_over(a, b)
     md = await dm.create("d", "0 8 linear a 100\n8 8 linear b 0\n16 8 linear a 0")
     data = pattern(24 * 512)
@@ -52,7 +43,7 @@ async def test_bio_spanning_targets_is_split_at_the_boundaries():
 
 
 async def test_device_without_table_has_size_zero_and_fails_io():
-    dm = manager_over(MemDisk("a"))
+    dm = manager_over(MemDevice("a"))
     md = await dm.create("d", "")
     assert md.size == 0 and md.crypto_profile is None and dm.info("d")["tables"] == []
     with pytest.raises(FuseblkError) as info:
@@ -62,7 +53,7 @@ async def test_device_without_table_has_size_zero_and_fails_io():
 
 
 async def test_flush_reaches_each_device_below_once():
-    a, b = MemDisk("a"), MemDisk("b")
+    a, b = MemDevice("a"), MemDevice("b")
     dm = manager_over(a, b)
     md = await dm.create(
         "d", "0 8 linear a 0\n8 8 linear a 8\n16 16 striped 2 8 a 16 b 0\n32 8 zero"
@@ -75,8 +66,8 @@ async def test_flush_reaches_each_device_below_once():
 
 
 async def test_profile_is_the_intersection_of_every_device_below():
-    a = MemDisk("a", caps=caps({XTS: (512, 4096), CryptoMode.ADIANTUM: (4096,)}, 8))
-    b = MemDisk("b", caps=caps({XTS: (4096,)}, 4))
+    a = MemDevice("a", caps=caps({XTS: (512, 4096), CryptoMode.ADIANTUM: (4096,)}, 8))
+    b = MemDevice("b", caps=caps({XTS: (4096,)}, 4))
     dm = manager_over(a, b)
     md = await dm.create("d", "0 8 linear a 0\n8 8 linear b 0")
     assert md.crypto_profile is not None and md.crypto_profile.is_passthrough
@@ -92,9 +83,9 @@ async def test_profile_is_the_intersection_of_every_device_below():
     ],
 )
 async def test_profile_is_none_when_nothing_is_left(table: str):
-    a = MemDisk("a", caps=UFS)
+    a = MemDevice("a", caps=UFS)
     dm = manager_over(
-        a, MemDisk("plain"), MemDisk("adiantum", caps=caps({CryptoMode.ADIANTUM: (4096,)}, 32))
+        a, MemDevice("plain"), MemDevice("adiantum", caps=caps({CryptoMode.ADIANTUM: (4096,)}, 32))
     )
     md = await dm.create("d", table)
     assert md.crypto_profile is None
@@ -103,16 +94,16 @@ async def test_profile_is_none_when_nothing_is_left(table: str):
 async def test_targets_without_devices_do_not_restrict():
     # error does not pass crypto, so use a passing target with no devices: none exists upstream,
     # but delay over the same capable device shows devices are what restrict.
-    a = MemDisk("a", caps=UFS)
+    a = MemDevice("a", caps=UFS)
     dm = manager_over(a)
     md = await dm.create("d", "0 8 linear a 0\n8 8 delay a 8 0")
     assert md.crypto_profile is not None and md.crypto_profile.caps == UFS
 
 
 async def test_capabilities_intersect_through_stacks():
-    a = MemDisk("a", caps=caps({XTS: (512, 1024, 4096)}, 8))
-    b = MemDisk("b", caps=caps({XTS: (4096,), CryptoMode.SM4_XTS: (4096,)}, 16))
-    c = MemDisk("c", caps=caps({XTS: (1024, 4096)}, 8))
+    a = MemDevice("a", caps=caps({XTS: (512, 1024, 4096)}, 8))
+    b = MemDevice("b", caps=caps({XTS: (4096,), CryptoMode.SM4_XTS: (4096,)}, 16))
+    c = MemDevice("c", caps=caps({XTS: (1024, 4096)}, 8))
     dm = manager_over(a, b, c)
     await dm.create("lower", "0 32 striped 2 8 a 0 b 0")
     upper = await dm.create("upper", "0 32 linear lower 0\n32 16 linear c 0")
@@ -121,9 +112,9 @@ async def test_capabilities_intersect_through_stacks():
 
 
 async def test_reload_with_more_restrictive_capabilities_is_einval_at_load():
-    a = MemDisk("a", caps=UFS)
-    b = MemDisk("b", caps=caps({XTS: (4096,)}, 8))
-    dm = manager_over(a, b, MemDisk("plain"))
+    a = MemDevice("a", caps=UFS)
+    b = MemDevice("b", caps=caps({XTS: (4096,)}, 8))
+    dm = manager_over(a, b, MemDevice("plain"))
     await dm.create("d", "0 8 linear a 0")
     for table in ("0 8 linear b 0", "0 8 linear plain 0", "0 8 error"):
         with pytest.raises(FuseblkError) as info:
@@ -135,7 +126,7 @@ async def test_reload_with_more_restrictive_capabilities_is_einval_at_load():
         )
         assert dm.info("d")["tables"] == ["LIVE"]
     # a superset is fine and becomes the device's capabilities at resume
-    richer = MemDisk(
+    richer = MemDevice(
         "richer", caps=caps({XTS: (512, 1024, 4096), CryptoMode.ADIANTUM: (4096,)}, 16)
     )
     dm.add_device(richer)
@@ -145,7 +136,7 @@ async def test_reload_with_more_restrictive_capabilities_is_einval_at_load():
 
 
 async def test_table_without_crypto_can_be_replaced_by_anything():
-    dm = manager_over(MemDisk("plain"), MemDisk("a", caps=UFS))
+    dm = manager_over(MemDevice("plain"), MemDevice("a", caps=UFS))
     await dm.create("d", "0 8 linear plain 0")
     await dm.load("d", "0 8 error")
     await dm.resume("d")
@@ -158,7 +149,7 @@ async def test_table_without_crypto_can_be_replaced_by_anything():
 
 
 async def test_supported_context_is_served_inline_by_the_hardware():
-    a = MemDisk("a", caps=UFS)
+    a = MemDevice("a", caps=UFS)
     dm = manager_over(a)
     fallback = dm.block_layer.fallback
     md = await dm.create("d", "0 64 linear a 8")
@@ -172,7 +163,7 @@ async def test_supported_context_is_served_inline_by_the_hardware():
 
 
 async def test_unsupported_context_falls_back_at_the_device():
-    plain = MemDisk("plain")
+    plain = MemDevice("plain")
     dm = manager_over(plain)
     fallback = dm.block_layer.fallback
     md = await dm.create("d", "0 64 linear plain 0")
@@ -180,13 +171,13 @@ async def test_unsupported_context_falls_back_at_the_device():
     data = pattern(4096, 3)
     await write(md, 0, data, BioCryptContext.at(key, 5))
     assert plain.data[:4096] == ciphertext(key, data, 5)
-    assert all(bio.crypt_ctx is None for bio in plain.seen)
+    assert all(bio.crypt_ctx is None for bio in plain.bios)
     assert await read(md, 0, 4096, BioCryptContext.at(key, 5)) == data
     assert md.counters["fallback_bios"] == 2 and fallback.counters["bios"] == 2
 
 
 async def test_split_inside_a_data_unit_is_einval():
-    a, b = MemDisk("a", caps=UFS), MemDisk("b", caps=UFS)
+    a, b = MemDevice("a", caps=UFS), MemDevice("b", caps=UFS)
     dm = manager_over(a, b)
     md = await dm.create("d", "0 4 linear a 0\n4 12 linear b 0")  # boundary at 2048 bytes
     key = make_key(3, dus=4096)
@@ -197,7 +188,7 @@ async def test_split_inside_a_data_unit_is_einval():
 
 
 async def test_split_on_a_data_unit_boundary_advances_the_dun():
-    a, b = MemDisk("a", caps=UFS), MemDisk("b", caps=UFS)
+    a, b = MemDevice("a", caps=UFS), MemDevice("b", caps=UFS)
     dm = manager_over(a, b)
     md = await dm.create("d", "0 16 linear a 0\n16 16 linear b 0")
     key = make_key(4, dus=4096)
@@ -210,8 +201,8 @@ async def test_split_on_a_data_unit_boundary_advances_the_dun():
 
 async def _mixed_write(
     fallback_policy: str,
-) -> tuple[MemDisk, MemDisk, dict[str, int], CryptoFallback]:
-    inline, legacy = MemDisk("inline", caps=UFS), MemDisk("legacy")
+) -> tuple[MemDevice, MemDevice, dict[str, int], CryptoFallback]:
+    inline, legacy = MemDevice("inline", caps=UFS), MemDevice("legacy")
     dm = manager_over(inline, legacy)
     fb = dm.block_layer.fallback
     md = await dm.create(
@@ -238,11 +229,11 @@ async def test_fallback_at_device_and_per_target_store_identical_ciphertext():
     assert tgt_counters.get("fallback_bios", 0) == 0 and tgt_counters["passthrough_bios"] == 4
     assert tgt_inline.counters["inline_bios"] == 2
     assert tgt_fb.counters["bios"] == 2  # the legacy pieces, one write and one read
-    assert all(bio.crypt_ctx is None for bio in tgt_legacy.seen)
+    assert all(bio.crypt_ctx is None for bio in tgt_legacy.bios)
 
 
 async def test_per_target_fallback_serves_non_passing_targets_at_this_device():
-    inline = MemDisk("inline", caps=UFS)
+    inline = MemDevice("inline", caps=UFS)
     dm = manager_over(inline)
     md = await dm.create("d", "0 16 linear inline 0\n16 16 zero", fallback="target")
     key = make_key(6, dus=4096)
@@ -253,7 +244,7 @@ async def test_per_target_fallback_serves_non_passing_targets_at_this_device():
 
 
 async def test_per_target_device_counts_a_context_its_profile_supports_as_inline():
-    a, b = MemDisk("a", caps=UFS), MemDisk("b", caps=UFS)
+    a, b = MemDevice("a", caps=UFS), MemDevice("b", caps=UFS)
     dm = manager_over(a, b)
     md = await dm.create("d", "0 16 linear a 0\n16 16 linear b 0", fallback="target")
     key = make_key(8, dus=4096)
@@ -270,7 +261,7 @@ def get_plain_of_zero(key, dun: int, length: int) -> bytes:
 
 
 async def test_submit_bio_from_above_falls_back_before_a_device_without_support():
-    plain = MemDisk("plain")
+    plain = MemDevice("plain")
     dm = manager_over(plain)
     fallback = dm.block_layer.fallback
     md = await dm.create("d", "0 64 linear plain 0")
@@ -284,7 +275,7 @@ async def test_submit_bio_from_above_falls_back_before_a_device_without_support(
 
 
 async def test_block_size_is_the_largest_io_granularity_of_the_live_table():
-    dm = manager_over(MemDisk("a", caps=UFS))
+    dm = manager_over(MemDevice("a", caps=UFS))
     md = await dm.create("d", "0 64 linear a 0")
     assert md.block_size == 512
     key_hex = "ab" * 64

@@ -111,6 +111,32 @@ def test_stats_of_an_unknown_device_exits_1(daemon: DaemonThread, rundir: Path) 
     assert result.stderr.startswith("fuseblk stats: ") and "nope" in result.stderr
 
 
+def test_a_usage_error_is_one_line_exit_2(capsys: pytest.CaptureFixture[str], rundir: Path) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["stats", "--frequency"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == (
+        "fuseblk: error: unrecognized arguments: --frequency (see fuseblk --help)\n"
+    )
+
+
+def test_stats_with_stdout_full_is_one_line_exit_1(daemon: DaemonThread, rundir: Path) -> None:
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "fuseblk", "stats"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(rundir),
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert (
+        result.stderr.startswith("fuseblk stats: ") and "No space left on device" in result.stderr
+    )
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
 def test_stats_lines_put_counters_down_and_entities_across() -> None:
     stats = {
         "devices": {"a": {"bios": 3, "flakey": {"dropped_writes": 1}}, "bb": {"bios": 10}},

@@ -6,7 +6,8 @@ import errno
 from pathlib import Path
 
 import pytest
-from dm_helpers import DeviceEnv, MemDisk, MiB, manager_over
+from device_helpers import MemDevice, MiB
+from dm_helpers import DeviceEnv, manager_over
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,7 +15,7 @@ from fuseblk.dm.table import Table
 from fuseblk.dm.targets.registry import target_names
 from fuseblk.errors import FuseblkError, TableError
 
-ENV = DeviceEnv({name: MemDisk(name, MiB) for name in "abc"}, "dm-test")
+ENV = DeviceEnv({name: MemDevice(name, MiB) for name in "abc"}, "dm-test")
 
 
 async def test_parse_ignores_comments_and_blank_lines_and_formats_dmsetup_text():
@@ -108,7 +109,7 @@ async def test_malformed_table_destroys_targets_already_built():
 
 
 async def test_malformed_load_leaves_live_table_untouched():
-    disk = MemDisk("a", MiB)
+    disk = MemDevice("a", MiB)
     dm = manager_over(disk)
     await dm.create("d", "0 2048 linear a 0")
     with pytest.raises(TableError):
@@ -288,7 +289,7 @@ async def test_numbers_out_of_range_are_refused_naming_line_and_field(
 
 
 async def test_an_oversized_table_is_refused_by_the_manager_and_the_live_one_kept():
-    dm = manager_over(MemDisk("a", MiB))
+    dm = manager_over(MemDevice("a", MiB))
     await dm.create("d", "0 8 zero")
     with pytest.raises(TableError) as info:
         await dm.load("d", f"0 {MAX_SECTORS + 1} zero")
@@ -514,7 +515,7 @@ async def test_a_refused_generated_load_leaves_the_live_table_untouched(
     text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     monkeypatch.chdir(tmp_path)  # device words name no file here: nothing is opened as an image
-    dm = manager_over(*(MemDisk(name, MiB) for name in "abc"))
+    dm = manager_over(*(MemDevice(name, MiB) for name in "abc"))
     try:
         await dm.create("d", "0 2048 linear a 0")
         try:

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import trio
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from dm_helpers import DeviceEnv, manager
+from device_helpers import MemDevice, make_key
+from dm_helpers import DeviceEnv
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from memdev import MemDevice, make_key
 
 from fuseblk.bio import Bio, BioOp
 from fuseblk.ciphers import get_cipher
@@ -27,15 +27,13 @@ from fuseblk.errors import FuseblkError, TableError
 from fuseblk.hw.factory import create_backend
 from fuseblk.hw.profiles import load_profile
 
-__all__ = ["manager"]  # the fixture, re-exported for pytest
-
 KEY64 = bytes(range(64))
 HEX64 = KEY64.hex()
 DEV_SIZE = 1 << 20
 
 
 def crypt(table: str, length: int = DEV_SIZE // 2, mem: MemDevice | None = None) -> CryptTarget:
-    env = DeviceEnv({"mem": mem or MemDevice(DEV_SIZE)})
+    env = DeviceEnv({"mem": mem or MemDevice(size=DEV_SIZE, noise=True)})
     return CryptTarget(env, 0, length, table.split())
 
 
@@ -187,7 +185,7 @@ def test_iv_runs_go_unit_by_unit_when_the_step_is_not_one() -> None:
 
 
 async def test_write_encrypts_with_plain64_sector_ivs_matching_openssl() -> None:
-    mem = MemDevice(DEV_SIZE)
+    mem = MemDevice(size=DEV_SIZE, noise=True)
     target = crypt(f"aes-xts-plain64 {HEX64} 100 mem 64", mem=mem)
     data = os.urandom(3 * 512)
     await target.map(Bio.write(1024, data))
@@ -209,7 +207,7 @@ async def test_write_encrypts_with_plain64_sector_ivs_matching_openssl() -> None
 async def test_sector_size_and_iv_large_sectors_dun_math(
     options: str, expected_ivs: list[int]
 ) -> None:
-    mem = MemDevice(DEV_SIZE)
+    mem = MemDevice(size=DEV_SIZE, noise=True)
     target = crypt(f"aes-xts-plain64 {HEX64} 16 mem 0 {options}", mem=mem)
     data = os.urandom(2 * 4096)
     await target.map(Bio.write(8192, data))
@@ -226,7 +224,7 @@ async def test_sector_size_and_iv_large_sectors_dun_math(
     ("cipher", "second_iv"), [("aes-xts-plain", 0), ("aes-xts-plain64", 1 << 32)]
 )
 async def test_plain_wraps_at_2_32_and_plain64_does_not(cipher: str, second_iv: int) -> None:
-    mem = MemDevice(DEV_SIZE)
+    mem = MemDevice(size=DEV_SIZE, noise=True)
     target = crypt(f"{cipher} {HEX64} {(1 << 32) - 1} mem 0", mem=mem)
     data = os.urandom(1024)
     await target.map(Bio.write(0, data))
@@ -240,7 +238,7 @@ async def test_plain_wraps_at_2_32_and_plain64_does_not(cipher: str, second_iv: 
 
 
 async def test_write_uses_a_bounce_buffer_and_sends_no_context_down() -> None:
-    mem = MemDevice(DEV_SIZE)
+    mem = MemDevice(size=DEV_SIZE, noise=True)
     target = crypt(f"aes-xts-plain64 {HEX64} 0 mem 0", mem=mem)
     data = bytearray(os.urandom(4096))
     original = bytes(data)
@@ -254,7 +252,7 @@ async def test_write_uses_a_bounce_buffer_and_sends_no_context_down() -> None:
 
 
 async def test_failed_read_is_not_decrypted() -> None:
-    mem = MemDevice(DEV_SIZE)
+    mem = MemDevice(size=DEV_SIZE, noise=True)
     target = crypt(f"aes-xts-plain64 {HEX64} 0 mem 0", mem=mem)
     mem.fail_next = errno.EIO
     buf = bytearray(b"\xaa" * 512)
@@ -266,7 +264,7 @@ async def test_failed_read_is_not_decrypted() -> None:
 
 async def test_bio_arriving_with_a_context_fails_with_eio() -> None:
     target = crypt(f"aes-xts-plain64 {HEX64} 0 mem 0")
-    ctx = BioCryptContext.at(make_key(3), 0)
+    ctx = BioCryptContext.at(make_key(3, dus=512, dun_bytes=16), 0)
     with pytest.raises(FuseblkError) as info:
         await target.map(Bio.write(0, bytes(512), ctx))
     assert info.value.errno == errno.EIO
@@ -287,14 +285,14 @@ async def test_discards_need_allow_discards() -> None:
 
 
 async def test_allowed_discards_are_remapped_down() -> None:
-    mem = MemDevice(DEV_SIZE)
+    mem = MemDevice(size=DEV_SIZE, noise=True)
     target = crypt(f"aes-xts-plain64 {HEX64} 0 mem 8 1 allow_discards", mem=mem)
     await target.map(Bio.discard(4096, 8192))
     assert [(b.op, b.offset, b.length) for b in mem.bios] == [(BioOp.DISCARD, 8 * 512 + 4096, 8192)]
 
 
 async def test_flush_reaches_the_device() -> None:
-    mem = MemDevice(DEV_SIZE)
+    mem = MemDevice(size=DEV_SIZE, noise=True)
     target = crypt(f"aes-xts-plain64 {HEX64} 0 mem 0", mem=mem)
     await target.map(Bio.flush())
     assert [b.op for b in mem.bios] == [BioOp.FLUSH]
@@ -358,7 +356,7 @@ def test_every_data_unit_uses_the_hand_computed_iv(
     per_unit = sector_size // 512
     iv_offset = iv_units * per_unit
     opts = [f"sector_size:{sector_size}"] + (["iv_large_sectors"] if large else [])
-    mem = MemDevice(DEV_SIZE)
+    mem = MemDevice(size=DEV_SIZE, noise=True)
     target = crypt(f"{cipher} {HEX64} {iv_offset} mem 0 {len(opts)} {' '.join(opts)}", mem=mem)
     data = os.urandom(units * sector_size)
     offset = first_unit * sector_size
@@ -379,7 +377,7 @@ def test_every_data_unit_uses_the_hand_computed_iv(
 async def test_essiv_matches_cbc_with_an_encrypted_sector_iv() -> None:
     """aes-cbc-essiv:sha256: IV = AES-256_{SHA-256(key)}(le64(sector)), then AES-128-CBC."""
     key = bytes(range(16))
-    mem = MemDevice(DEV_SIZE)
+    mem = MemDevice(size=DEV_SIZE, noise=True)
     target = crypt(f"aes-cbc-essiv:sha256 {key.hex()} 7 mem 0", mem=mem)
     data = os.urandom(1024)
     await target.map(Bio.write(512, data))
@@ -400,7 +398,7 @@ async def test_essiv_matches_cbc_with_an_encrypted_sector_iv() -> None:
 
 
 async def test_adiantum_round_trips_and_stores_ciphertext() -> None:
-    mem = MemDevice(DEV_SIZE)
+    mem = MemDevice(size=DEV_SIZE, noise=True)
     key = bytes(range(32))
     target = crypt(
         f"capi:adiantum(xchacha12,aes)-plain64 {key.hex()} 0 mem 0 1 sector_size:4096", mem=mem

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-from dm_helpers import DeviceEnv, image_manager, manager
-from memdev import MemDevice, MemKeyslotHardware, make_key
+from device_helpers import MemDevice, MemKeyslotHardware, make_key
+from dm_helpers import DeviceEnv, image_manager
 
 from fuseblk.bio import Bio, BioOp
 from fuseblk.blkcrypto.block_layer import BlockLayer
@@ -27,8 +27,6 @@ from fuseblk.hw.profiles import load_profile
 from fuseblk.key import BlkCryptoKey, KeyType
 from fuseblk.modes import CryptoMode
 
-__all__ = ["manager"]  # the fixture, re-exported for pytest
-
 KEY64 = bytes(range(100, 164))
 HEX64 = KEY64.hex()
 DEV_SIZE = 1 << 20
@@ -45,7 +43,7 @@ def default_key(
     length: int = DEV_SIZE // 2,
     block_layer: BlockLayer | None = None,
 ) -> DefaultKeyTarget:
-    env = DeviceEnv({"mem": mem or MemDevice(DEV_SIZE)}, block_layer=block_layer)
+    env = DeviceEnv({"mem": mem or MemDevice(size=DEV_SIZE, noise=True)}, block_layer=block_layer)
     return DefaultKeyTarget(env, 0, length, table.split())
 
 
@@ -153,7 +151,7 @@ def test_table_hides_the_key_unless_asked() -> None:
 
 
 async def test_bios_get_the_key_and_the_android_dun() -> None:
-    mem = MemDevice(DEV_SIZE, xts_hardware())
+    mem = MemDevice(size=DEV_SIZE, profile=xts_hardware(), noise=True)
     target = default_key(
         f"aes-xts-plain64 {HEX64} 8 mem 64 2 sector_size:4096 iv_large_sectors", mem
     )
@@ -172,16 +170,16 @@ async def test_bios_get_the_key_and_the_android_dun() -> None:
 
 
 async def test_512_byte_sectors_use_the_sector_number_as_dun() -> None:
-    mem = MemDevice(DEV_SIZE, xts_hardware())
+    mem = MemDevice(size=DEV_SIZE, profile=xts_hardware(), noise=True)
     target = default_key(f"aes-xts-plain64 {HEX64} 1000 mem 0", mem)
     await target.map(Bio.write(7 * 512, bytes(1024)))
     assert mem.bios[0].crypt_ctx is not None and mem.bios[0].crypt_ctx.dun_int == 1007
 
 
 async def test_bio_with_a_context_from_above_passes_through_untouched() -> None:
-    mem = MemDevice(DEV_SIZE, xts_hardware())
+    mem = MemDevice(size=DEV_SIZE, profile=xts_hardware(), noise=True)
     target = default_key(f"aes-xts-plain64 {HEX64} 0 mem 8", mem)
-    upper = BioCryptContext.at(make_key(5, dun_bytes=8), 12345)
+    upper = BioCryptContext.at(make_key(5, dus=512, dun_bytes=8), 12345)
     await target.map(Bio.write(4096, bytes(4096), upper))
     (sent,) = mem.bios
     assert sent.crypt_ctx is upper
@@ -192,8 +190,8 @@ async def test_bio_with_a_context_from_above_passes_through_untouched() -> None:
 
 
 async def test_device_without_support_gets_plain_bios_from_the_fallback() -> None:
-    plain_mem = MemDevice(DEV_SIZE, None)
-    hw_mem = MemDevice(DEV_SIZE, xts_hardware())
+    plain_mem = MemDevice(size=DEV_SIZE, noise=True)
+    hw_mem = MemDevice(size=DEV_SIZE, profile=xts_hardware(), noise=True)
     table = f"aes-xts-plain64 {HEX64} 0 mem 0 2 sector_size:4096 iv_large_sectors"
     data = os.urandom(8192)
     for mem in (plain_mem, hw_mem):
@@ -210,7 +208,7 @@ async def test_start_not_on_a_data_unit_fails_with_eio() -> None:
 
 
 async def test_discards_need_allow_discards_and_carry_no_context() -> None:
-    mem = MemDevice(DEV_SIZE)
+    mem = MemDevice(size=DEV_SIZE, noise=True)
     with pytest.raises(FuseblkError) as info:
         await default_key(f"aes-xts-plain64 {HEX64} 0 mem 0", mem).map(Bio.discard(0, 4096))
     assert info.value.errno == errno.EOPNOTSUPP
@@ -222,7 +220,9 @@ async def test_discards_need_allow_discards_and_carry_no_context() -> None:
 
 async def test_destroy_evicts_the_key_from_the_hardware_and_the_fallback() -> None:
     hw = xts_hardware()
-    hw_target = default_key(f"aes-xts-plain64 {HEX64} 0 mem 0", MemDevice(DEV_SIZE, hw))
+    hw_target = default_key(
+        f"aes-xts-plain64 {HEX64} 0 mem 0", MemDevice(size=DEV_SIZE, profile=hw, noise=True)
+    )
     await hw_target.map(Bio.write(0, bytes(512)))
     assert hw.find_slot(hw_target.key) is not None
     await hw_target.destroy()
@@ -230,7 +230,7 @@ async def test_destroy_evicts_the_key_from_the_hardware_and_the_fallback() -> No
 
     blk = BlockLayer()
     sw_target = default_key(
-        f"aes-xts-plain64 {HEX64} 0 mem 0", MemDevice(DEV_SIZE, None), block_layer=blk
+        f"aes-xts-plain64 {HEX64} 0 mem 0", MemDevice(size=DEV_SIZE, noise=True), block_layer=blk
     )
     await sw_target.map(Bio.write(0, bytes(512)))
     assert blk.fallback.profile.find_slot(sw_target.key) is not None
@@ -242,7 +242,9 @@ async def test_destroy_with_the_key_in_use_logs_and_keeps_going(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     hw = xts_hardware()
-    target = default_key(f"aes-xts-plain64 {HEX64} 0 mem 0", MemDevice(DEV_SIZE, hw))
+    target = default_key(
+        f"aes-xts-plain64 {HEX64} 0 mem 0", MemDevice(size=DEV_SIZE, profile=hw, noise=True)
+    )
     async with hw.keyslot(target.key):
         with caplog.at_level(logging.WARNING):
             await target.destroy()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import trio
 import trio.testing
-from dm_helpers import XTS, MemDisk, caps, ciphertext, make_key, manager_over, pattern, read, write
+from device_helpers import XTS, MemDevice, caps, ciphertext, make_key
+from dm_helpers import manager_over, pattern, read, write
 
 from fuseblk.bio import Bio
 from fuseblk.crypt_context import BioCryptContext
@@ -12,7 +13,7 @@ from fuseblk.dm.targets.delay import DelayTarget
 
 
 async def test_delay_zero_is_a_plain_remap():
-    a = MemDisk("a")
+    a = MemDevice("a")
     dm = manager_over(a)
     md = await dm.create("d", "0 64 delay a 8 0")
     await write(md, 0, pattern(4096))
@@ -21,7 +22,7 @@ async def test_delay_zero_is_a_plain_remap():
 
 
 async def test_reads_writes_and_flushes_use_their_own_device_and_delay(autojump_clock):
-    r, w, f = MemDisk("r"), MemDisk("w"), MemDisk("f")
+    r, w, f = MemDevice("r"), MemDevice("w"), MemDevice("f")
     dm = manager_over(r, w, f)
     md = await dm.create("d", "0 16 delay r 0 100 w 16 2000 f 0 30000")
     t0 = trio.current_time()
@@ -38,7 +39,7 @@ async def test_reads_writes_and_flushes_use_their_own_device_and_delay(autojump_
 
 
 async def test_status_counts_waiting_bios_and_suspend_releases_them(autojump_clock):
-    a = MemDisk("a")
+    a = MemDevice("a")
     dm = manager_over(a)
     md = await dm.create("d", "0 16 delay a 0 3600000")  # an hour
     async with trio.open_nursery() as nursery:
@@ -58,7 +59,7 @@ async def test_status_counts_waiting_bios_and_suspend_releases_them(autojump_clo
 
 async def test_delay_passes_crypto_beyond_the_kernel():
     assert DelayTarget.passes_crypto
-    a = MemDisk("a", caps=caps({XTS: (4096,)}))
+    a = MemDevice("a", caps=caps({XTS: (4096,)}))
     dm = manager_over(a)
     md = await dm.create("d", "0 64 delay a 0 0")
     assert md.crypto_profile is not None

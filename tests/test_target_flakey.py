@@ -5,18 +5,8 @@ from __future__ import annotations
 import errno
 
 import pytest
-from dm_helpers import (
-    XTS,
-    ManualClock,
-    MemDisk,
-    caps,
-    ciphertext,
-    make_key,
-    manager_over,
-    pattern,
-    read,
-    write,
-)
+from device_helpers import XTS, MemDevice, caps, ciphertext, make_key
+from dm_helpers import ManualClock, manager_over, pattern, read, write
 
 from fuseblk.bio import Bio
 from fuseblk.crypt_context import BioCryptContext
@@ -26,8 +16,8 @@ from fuseblk.errors import FuseblkError
 SZ = 64
 
 
-async def flakey(table_args: str, clock: ManualClock, disk: MemDisk | None = None):
-    disk = disk or MemDisk("dev")
+async def flakey(table_args: str, clock: ManualClock, disk: MemDevice | None = None):
+    disk = disk or MemDevice("dev")
     dm = manager_over(disk, clock=clock)
     md = await dm.create("f", f"0 {SZ} flakey dev 0 {table_args}")
     return dm, md, disk
@@ -60,7 +50,7 @@ async def test_up_0_down_180_fails_everything_by_default():
 
 async def test_drop_writes_silently_drops_writes_while_reads_work():
     clock = ManualClock()
-    disk = MemDisk("dev")
+    disk = MemDevice("dev")
     disk.data[:4096] = pattern(4096, 1)
     dm, md, _ = await flakey("0 180 1 drop_writes", clock, disk)
     await write(md, 0, pattern(4096, 2))
@@ -107,7 +97,7 @@ async def test_corrupt_bio_byte_on_writes_changes_a_copy_never_the_callers_buffe
 
 async def test_corrupt_bio_byte_on_reads_after_the_data_arrived():
     clock = ManualClock()
-    disk = MemDisk("dev")
+    disk = MemDevice("dev")
     disk.data[:1024] = pattern(1024)
     dm, md, _ = await flakey("0 5 5 corrupt_bio_byte 1000 r 7 0", clock, disk)
     got = await read(md, 0, 1024)
@@ -136,7 +126,7 @@ async def test_random_corruption_with_certainty_changes_at_most_one_byte():
 
 async def test_corrupted_reads_are_corrupted_after_decryption():
     clock = ManualClock()
-    disk = MemDisk("dev", caps=caps({XTS: (4096,)}))
+    disk = MemDevice("dev", caps=caps({XTS: (4096,)}))
     dm, md, _ = await flakey("5 5 5 corrupt_bio_byte 1 r 0 0", clock, disk)
     assert FlakeyTarget.passes_crypto and md.crypto_profile is not None
     key = make_key(1)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
-from dm_helpers import DeviceEnv, manager
-from memdev import MemDevice, MemKeyslotHardware, make_key
+from device_helpers import MemDevice, MemKeyslotHardware, MiB, make_key
+from dm_helpers import DeviceEnv, make_image
 
 from fuseblk.bio import Bio, BioOp
 from fuseblk.blkcrypto.keyslot_manager import CryptoProfile
@@ -29,8 +29,6 @@ from fuseblk.key import KeyType
 from fuseblk.modes import CryptoMode
 from fuseblk.stats import Counters
 
-__all__ = ["manager"]  # the fixture, re-exported for pytest
-
 DEV_SIZE = 1 << 20
 LENGTH = 512 * 1024
 
@@ -39,7 +37,7 @@ class Leg(MemDevice):
     """A RAM leg that can die (every later I/O fails) and can hold its reads at a gate."""
 
     def __init__(self, name: str, profile: CryptoProfile | None = None) -> None:
-        super().__init__(DEV_SIZE, profile, name)
+        super().__init__(name, DEV_SIZE, profile=profile, noise=True)
         self.dead_errno: int | None = None
         self.die_after: int | None = None  # data bios still served before dying
         self.read_gate: trio.Event | None = None
@@ -111,7 +109,7 @@ def test_every_malformed_table_names_the_field(table: str, field: str) -> None:
 def test_table_and_status_describe_the_legs() -> None:
     target = mirror("2 l0 8 l1 0 1 nosync", Leg("l0"), Leg("l1"))
     assert target.table_args() == "2 l0 8 l1 0 1 nosync"
-    assert target.status() == "2 AA 1024/1024 idle"
+    assert target.status() == "2 AA 1024/1024 idle 2 optimal"
 
 
 async def test_writes_reach_every_leg_and_reads_alternate() -> None:
@@ -173,7 +171,7 @@ async def test_all_legs_failed_means_eio() -> None:
     with pytest.raises(FuseblkError) as info:
         await read(target, 0, 512)
     assert info.value.errno == errno.EIO
-    assert target.status() == "2 DD 1024/1024 idle"
+    assert target.status() == "2 DD 1024/1024 idle 2 degraded"
 
 
 async def test_fail_and_remove_messages() -> None:
@@ -218,11 +216,11 @@ async def test_hot_add_stops_at_max_legs() -> None:
 async def test_initial_resync_copies_the_first_leg_to_the_others() -> None:
     l0, l1 = Leg("l0"), Leg("l1")
     target = mirror("2 l0 0 l1 0", l0, l1)
-    assert target.status() == "2 Aa 0/1024 frozen"
+    assert target.status() == "2 Aa 0/1024 frozen 2 optimal"
     await target.resume()
     await target.wait_resync()
     assert region(l1) == region(l0)
-    assert target.status() == "2 AA 1024/1024 idle"
+    assert target.status() == "2 AA 1024/1024 idle 2 optimal"
     assert target.counters is not None and target.counters["resync_bytes"] == LENGTH
 
 
@@ -235,7 +233,7 @@ async def test_resync_message_makes_diverged_legs_identical_again() -> None:
     assert target.status().split()[1] == "Aa"
     await target.wait_resync()
     assert region(l0) == region(l1)
-    assert target.status() == "2 AA 1024/1024 idle"
+    assert target.status() == "2 AA 1024/1024 idle 2 optimal"
 
 
 async def test_hot_add_with_concurrent_writes_produces_identical_legs(
@@ -259,7 +257,7 @@ async def test_hot_add_with_concurrent_writes_produces_identical_legs(
     await target.wait_resync()
     assert written_during_resync > 1
     assert region(l0) == region(l1) == region(l2)
-    assert target.status() == "3 AAA 1024/1024 idle"
+    assert target.status() == "3 AAA 1024/1024 idle 3 optimal"
     assert target.table_args() == "3 l0 0 l1 0 l2 0 1 nosync"
 
 
@@ -289,7 +287,7 @@ async def test_suspend_freezes_resync_and_resume_continues_it() -> None:
     await target.resume()
     await trio.testing.wait_all_tasks_blocked()
     await target.presuspend()
-    assert target.status() == "2 Aa 0/1024 frozen"
+    assert target.status() == "2 Aa 0/1024 frozen 2 optimal"
     l0.read_gate.set()
     await target.resume()
     await target.wait_resync()
@@ -320,6 +318,96 @@ async def test_contexts_pass_through_and_every_leg_stores_the_same_ciphertext() 
     assert [b.crypt_ctx for b in incapable.bios] == [None]
     for _ in range(2):  # one read from each leg
         assert await read(target, 4096, 8192, ctx) == data
+
+
+# ---- degraded writes: fewer legs than the array's width ------------------------------------------
+
+
+def counted(target: Raid1Target) -> tuple[int, int]:
+    assert target.counters is not None
+    return target.counters["degraded_writes"], target.counters["degraded_bytes"]
+
+
+async def test_writes_with_every_leg_taking_them_are_not_degraded() -> None:
+    target = mirror("2 l0 0 l1 0 1 nosync", Leg("l0"), Leg("l1"))
+    await target.map(Bio.write(0, os.urandom(8192)))
+    await target.map(Bio.discard(8192, 4096))
+    assert counted(target) == (0, 0)
+    assert target.status().endswith(" 2 optimal")
+
+
+async def test_writes_after_a_leg_is_failed_by_message_are_degraded_writes() -> None:
+    l0, l1 = Leg("l0"), Leg("l1")
+    target = mirror("2 l0 0 l1 0 1 nosync", l0, l1)
+    await target.message(["fail", "1"])
+    for i in range(8):
+        await target.map(Bio.write(i * 4096, os.urandom(4096)))
+    assert counted(target) == (8, 8 * 4096)
+    assert target.counters is not None and target.counters["leg_failures"] == 1
+    assert target.status() == "2 AD 1024/1024 idle 2 degraded"
+
+
+async def test_a_leg_erroring_during_the_write_makes_that_write_degraded() -> None:
+    l0, l1 = Leg("l0"), Leg("l1")
+    target = mirror("2 l0 0 l1 0 1 nosync", l0, l1)
+    l1.fail_next = errno.EIO
+    await target.map(Bio.write(0, os.urandom(4096)))
+    assert counted(target) == (1, 4096)
+    assert target.status().split()[1] == "AD"
+
+
+async def test_discards_count_as_degraded_writes_and_flushes_do_not() -> None:
+    target = mirror("2 l0 0 l1 0 1 nosync", Leg("l0"), Leg("l1"))
+    await target.message(["fail", "0"])
+    await target.map(Bio.flush())
+    assert counted(target) == (0, 0)
+    await target.map(Bio.discard(0, 8192))
+    assert counted(target) == (1, 8192)
+
+
+async def test_removing_a_failed_leg_keeps_the_width_until_a_leg_is_added() -> None:
+    l0, l1, l2 = Leg("l0"), Leg("l1"), Leg("l2")
+    target = mirror("2 l0 0 l1 0 1 nosync", l0, l1, l2)
+    await target.resume()
+    await target.message(["fail", "1"])
+    await target.message(["remove", "1"])
+    await target.map(Bio.write(0, os.urandom(4096)))
+    assert counted(target) == (1, 4096)
+    assert target.status() == "1 A 1024/1024 idle 2 degraded"
+    await target.message(["add", "l2", "0"])
+    await target.map(Bio.write(0, os.urandom(4096)))  # the new leg takes it while resyncing
+    assert counted(target) == (1, 4096)
+    await target.wait_resync()
+    assert target.status() == "2 AA 1024/1024 idle 2 optimal"
+
+
+async def test_a_hot_add_widens_the_array_and_a_later_failure_degrades_it() -> None:
+    l0, l1, l2 = Leg("l0"), Leg("l1"), Leg("l2")
+    target = mirror("2 l0 0 l1 0 1 nosync", l0, l1, l2)
+    await target.resume()
+    await target.message(["add", "l2", "0"])
+    await target.wait_resync()
+    assert target.status() == "3 AAA 1024/1024 idle 3 optimal"
+    await target.message(["fail", "2"])
+    await target.map(Bio.write(0, os.urandom(4096)))
+    assert counted(target) == (1, 4096)
+    assert target.status().endswith(" 3 degraded")
+
+
+async def test_writes_during_the_initial_resync_reach_every_leg_and_are_not_degraded() -> None:
+    l0, l1 = Leg("l0"), Leg("l1")
+    target = mirror("2 l0 0 l1 0", l0, l1)
+    assert target.status().split()[1] == "Aa"
+    await target.map(Bio.write(0, os.urandom(4096)))
+    assert counted(target) == (0, 0)
+
+
+def test_failed_legs_are_held_but_take_no_io() -> None:
+    l0, l1 = Leg("l0"), Leg("l1")
+    target = mirror("2 l0 0 l1 0 1 nosync", l0, l1)
+    target._fail(target.legs[1], "test")
+    assert target.devices() == [l0]
+    assert target.held_devices() == [l0, l1]
 
 
 # ---- end to end: DeviceManager over image files -------------------------------------------------
@@ -358,7 +446,7 @@ async def test_encrypted_mirror_over_images_survives_a_leg_and_hot_adds_another(
         assert profile is not None and profile.counters["programs"] == 1
 
     await manager.message("mirror", 0, ["fail", "0"])
-    assert manager.status("mirror") == "0 2048 raid1 2 DA 2048/2048 idle\n"
+    assert manager.status("mirror") == "0 2048 raid1 2 DA 2048/2048 idle 2 degraded\n"
     back = bytearray(len(data))
     await secure.submit(Bio.read(0, back))
     assert back == data
@@ -371,7 +459,7 @@ async def test_encrypted_mirror_over_images_survives_a_leg_and_hot_adds_another(
     target = mirror_md.live.targets[0]
     assert isinstance(target, Raid1Target)
     await target.wait_resync()
-    assert manager.status("mirror") == "0 2048 raid1 3 DAA 2048/2048 idle\n"
+    assert manager.status("mirror") == "0 2048 raid1 3 DAA 2048/2048 idle 3 degraded\n"
     assert await raw_bytes(images["c"], len(data)) == await raw_bytes(images["b"], len(data))
     assert manager.stats("mirror")["devices"]["mirror"]["resync_bytes"] == 1 << 20
     await manager.message("mirror", 0, ["remove", "0"])
@@ -400,3 +488,127 @@ async def test_evicting_through_the_mirror_reaches_a_hot_added_leg(
     await manager.evict_key("mirror", key)
     assert leg_c.find_slot(key) is None
     assert leg_c.counters["evictions"] == 1
+
+
+# ---- images stay attached exactly while a table names them ------------------------------------------
+
+
+async def images(tmp_path: Path, names: str | tuple[str, ...]) -> list[Path]:
+    """Fresh images with UFS-like inline-encryption hardware, one per name."""
+    return [await make_image(tmp_path, name, MiB) for name in names]
+
+
+def attached(manager: DeviceManager, *images: Path) -> list[bool]:
+    return [str(img.resolve()) in manager.backends() for img in images]
+
+
+@pytest.mark.parametrize(
+    ("leg_offset", "message"),
+    [("0", "more restrictive"), ("999999", "new leg offset")],
+)
+async def test_a_refused_hot_add_detaches_the_image_it_opened(
+    manager: DeviceManager, tmp_path: Path, leg_offset: str, message: str
+) -> None:
+    a, b = await make_image(tmp_path, "a", MiB, "ufs"), await make_image(tmp_path, "b", MiB, "ufs")
+    plain = await make_image(tmp_path, "plain", MiB, "none" if leg_offset == "0" else "ufs")
+    await manager.create("mirror", f"0 1024 raid1 2 {a} 0 {b} 0 1 nosync")
+    with pytest.raises(FuseblkError, match=message) as info:
+        await manager.message("mirror", 0, ["add", str(plain), leg_offset])
+    assert info.value.errno == errno.EINVAL
+    assert attached(manager, a, b, plain) == [True, True, False]
+    manager.add_backend("plain", plain)  # its image lock was released
+
+
+async def test_a_hot_added_image_stays_attached_while_the_leg_is_in_the_table(
+    manager: DeviceManager, tmp_path: Path
+) -> None:
+    a, b, c = await images(tmp_path, "abc")
+    md = await manager.create("mirror", f"0 1024 raid1 2 {a} 0 {b} 0 1 nosync")
+    await manager.message("mirror", 0, ["add", str(c), "0"])
+    assert attached(manager, c) == [True]
+    assert md.live is not None and isinstance(target := md.live.targets[0], Raid1Target)
+    await target.wait_resync()
+    assert manager.status("mirror") == "0 1024 raid1 3 AAA 1024/1024 idle 3 optimal\n"
+
+
+async def test_a_failed_legs_image_survives_removing_an_unrelated_device(
+    manager: DeviceManager, tmp_path: Path
+) -> None:
+    a, b, other = await images(tmp_path, ("a", "b", "other"))
+    await manager.create("mirror", f"0 1024 raid1 2 {a} 0 {b} 0 1 nosync")
+    await manager.create("unrelated", f"0 8 linear {other} 0")
+    await manager.message("mirror", 0, ["fail", "1"])
+    await manager.remove("unrelated")
+    assert attached(manager, a, b, other) == [True, True, False]
+    assert str(b.resolve()) in manager.stats()["backends"]
+    assert str(b.resolve()) in manager.table("mirror")
+    with pytest.raises(FuseblkError) as info:
+        manager.add_backend("b", b)  # still locked: the table names it
+    assert info.value.errno == errno.EBUSY
+
+
+async def test_writes_to_a_mirror_of_images_with_a_failed_leg_are_counted_as_degraded(
+    manager: DeviceManager, tmp_path: Path
+) -> None:
+    a, b = await images(tmp_path, "ab")
+    md = await manager.create("mirror", f"0 1024 raid1 2 {a} 0 {b} 0 1 nosync")
+    await md.submit(Bio.write(0, os.urandom(8192)))
+    await manager.message("mirror", 0, ["fail", "1"])
+    await md.submit(Bio.write(0, os.urandom(8192)))
+    counters = manager.stats("mirror")["devices"]["mirror"]
+    assert (counters["degraded_writes"], counters["degraded_bytes"]) == (1, 8192)
+    assert manager.status("mirror") == "0 1024 raid1 2 AD 1024/1024 idle 2 degraded\n"
+
+
+async def test_removing_a_failed_leg_detaches_its_image_unless_another_device_names_it(
+    manager: DeviceManager, tmp_path: Path
+) -> None:
+    a, b, c = await images(tmp_path, "abc")
+    await manager.create("m1", f"0 1024 raid1 2 {a} 0 {b} 0 1 nosync")
+    await manager.create("m2", f"0 1024 raid1 2 {a} 1024 {c} 0 1 nosync")
+    await manager.message("m1", 0, ["fail", "1"])
+    await manager.message("m1", 0, ["remove", "1"])
+    assert attached(manager, a, b, c) == [True, False, True]
+    manager.add_backend("b", b)  # its image lock was released
+    await manager.message("m2", 0, ["fail", "0"])
+    await manager.message("m2", 0, ["remove", "0"])
+    assert attached(manager, a, c) == [True, True]  # m1 still names a
+
+
+async def test_a_mapped_device_that_is_a_failed_leg_cannot_be_removed(
+    manager: DeviceManager, tmp_path: Path
+) -> None:
+    a, b = await images(tmp_path, "ab")
+    await manager.create("lower", f"0 1024 linear {b} 0")
+    await manager.create("mirror", f"0 1024 raid1 2 {a} 0 lower 0 1 nosync")
+    await manager.message("mirror", 0, ["fail", "1"])
+    with pytest.raises(FuseblkError) as info:
+        await manager.remove("lower")
+    assert info.value.errno == errno.EBUSY
+    await manager.message("mirror", 0, ["remove", "1"])
+    await manager.remove("lower")
+    assert attached(manager, a, b) == [True, False]
+
+
+async def test_a_failed_leg_still_counts_when_refusing_a_cycle(
+    manager: DeviceManager, tmp_path: Path
+) -> None:
+    a = await make_image(tmp_path, "a", MiB)
+    await manager.create("lower", f"0 1024 linear {a} 0")
+    await manager.create("mirror", f"0 1024 raid1 2 {a} 0 lower 0 1 nosync")
+    await manager.message("mirror", 0, ["fail", "1"])
+    with pytest.raises(FuseblkError) as info:
+        await manager.load("lower", "0 1024 linear mirror 0")
+    assert "no cycles" in info.value.message
+
+
+async def test_a_renamed_mirror_cannot_hot_add_itself_as_a_leg(
+    manager: DeviceManager, tmp_path: Path
+) -> None:
+    a, b = await images(tmp_path, "ab")
+    await manager.create("old", f"0 1024 raid1 2 {a} 0 {b} 0 1 nosync")
+    await manager.rename("old", "new")
+    with pytest.raises(FuseblkError, match="no cycles") as info:
+        await manager.message("new", 0, ["add", "new", "0"])
+    assert info.value.errno == errno.EINVAL
+    assert manager.table("new") == f"0 1024 raid1 2 {a.resolve()} 0 {b.resolve()} 0 1 nosync\n"

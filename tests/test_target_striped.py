@@ -5,7 +5,8 @@ from __future__ import annotations
 import errno
 
 import pytest
-from dm_helpers import XTS, MemDisk, caps, ciphertext, make_key, manager_over, pattern, read, write
+from device_helpers import XTS, MemDevice, caps, ciphertext, make_key
+from dm_helpers import manager_over, pattern, read, write
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,7 +17,7 @@ from fuseblk.errors import FuseblkError, TableError
 
 
 async def test_write_through_striped_lands_chunk_by_chunk_on_the_legs():
-    legs = [MemDisk(n) for n in "abc"]
+    legs = [MemDevice(n) for n in "abc"]
     dm = manager_over(*legs)
     md = await dm.create("d", "0 48 striped 3 4 a 0 b 8 c 16")  # 2 KiB chunks, 16 sectors per leg
     data = pattern(48 * 512)
@@ -33,7 +34,7 @@ async def test_write_through_striped_lands_chunk_by_chunk_on_the_legs():
 
 
 async def test_chunk_size_need_not_be_a_power_of_two():
-    a, b = MemDisk("a"), MemDisk("b")
+    a, b = MemDevice("a"), MemDevice("b")
     dm = manager_over(a, b)
     md = await dm.create("d", "0 12 striped 2 3 a 0 b 0")
     data = pattern(12 * 512)
@@ -44,7 +45,7 @@ async def test_chunk_size_need_not_be_a_power_of_two():
 
 async def test_striped_passes_crypto_with_the_dun_of_each_chunk():
     ufs = caps({XTS: (4096,)})
-    a, b = MemDisk("a", caps=ufs), MemDisk("b", caps=ufs)
+    a, b = MemDevice("a", caps=ufs), MemDevice("b", caps=ufs)
     dm = manager_over(a, b)
     md = await dm.create("d", "0 64 striped 2 8 a 0 b 0")
     key = make_key(1)
@@ -58,7 +59,7 @@ async def test_striped_passes_crypto_with_the_dun_of_each_chunk():
 
 async def test_chunk_smaller_than_a_data_unit_cannot_carry_that_context():
     ufs = caps({XTS: (4096,)})
-    dm = manager_over(MemDisk("a", caps=ufs), MemDisk("b", caps=ufs))
+    dm = manager_over(MemDevice("a", caps=ufs), MemDevice("b", caps=ufs))
     md = await dm.create("d", "0 64 striped 2 4 a 0 b 0")
     with pytest.raises(FuseblkError) as info:
         await write(md, 0, bytes(4096), BioCryptContext.at(make_key(2), 0))
@@ -66,7 +67,7 @@ async def test_chunk_smaller_than_a_data_unit_cannot_carry_that_context():
 
 
 async def test_flush_goes_to_every_leg_and_discard_is_striped():
-    a, b = MemDisk("a"), MemDisk("b")
+    a, b = MemDevice("a"), MemDevice("b")
     dm = manager_over(a, b)
     md = await dm.create("d", "0 32 striped 2 8 a 0 b 0")
     await write(md, 0, b"\xff" * (32 * 512))
@@ -78,7 +79,7 @@ async def test_flush_goes_to_every_leg_and_discard_is_striped():
 
 
 async def test_status_marks_a_leg_that_failed_with_eio():
-    a, b = MemDisk("a", size=8 * 512), MemDisk("b")
+    a, b = MemDevice("a", size=8 * 512), MemDevice("b")
     dm = manager_over(a, b)
     md = await dm.create("d", "0 16 striped 2 8 a 0 b 0")
     a.size = 4 * 512  # the leg shrank under us: I/O beyond its end fails
@@ -96,7 +97,7 @@ async def test_status_marks_a_leg_that_failed_with_eio():
 )
 async def test_striped_layout_matches_the_chunk_round_robin_model(nstripes, chunk, rows, writes):
     length = nstripes * chunk * rows  # sectors
-    legs = [MemDisk(f"l{i}", size=(chunk * rows + 4) * 512) for i in range(nstripes)]
+    legs = [MemDevice(f"l{i}", size=(chunk * rows + 4) * 512) for i in range(nstripes)]
     dm = manager_over(*legs)
     table = f"0 {length} striped {nstripes} {chunk} " + " ".join(f"l{i} 4" for i in range(nstripes))
     md = await dm.create("d", table)
@@ -117,7 +118,7 @@ async def test_striped_layout_matches_the_chunk_round_robin_model(nstripes, chun
 
 
 async def test_at_most_max_stripes():
-    disks = [MemDisk(f"s{i}", 8 * 512) for i in range(MAX_STRIPES + 1)]
+    disks = [MemDevice(f"s{i}", 8 * 512) for i in range(MAX_STRIPES + 1)]
     dm = manager_over(*disks)
 
     def table(n: int) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import errno
 
 import pytest
-from dm_helpers import MemDisk, make_key, manager_over, pattern, read, write
+from device_helpers import MemDevice, make_key
+from dm_helpers import manager_over, pattern, read, write
 
 from fuseblk.bio import Bio
 from fuseblk.ciphers import get_cipher
@@ -47,7 +48,7 @@ async def test_error_fails_reads_writes_and_discards_with_eio_but_not_flush():
 
 
 async def test_swapping_linear_for_error_makes_io_fail():
-    a = MemDisk("a")
+    a = MemDevice("a")
     dm = manager_over(a)
     md = await dm.create("d", "0 64 linear a 0")
     await write(md, 0, pattern(4096))

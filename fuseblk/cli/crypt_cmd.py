@@ -11,20 +11,24 @@ on a pipe only when the short tail arrives.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import stat
 import string
 import sys
-from typing import BinaryIO
+from collections.abc import Callable
+from typing import BinaryIO, TextIO, TypeVar
 
 from fuseblk.ciphers import DataUnitCipher, get_cipher
-from fuseblk.dun import dun_bytes_needed
-from fuseblk.errors import einval
+from fuseblk.dun import DUN_MAX_BYTES, dun_bytes_needed
+from fuseblk.errors import FuseblkError, einval
 from fuseblk.key import BlkCryptoKey
 from fuseblk.keyfile import read_key_file
 from fuseblk.modes import CryptoMode
+from fuseblk.numbers import U64_MAX, parse_int
 
 STREAM_BYTES = 1 << 20  # per read; rounded to whole data units
+T = TypeVar("T")
 _HEX = set(string.hexdigits)
 
 
@@ -61,16 +65,24 @@ def run(args: argparse.Namespace) -> int:
     raw = load_key(mode, key_hex=args.key_hex, key_file=args.key_file)
     dus = parse_number(args.data_unit_size, "--data-unit-size")
     dun_bytes = None if args.dun_bytes is None else parse_number(args.dun_bytes, "--dun-bytes")
-    dun = parse_number(args.dun, "--dun")
+    dun = parse_number(args.dun, "--dun", hi=(1 << 8 * DUN_MAX_BYTES) - 1)
     key = BlkCryptoKey.create(mode, raw, dus, dun_bytes)
-    stdin = sys.stdin.buffer
+    stdin, stdout = _standard_stream(sys.stdin, "input"), _standard_stream(sys.stdout, "output")
     total = _regular_file_remaining(stdin)
     if total is not None:
         _check_whole_units(total, dus)
         _check_dun_range(dun, total // dus, key)
     cipher = get_cipher(key)
-    stream(cipher, stdin, sys.stdout.buffer, dun, args.direction == "encrypt", key)
+    stream(cipher, stdin, stdout, dun, args.direction == "encrypt", key)
     return 0
+
+
+def _standard_stream(stream: TextIO | None, name: str) -> BinaryIO:
+    """The binary side of stdin or stdout; EBADF when the command was started with it closed
+    (``fuseblk crypt ... >&-``), which Python shows as ``sys.stdout is None``."""
+    if stream is None:
+        raise FuseblkError(errno.EBADF, f"standard {name} is closed")
+    return stream.buffer
 
 
 def stream(
@@ -81,19 +93,31 @@ def stream(
     encrypt: bool,
     key: BlkCryptoKey,
 ) -> None:
-    """Pipe ``src`` through ``cipher`` in pieces of whole data units, advancing the DUN."""
+    """Pipe ``src`` through ``cipher`` in pieces of whole data units, advancing the DUN.
+
+    A failing read or write (a full disk, ``< directory``) is a FuseblkError naming the stream.
+    """
     dus = cipher.data_unit_size
     piece = max(dus, STREAM_BYTES // dus * dus)
     while True:
-        data = src.read(piece)
+        data = _stdio(src.read, piece, name="input")
         if not data:
             break
         _check_whole_units(len(data), dus)
         units = len(data) // dus
         _check_dun_range(dun, units, key)
-        dst.write(cipher.encrypt(data, dun) if encrypt else cipher.decrypt(data, dun))
+        _stdio(dst.write, cipher.encrypt(data, dun) if encrypt else cipher.decrypt(data, dun))
         dun += units
-    dst.flush()
+    _stdio(dst.flush)
+
+
+def _stdio(op: Callable[..., T], *args: object, name: str = "output") -> T:
+    try:
+        return op(*args)
+    except BrokenPipeError:
+        raise  # the reader went away: the CLI exits quietly
+    except OSError as exc:
+        raise FuseblkError(exc.errno or errno.EIO, f"standard {name}: {exc.strerror}") from None
 
 
 def load_key(mode: CryptoMode, key_hex: str | None = None, key_file: str | None = None) -> bytes:
@@ -114,16 +138,9 @@ def load_key(mode: CryptoMode, key_hex: str | None = None, key_file: str | None 
     raise einval("a key is needed: --key-hex or --key-file")
 
 
-def parse_number(text: str, what: str) -> int:
-    """A non-negative integer in decimal or 0x hex."""
-    t = text.strip().replace("_", "")
-    try:
-        value = int(t[2:], 16) if t.lower().startswith("0x") else int(t, 10)
-    except ValueError:
-        raise einval(f"{what}: expected a decimal or 0x-hex number, got {text!r}") from None
-    if value < 0:
-        raise einval(f"{what}: must not be negative, got {text!r}")
-    return value
+def parse_number(text: str, what: str, hi: int = U64_MAX) -> int:
+    """A non-negative integer in ASCII decimal or 0x hex (fuseblk.numbers)."""
+    return parse_int(text, what, hi=hi, allow_hex=True)
 
 
 def _from_hex(text: str, what: str) -> bytes:

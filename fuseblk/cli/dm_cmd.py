@@ -8,7 +8,6 @@ Exit status: 0 done, 1 the operation failed, 2 the command line was wrong.
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import re
 import sys
@@ -17,8 +16,10 @@ from typing import Any
 
 from fuseblk import SECTOR_SIZE
 from fuseblk.cli import output
+from fuseblk.cli.arguments import integer
 from fuseblk.control.client import ControlClient
 from fuseblk.errors import FuseblkError
+from fuseblk.inputfile import read_input_stream, read_input_text
 from fuseblk.keyfile import KeyFileError, read_key_file
 from fuseblk.modes import CryptoMode
 from fuseblk.sizes import parse_size
@@ -115,7 +116,7 @@ def add_parser(subparsers: Any) -> None:
     verb("ls", do_ls, "list devices with their sizes")
     p = verb("message", do_message, "send a message to the target at SECTOR")
     p.add_argument("name", metavar="NAME")
-    p.add_argument("sector", type=int, metavar="SECTOR")
+    p.add_argument("sector", type=integer(), metavar="SECTOR")
     p.add_argument("words", nargs="+", metavar="WORD")
     p = verb(
         "evict-key", do_evict_key, "evict a key from every device below NAME (EBUSY while in use)"
@@ -127,10 +128,10 @@ def add_parser(subparsers: Any) -> None:
     key = p.add_mutually_exclusive_group(required=True)
     key.add_argument("--key-hex", metavar="H", help="the raw key as hex")
     key.add_argument("--key-file", metavar="F", help="file holding the raw key bytes, or their hex")
-    p.add_argument("--data-unit-size", type=int, required=True, metavar="N")
+    p.add_argument("--data-unit-size", type=integer(1), required=True, metavar="N")
     p.add_argument(
         "--dun-bytes",
-        type=int,
+        type=integer(1),
         default=None,
         metavar="N",
         help="the key's DUN width (default-key's is in `dm status`); default: every width",
@@ -185,19 +186,14 @@ def done(args: argparse.Namespace) -> int:
 
 
 def read_table(args: argparse.Namespace) -> str:
+    """The table from --table, --table-file (a regular file of UTF-8 text) or stdin."""
     if args.table is not None:
         return str(args.table)
     if args.table_file not in (None, "-"):
-        try:
-            with open(args.table_file, encoding="utf-8") as f:
-                return f.read()
-        except OSError as exc:
-            raise FuseblkError(
-                exc.errno or errno.EIO, f"{args.table_file}: {exc.strerror}"
-            ) from None
-    if args.table_file is None and sys.stdin.isatty():
+        return read_input_text(args.table_file)
+    if sys.stdin is None or (args.table_file is None and sys.stdin.isatty()):
         raise UsageError("no table: give --table TEXT, --table-file F, or the table on stdin")
-    return sys.stdin.read()
+    return read_input_stream(sys.stdin.buffer, "standard input")
 
 
 # --- verbs -------------------------------------------------------------------------------------

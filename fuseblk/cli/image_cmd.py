@@ -22,11 +22,12 @@ import sys
 from dataclasses import replace
 from typing import Any
 
+from fuseblk.cli.arguments import integer
 from fuseblk.errors import FuseblkError, einval
 from fuseblk.hw.factory import StorageRef, create_image, open_storage
 from fuseblk.hw.file_storage import FileStorage
 from fuseblk.hw.holder import holder_is_gone, this_host
-from fuseblk.hw.image_format import HeaderSet, ImageHeader, read_headers, write_copy
+from fuseblk.hw.image_format import DATA_OFFSET, HeaderSet, ImageHeader, read_headers, write_copy
 from fuseblk.hw.profiles import (
     MAX_KEYSLOTS,
     HardwareKind,
@@ -36,7 +37,10 @@ from fuseblk.hw.profiles import (
     load_profile,
 )
 from fuseblk.hw.storage import Storage
-from fuseblk.sizes import format_size, parse_size
+from fuseblk.sizes import MAX_SIZE, format_size, parse_size
+
+# The data area starts after the headers; together they must stay a file size (an off_t).
+MAX_DATA_SIZE = MAX_SIZE - DATA_OFFSET
 
 
 def add_parser(subparsers: Any) -> None:
@@ -61,7 +65,7 @@ def add_parser(subparsers: Any) -> None:
     )
     create.add_argument("--kind", choices=[k.label for k in HardwareKind], help="hardware kind")
     create.add_argument(
-        "--keyslots", type=int, metavar="N", help=f"number of keyslots (1..{MAX_KEYSLOTS})"
+        "--keyslots", type=integer(), metavar="N", help=f"number of keyslots (1..{MAX_KEYSLOTS})"
     )
     create.add_argument(
         "--mode",
@@ -70,7 +74,7 @@ def add_parser(subparsers: Any) -> None:
         help="a supported mode and its data unit sizes, e.g. AES-256-XTS:512,4096 (repeatable)",
     )
     create.add_argument(
-        "--max-dun-bytes", type=int, metavar="N", help="widest DUN the hardware takes"
+        "--max-dun-bytes", type=integer(), metavar="N", help="widest DUN the hardware takes"
     )
     create.add_argument("--label", default="", help="a name for the image (up to 64 bytes)")
     create.add_argument("--force", action="store_true", help="overwrite an existing file")
@@ -118,6 +122,11 @@ def hardware_from_args(args: argparse.Namespace) -> HardwareProfile:
 
 def cmd_create(args: argparse.Namespace) -> int:
     size = parse_size(args.size)
+    if size > MAX_DATA_SIZE:
+        raise einval(
+            f"--size {args.size}: an image holds at most {MAX_DATA_SIZE} bytes of data "
+            f"(the largest file less its {format_size(DATA_OFFSET)} of headers)"
+        )
     hardware = hardware_from_args(args)
     try:
         header = create_image(args.path, size, hardware, label=args.label, overwrite=args.force)

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fuseblk.blkcrypto.fallback import DEFAULT_NUM_SLOTS, MAX_NUM_SLOTS
+from fuseblk.cli.arguments import integer, seconds
 from fuseblk.errors import FuseblkError
 
 UMOUNT_TIMEOUT = 60.0
@@ -61,7 +63,10 @@ def add_parser(subparsers: Any) -> None:
         help="debug, info, warning or error (default info)",
     )
     p.add_argument(
-        "--fallback-slots", metavar="N", type=int, help="keyslots of the software fallback"
+        "--fallback-slots",
+        metavar="N",
+        type=integer(1, MAX_NUM_SLOTS),
+        help=f"keyslots of the software fallback, 1..{MAX_NUM_SLOTS} (default {DEFAULT_NUM_SLOTS})",
     )
     p.add_argument(
         "--no-fallback", action="store_true", help="disable the software fallback (EOPNOTSUPP)"
@@ -77,7 +82,7 @@ def add_parser(subparsers: Any) -> None:
     u.add_argument("mountpoint", metavar="MOUNTPOINT")
     u.add_argument(
         "--timeout",
-        type=float,
+        type=seconds(),
         default=UMOUNT_TIMEOUT,
         metavar="S",
         help="seconds to wait (default 60)",
@@ -91,25 +96,24 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run_mount(args: argparse.Namespace) -> int:
+    """Errors are FuseblkErrors, printed by the CLI as one line (a startup error of the daemon
+    too: it comes back through the readiness pipe)."""
     from fuseblk.config.config_file import build_devices, load_config
-    from fuseblk.config.default_setup import default_config, default_state_dir
+    from fuseblk.config.default_setup import default_config, default_state_dir, state_warnings
     from fuseblk.fuse.daemon import MountSettings, check_mountpoint, run_daemon, run_foreground
     from fuseblk.logs import parse_level, setup_logging
 
     parse_level(args.log_level)
     mountpoint = Path(os.path.abspath(args.mountpoint))
-    try:
-        check_mountpoint(mountpoint)  # before the default setup creates anything
-    except FuseblkError as err:
-        print(f"fuseblk mount: {err.message}", file=sys.stderr)
-        return 1
-    if args.fallback_slots is not None and args.fallback_slots < 1:
-        raise FuseblkError(
-            errno.EINVAL, f"--fallback-slots must be at least 1, got {args.fallback_slots}"
-        )
+    check_mountpoint(mountpoint)  # before the default setup creates anything
     # Absolute paths: the daemon changes to / so that it does not pin the caller's directory.
     state_dir = Path(os.path.abspath(args.state_dir)) if args.state_dir else default_state_dir()
-    config = load_config(args.config) if args.config else default_config(state_dir)
+    if args.config:
+        config = load_config(args.config)
+    else:
+        config = default_config(state_dir)
+        for warning in state_warnings(state_dir):
+            print(f"fuseblk mount: warning: {warning}", file=sys.stderr)
     config = config.with_overrides(
         fallback_slots=args.fallback_slots, fallback_enabled=False if args.no_fallback else None
     )
@@ -119,13 +123,9 @@ def run_mount(args: argparse.Namespace) -> int:
         setup_logging(args.log_level, args.log_file)
         return run_foreground(build, settings)
     log_file = Path(os.path.abspath(args.log_file)) if args.log_file else state_dir / "fuseblk.log"
-    try:
-        return run_daemon(
-            build, settings, setup_child=functools.partial(setup_logging, args.log_level, log_file)
-        )
-    except FuseblkError as err:  # reported by the daemon: exit as a foreground mount would
-        print(f"fuseblk mount: {err.message}", file=sys.stderr)
-        return 2 if err.errno == errno.EINVAL else 1
+    return run_daemon(
+        build, settings, setup_child=functools.partial(setup_logging, args.log_level, log_file)
+    )
 
 
 def run_umount(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ The format (see docs/config.md)::
 
     [options]
     fallback = "device"          # or "target": the default policy for devices
-    fallback_slots = 100
+    fallback_slots = 100         # 1..65536
     fallback_enabled = true
 
     [backends.inline]
@@ -32,21 +32,25 @@ The format (see docs/config.md)::
 from __future__ import annotations
 
 import errno
+import json
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fuseblk.blkcrypto.fallback import DEFAULT_NUM_SLOTS
+from fuseblk.blkcrypto.fallback import DEFAULT_NUM_SLOTS, MAX_NUM_SLOTS
 from fuseblk.dm.fallback_policy import FALLBACK_POLICIES
 from fuseblk.errors import FuseblkError
 from fuseblk.hw.factory import StorageRef
 from fuseblk.hw.profiles import is_profile_path, load_profile
+from fuseblk.inputfile import read_input_text
 from fuseblk.sizes import parse_size
 
 if TYPE_CHECKING:
     from fuseblk.dm.manager import DeviceManager
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,12 @@ class Config:
 # -- reading ------------------------------------------------------------------------------------
 
 
+def toml_key_path(*keys: str) -> str:
+    """Keys as TOML writes them: ``backends.fast.size``, or ``devices."a b".table`` (quoted, so
+    a key holding a newline or a dot cannot garble the one-line error)."""
+    return ".".join(k if _BARE_KEY.fullmatch(k) else json.dumps(k) for k in keys)
+
+
 def _located(source: str, line: int, keypath: str, err_no: int, message: str) -> FuseblkError:
     """An error as ``file:line: keypath: message``, the form every config error takes."""
     prefix = f"{source}:{line}" if line else source
@@ -146,16 +156,17 @@ class _Reader:
     def error(self, line: int, keypath: str, message: str) -> FuseblkError:
         return _located(self.source, line, keypath, errno.EINVAL, message)
 
-    def table(self, data: dict[str, Any], path: tuple[str, ...], known: set[str]) -> None:
+    def table(self, data: Any, path: tuple[str, ...], known: set[str] | None) -> None:
+        """``data`` must be a table whose keys are all ``known`` (any key when None)."""
         if not isinstance(data, dict):
             raise self.error(
-                self.where.key(path[-1], *path[:-1]), ".".join(path), "expected a table"
+                self.where.key(path[-1], *path[:-1]), toml_key_path(*path), "expected a table"
             )
         for key in data:
-            if key not in known:
+            if known is not None and key not in known:
                 raise self.error(
                     self.where.key(key, *path),
-                    ".".join((*path, key)),
+                    toml_key_path(*path, key),
                     f"unknown key (known: {', '.join(sorted(known))})",
                 )
 
@@ -169,10 +180,22 @@ class _Reader:
             )
             raise self.error(
                 self.where.key(key, *path),
-                ".".join((*path, key)),
+                toml_key_path(*path, key),
                 f"expected {names}, got {value!r}",
             )
         return value
+
+    def path(self, data: dict[str, Any], path: tuple[str, ...], key: str) -> Path:
+        """A file name, ``~`` expanded; relative ones are made absolute by the caller."""
+        text = self.value(data, path, key, str)
+        problem = "contains a NUL character" if "\0" in text else ""
+        try:
+            expanded = Path(text).expanduser()
+        except RuntimeError as exc:  # ~nosuchuser/...
+            problem = str(exc)
+        if problem:
+            raise self.error(self.where.key(key, *path), toml_key_path(*path, key), problem)
+        return expanded
 
     def policy(self, data: dict[str, Any], path: tuple[str, ...]) -> str | None:
         if "fallback" not in data:
@@ -181,7 +204,7 @@ class _Reader:
         if value not in FALLBACK_POLICIES:
             raise self.error(
                 self.where.key("fallback", *path),
-                ".".join((*path, "fallback")),
+                toml_key_path(*path, "fallback"),
                 f"expected one of {', '.join(FALLBACK_POLICIES)}, got {value!r}",
             )
         return str(value)
@@ -190,11 +213,9 @@ class _Reader:
 def load_config(path: str | Path) -> Config:
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise FuseblkError(
-            exc.errno or errno.EIO, f"cannot read config {path}: {exc.strerror}"
-        ) from None
+        text = read_input_text(path)  # a FIFO or device is refused, not waited on
+    except FuseblkError as err:
+        raise FuseblkError(err.errno, f"cannot read config {err.message}") from None
     return parse_config(text, source=str(path), base_dir=path.resolve().parent)
 
 
@@ -202,8 +223,10 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
     """Validate a config's TOML; relative image and profile paths are relative to ``base_dir``."""
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer of more than 4300 digits
         raise FuseblkError(errno.EINVAL, f"{source}: {exc}") from None
+    except RecursionError:
+        raise FuseblkError(errno.EINVAL, f"{source}: arrays or tables nested too deeply") from None
     base = base_dir or Path.cwd()
     r = _Reader(text, source)
     r.table(data, (), {"options", "backends", "devices"})
@@ -222,11 +245,11 @@ def _options(r: _Reader, data: dict[str, Any]) -> ConfigOptions:
         if "fallback_slots" in data
         else opts.fallback_slots
     )
-    if slots < 1:
+    if not 1 <= slots <= MAX_NUM_SLOTS:
         raise r.error(
             r.where.key("fallback_slots", *path),
             "options.fallback_slots",
-            f"expected >= 1, got {slots}",
+            f"expected 1..{MAX_NUM_SLOTS}, got {slots}",
         )
     enabled = (
         r.value(data, path, "fallback_enabled", bool)
@@ -237,18 +260,21 @@ def _options(r: _Reader, data: dict[str, Any]) -> ConfigOptions:
 
 
 def _backends(r: _Reader, data: dict[str, Any], base: Path) -> list[BackendSpec]:
-    r.table(data, ("backends",), set(data))
+    r.table(data, ("backends",), None)
     specs = []
     for name, entry in data.items():
         path = ("backends", name)
         r.table(entry, path, {"image", "profile", "size", "label"})
         line = r.where.section(*path)
         if "image" not in entry:
-            raise r.error(line, f"backends.{name}.image", "missing (the image file's path)")
+            raise r.error(line, toml_key_path(*path, "image"), "missing (the image file's path)")
         reference = r.value(entry, path, "image", str)
+        image: Path | str = reference  # another storage's reference, kept as written
+        if StorageRef.parse(reference).kind.local_path:
+            image = base / r.path(entry, path, "image")
         profile = r.value(entry, path, "profile", str) if "profile" in entry else None
         if profile is not None and is_profile_path(profile):
-            profile = str(base / Path(profile).expanduser())
+            profile = str(base / r.path(entry, path, "profile"))
         size = None
         if "size" in entry:
             raw = r.value(entry, path, "size", (str, int))
@@ -256,27 +282,26 @@ def _backends(r: _Reader, data: dict[str, Any], base: Path) -> list[BackendSpec]
                 size = parse_size(str(raw))
             except FuseblkError as err:
                 raise r.error(
-                    r.where.key("size", *path), f"backends.{name}.size", err.message
+                    r.where.key("size", *path), toml_key_path(*path, "size"), err.message
                 ) from None
         label = r.value(entry, path, "label", str) if "label" in entry else ""
-        image: Path | str = reference
-        if StorageRef.parse(reference).kind.local_path:
-            image = base / Path(reference).expanduser()
         specs.append(BackendSpec(name, image, profile, size, label, line))
     return specs
 
 
 def _devices(r: _Reader, data: dict[str, Any], backend_names: set[str]) -> list[DeviceSpec]:
-    r.table(data, ("devices",), set(data))
+    r.table(data, ("devices",), None)
     specs: dict[str, DeviceSpec] = {}
     for name, entry in data.items():
         path = ("devices", name)
         r.table(entry, path, {"table", "fallback"})
         if name in backend_names:
-            raise r.error(r.where.section(*path), f"devices.{name}", "a backend has the same name")
+            raise r.error(
+                r.where.section(*path), toml_key_path(*path), "a backend has the same name"
+            )
         if "table" not in entry:
             raise r.error(
-                r.where.section(*path), f"devices.{name}.table", "missing (the dmsetup table)"
+                r.where.section(*path), toml_key_path(*path, "table"), "missing (the dmsetup table)"
             )
         table = r.value(entry, path, "table", str)
         specs[name] = DeviceSpec(name, table, r.policy(entry, path), r.where.key("table", *path))
@@ -308,7 +333,7 @@ def _dependency_order(r: _Reader, specs: dict[str, DeviceSpec]) -> list[DeviceSp
             spec = specs[visiting[-1]]
             raise r.error(
                 spec.line,
-                f"devices.{spec.name}.table",
+                toml_key_path("devices", spec.name, "table"),
                 f"devices refer to each other in a cycle: {cycle}",
             )
         visiting.append(name)
@@ -369,12 +394,12 @@ async def build_devices(config: Config, mountpoint: str | Path | None = None) ->
                     )
                 )
             except FuseblkError as err:
-                raise error(spec.line, f"backends.{spec.name}", err) from None
+                raise error(spec.line, toml_key_path("backends", spec.name), err) from None
         for dev in config.devices:
             try:
                 await manager.create(dev.name, dev.table, fallback=dev.fallback or opts.fallback)
             except FuseblkError as err:
-                raise error(dev.line, f"devices.{dev.name}.table", err) from None
+                raise error(dev.line, toml_key_path("devices", dev.name, "table"), err) from None
     except BaseException:
         await manager.close()
         raise

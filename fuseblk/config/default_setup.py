@@ -16,12 +16,16 @@ the images are created and the devices built by the same code as for a config fi
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 
 from fuseblk import SECTOR_SIZE
 from fuseblk.config.config_file import BackendSpec, Config, ConfigOptions, DeviceSpec
-from fuseblk.keyfile import read_key_file
+from fuseblk.errors import FuseblkError
+from fuseblk.keyfile import KeyFileError, read_key_file
+from fuseblk.statefile import create_state_file
 
 MiB = 1 << 20
 IMAGE_SIZE = 1024 * MiB
@@ -40,24 +44,60 @@ def default_state_dir() -> Path:
 def ensure_key(path: Path) -> bytes:
     """The key in ``path``, made once (64 random bytes, 0600, never overwritten).
 
-    Read as every key file is (fuseblk.keyfile), so it may be replaced by one holding the hex.
+    Made all or nothing (fuseblk.statefile): a full disk leaves no key file rather than an
+    empty one. Read as every key file is (fuseblk.keyfile), so it may be replaced by one
+    holding the hex.
     """
+    if not os.path.lexists(path):
+        try:
+            create_state_file(path, os.urandom(KEY_SIZE), 0o600)
+        except FileExistsError:
+            pass  # another mount made it first: use that one
+        except OSError as exc:
+            raise FuseblkError(
+                exc.errno or errno.EIO, f"cannot create the key {path}: {exc.strerror}"
+            ) from None
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
         return read_key_file(path, KEY_SIZE, "AES-256-XTS")
+    except KeyFileError as err:
+        raise KeyFileError(f"{err.message}; to start over with a new key, remove it") from None
+
+
+def make_state_dir(state: Path) -> None:
+    """Create ``state`` (mode 0700: it holds the key) with its parents, or say why not."""
     try:
-        os.write(fd, os.urandom(KEY_SIZE))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return read_key_file(path, KEY_SIZE, "AES-256-XTS")
+        state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:  # exist_ok, so something other than a directory has the name
+        raise FuseblkError(errno.ENOTDIR, f"state directory {state} is not a directory") from None
+    except OSError as exc:
+        raise FuseblkError(
+            exc.errno or errno.EIO, f"cannot create state directory {state}: {exc.strerror}"
+        ) from None
+
+
+def state_warnings(state: Path) -> list[str]:
+    """What in ``state`` others can reach although it is the key or holds it (an existing
+    directory or key is never chmodded behind its owner's back)."""
+    key = state / KEY_FILE
+    checks = (
+        (state, f"state directory {state} holds the key but is", "700"),
+        (key, f"key file {key} is", "600"),
+    )
+    warnings = []
+    for path, what, fix in checks:
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except OSError:
+            continue
+        if mode & 0o077:
+            warnings.append(f"{what} open to others (mode {mode:04o}): chmod {fix} {path}")
+    return warnings
 
 
 def default_config(state_dir: Path | None = None) -> Config:
     """The default setup's Config; creates the state directory and the key if needed."""
     state = Path(state_dir) if state_dir is not None else default_state_dir()
-    state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_state_dir(state)
     key = ensure_key(state / KEY_FILE)
     sectors = IMAGE_SIZE // SECTOR_SIZE
     inline_sectors = INLINE_PART // SECTOR_SIZE

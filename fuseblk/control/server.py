@@ -180,7 +180,7 @@ def jsonable(value: Any) -> Any:
         return [jsonable(v) for v in value]
     if isinstance(value, (bytes, bytearray, memoryview)):
         return "<bytes>"
-    to_json = getattr(value, "to_json", None)
+    to_json = getattr(value, "to_json", None)  # dynamic: any result type may know its JSON form
     if callable(to_json):
         return jsonable(to_json())
     if isinstance(value, os.PathLike):
@@ -200,7 +200,7 @@ class ControlCommands:
         self.on_shutdown = on_shutdown
 
     async def execute(self, req: Request) -> Any:
-        handler = getattr(self, f"cmd_{req.cmd}")
+        handler = getattr(self, f"cmd_{req.cmd}")  # dynamic: the decoder admitted only COMMANDS
         result = handler(**req.args)
         if inspect.isawaitable(result):
             result = await result

@@ -15,7 +15,7 @@ import trio
 from fuseblk.errors import FuseblkError
 
 # Below this many bytes a bio's pieces run one after the other: a nursery and its tasks cost
-# about 50 us (tools/bench_dm_overhead.py), more than small pieces gain from overlapping.
+# more than small pieces gain from overlapping (tools/bench_dm_overhead.py measures both).
 CONCURRENT_MIN_BYTES = 128 * 1024
 
 

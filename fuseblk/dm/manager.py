@@ -149,19 +149,16 @@ class DeviceManager:
             if id(cur) in seen:
                 continue
             seen.add(id(cur))
-            for table in (cur.live, cur.inactive):
-                if table is not None:
-                    stack.extend(d for d in table.devices() if isinstance(d, MappedDevice))
+            stack.extend(d for d in cur.held_devices() if isinstance(d, MappedDevice))
         return False
 
-    async def _parse(self, name: str, text: str) -> Table:
-        """Construct a table; images it opened are detached again if it is refused."""
-        env = _TableEnv(self, name)
+    async def _parse(self, md: MappedDevice, text: str) -> Table:
+        """Construct a table for ``md``; images it opened are detached again if it is refused."""
+        env = _TableEnv(self, md)
         try:
             return await Table.parse(text, env)
         except BaseException:
-            for path in env.opened:
-                await self._detach(path)
+            await self._release_unused_images(env.opened)
             raise
 
     # -- mapped devices ----------------------------------------------------------------------------
@@ -171,7 +168,7 @@ class DeviceManager:
         async with self._table_lock:
             self._check_new_name(name)
             md = MappedDevice(name, self.block_layer, falls_back_per_target(fallback))
-            parsed = await self._parse(name, table)
+            parsed = await self._parse(md, table)
             if parsed.is_empty:
                 await parsed.destroy()
             else:
@@ -184,7 +181,7 @@ class DeviceManager:
         """``dmsetup load``: construct ``table`` into the inactive slot; the live one is untouched."""
         async with self._table_lock:
             md = self.get(name)
-            parsed = await self._parse(name, table)
+            parsed = await self._parse(md, table)
             try:
                 if parsed.is_empty:
                     raise FuseblkError(errno.EINVAL, f"{name}: a table needs at least one target")
@@ -293,13 +290,23 @@ class DeviceManager:
         return md.live.format(show_keys) if md.live is not None else ""
 
     async def message(self, name: str, sector: int, args: list[str]) -> str:
-        """``dmsetup message``: to the live target covering ``sector``."""
+        """``dmsetup message``: to the live target covering ``sector``.
+
+        A message may open an image (raid1 ``add``) or drop the last reference to one (raid1
+        ``remove``): afterwards, refused or not, images no table names are detached.
+        """
         md = self.get(name)
         if md.live is None:
             raise FuseblkError(errno.EINVAL, f"{name}: device has no live table")
         if not args:
             raise FuseblkError(errno.EINVAL, f"{name}: empty message")
-        return await md.live.target_at_sector(sector).message(args)
+        target = md.live.target_at_sector(sector)
+        try:
+            return await target.message(args)
+        finally:
+            with trio.CancelScope(shield=True):  # a cancelled message still drops what it opened
+                async with self._table_lock:
+                    await self._release_unused_images()
 
     async def evict_key(self, name: str, key: BlkCryptoKey) -> None:
         """Evict ``key`` from every device below ``name`` and from the fallback."""
@@ -379,13 +386,7 @@ class DeviceManager:
     async def close(self) -> None:
         """Remove every mapped device (upper ones first), then detach every backend."""
         while self._devices:
-            held = {
-                id(d)
-                for md in self._devices.values()
-                for t in (md.live, md.inactive)
-                if t
-                for d in t.devices()
-            }
+            held = {id(d) for md in self._devices.values() for d in md.held_devices()}
             top = [md for md in self._devices.values() if id(md) not in held] or list(
                 self._devices.values()
             )
@@ -396,15 +397,16 @@ class DeviceManager:
         for name in list(self._backends):
             await self._detach(name)
 
-    async def _release_unused_images(self) -> None:
-        """``dm_put_device``: detach images opened by path once no table uses them.
+    async def _release_unused_images(self, paths: list[str] | None = None) -> None:
+        """``dm_put_device``: detach images opened by path once no table names them (of
+        ``paths`` if given, else of every one); an image another device names stays.
 
         Otherwise an image stays attached (and locked) until unmount after its last device is
         removed or reloaded away: no other daemon, ``image check --repair`` or ``umount`` of its
         filesystem could have it. Detaching resets the emulated hardware, so no key is left in it
         and the devices that once reached it can forget it.
         """
-        for path in sorted(self._path_images):
+        for path in sorted(self._path_images if paths is None else self._path_images & set(paths)):
             dev = self._backends[path]
             if not any(md.holds(dev) for md in self._devices.values()):
                 await self._detach(path)
@@ -445,14 +447,19 @@ class DeviceManager:
 
 
 class _TableEnv:
-    """What a target constructor may ask while a table for ``device_name`` is being parsed."""
+    """What a target may ask of the table it belongs to: while it is parsed, and later (a raid1
+    hot-add resolves its leg through it, under the device's name at that time)."""
 
-    def __init__(self, manager: DeviceManager, device_name: str) -> None:
+    def __init__(self, manager: DeviceManager, md: MappedDevice) -> None:
         self._manager = manager
-        self.device_name = device_name
+        self._md = md
         self.block_layer = manager.block_layer
         self.clock = manager.clock
         self.opened: list[str] = []  # images attached for this table, detached if it fails
+
+    @property
+    def device_name(self) -> str:
+        return self._md.name
 
     def get_device(self, ref: str) -> BlockDevice:
         return self._manager.resolve(ref, self.device_name, self.opened)

@@ -339,13 +339,20 @@ class MappedDevice:
         """``dev`` was detached: evicting keys no longer needs to reach it."""
         self._touched.pop(id(dev), None)
 
+    def held_devices(self) -> list[BlockDevice]:
+        """Every device the live or inactive table names, once each (``dm_table`` holders):
+        failed raid1 legs too, which take no I/O but stay in the table until removed."""
+        held: dict[int, BlockDevice] = {}
+        for table in (self.live, self.inactive):
+            if table is not None:
+                for target in table.targets:
+                    for dev in target.held_devices():
+                        held.setdefault(id(dev), dev)
+        return list(held.values())
+
     def holds(self, dev: BlockDevice) -> bool:
-        """Whether the live or inactive table maps onto ``dev`` (``dm_table`` holders)."""
-        return any(
-            any(d is dev for d in table.devices())
-            for table in (self.live, self.inactive)
-            if table is not None
-        )
+        """Whether the live or inactive table names ``dev``."""
+        return any(d is dev for d in self.held_devices())
 
     def __repr__(self) -> str:
         return f"MappedDevice({self._name!r}, size={self.size}, live={self.live!r})"

@@ -13,7 +13,10 @@ stale and the images always end clean:
    still-open file cannot leave it stale).
 
 ``fuseblk mount`` returns only once the mount answers requests: without ``--foreground`` it
-forks before trio starts and the parent waits on a pipe for the child's "mounted" (or its error).
+forks before trio starts and the parent waits on a pipe for the child's "mounted" (or its error),
+for at most STARTUP_TIMEOUT. Trio's nurseries wrap what escapes them in exception groups
+("Exceptions from Trio nursery (1 sub-exception)"); a startup failure leaves this module as the
+FuseblkError it is (:func:`startup_error`), in the foreground and through the pipe alike.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ import errno
 import functools
 import logging
 import os
+import select
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +46,9 @@ from fuseblk.fuse.ops import DeviceFiles, ServedManager
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 30.0  # seconds for the mount's first request to be answered
+# seconds `fuseblk mount` waits for the daemon's "mounted": building the devices (images are
+# sparse, so quick) and READY_TIMEOUT, with room to spare; then the daemon is stopped
+STARTUP_TIMEOUT = 120.0
 SHUTDOWN_IO_TIMEOUT = 5.0  # seconds shutdown waits for requests in flight before terminating
 
 
@@ -191,9 +199,13 @@ async def serve(
                 raise FuseblkError(errno.EIO, f"cannot mount {mountpoint}: {exc}") from None
             mounted = ops.mounted = True
             nursery.start_soon(_run_fuse, session, settings)
-            with trio.fail_after(READY_TIMEOUT):
+            with trio.move_on_after(READY_TIMEOUT) as ready:
                 # The first request answered proves the kernel's INIT went through.
                 await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
+            if ready.cancelled_caught:
+                raise FuseblkError(
+                    errno.ETIMEDOUT, f"{mountpoint} did not answer within {READY_TIMEOUT:g} s"
+                )
             log.info("mounted %s: %s", mountpoint, ", ".join(manager.names()) or "no devices")
             if on_ready is not None:
                 on_ready()
@@ -246,9 +258,9 @@ def tune_malloc() -> None:
 
     Every request allocates buffers of up to 1 MiB (pyfuse3's copy of a write, read buffers,
     bounce buffers). With glibc's defaults such sizes are mmapped or trimmed from the heap top
-    on free, so each request pays hundreds of page faults: measured on the FUSE layer alone,
-    1 MiB sequential I/O ran at ~1 GB/s with the defaults and ~4 GB/s with these settings. The
-    cost is that the heap stays at its peak (a few MiB per concurrent request).
+    on free, so each request pays hundreds of page faults, which dominate large sequential I/O
+    through the FUSE layer. The cost is that the heap stays at its peak (a few MiB per
+    concurrent request).
     """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -263,8 +275,34 @@ def run_foreground(build: Callable[[], Awaitable[ServedManager]], settings: Moun
     """Build the devices and serve in this process until shut down."""
     check_mountpoint(settings.mountpoint)
     tune_malloc()
-    trio.run(_build_and_serve, build, settings, None)
+    _run_mount(build, settings, None)
     return 0
+
+
+def startup_error(exc: BaseException) -> FuseblkError | None:
+    """The FuseblkError ``exc`` is, or the first one of an exception group holding nothing
+    else (nested groups included); None for anything else, which stays a bug to report."""
+    if isinstance(exc, FuseblkError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        errors = [startup_error(e) for e in exc.exceptions]
+        if errors and all(errors):
+            return errors[0]
+    return None
+
+
+def _run_mount(
+    build: Callable[[], Awaitable[ServedManager]],
+    settings: MountSettings,
+    on_ready: Callable[[], object] | None,
+) -> None:
+    try:
+        trio.run(_build_and_serve, build, settings, on_ready)
+    except BaseExceptionGroup as group:
+        err = startup_error(group)
+        if err is None:
+            raise
+        raise err from None
 
 
 async def _build_and_serve(
@@ -280,18 +318,21 @@ def run_daemon(
     settings: MountSettings,
     *,
     setup_child: Callable[[], None] | None = None,
+    startup_timeout: float = STARTUP_TIMEOUT,
 ) -> int:
     """Fork; the child serves, the parent returns once the mount is ready (or with its error).
 
     The fork happens before trio or pyfuse3 start, so the child owns a clean process. Startup
-    errors come back through the pipe as one line and are raised here as FuseblkError.
+    errors come back through the pipe as one line and are raised here as FuseblkError; a child
+    silent for ``startup_timeout`` seconds is stopped (SIGTERM: before the mount that ends it,
+    after it the daemon unmounts cleanly) and reported as ETIMEDOUT.
     """
     check_mountpoint(settings.mountpoint)
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid:
         os.close(write_fd)
-        return _await_child(read_fd, pid)
+        return _await_child(read_fd, pid, startup_timeout)
     os.close(read_fd)
     pipe = _ReadyPipe(write_fd)
     status = 1
@@ -333,7 +374,7 @@ def _child_main(
     build: Callable[[], Awaitable[ServedManager]], settings: MountSettings, pipe: _ReadyPipe
 ) -> int:
     try:
-        trio.run(_build_and_serve, build, settings, lambda: pipe.send("mounted"))
+        _run_mount(build, settings, lambda: pipe.send("mounted"))
     except FuseblkError as err:
         log.error("%s", err.message)
         pipe.send(f"error {err.errno} {err.message}")
@@ -345,17 +386,54 @@ def _child_main(
     return 0
 
 
-def _await_child(read_fd: int, pid: int) -> int:
-    with os.fdopen(read_fd, "rb") as pipe:
-        line = pipe.readline().decode(errors="replace").strip()
+def _await_child(read_fd: int, pid: int, timeout: float) -> int:
+    line = _read_line(read_fd, timeout)
+    if line is None:
+        _stop(pid)
+        raise FuseblkError(
+            errno.ETIMEDOUT,
+            f"the daemon did not report ready within {timeout:g} s; stopped it (see its log)",
+        )
     if line == "mounted":
         return 0
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
     if line.startswith("error "):
         _, code, message = (line.split(" ", 2) + ["", ""])[:3]
-        raise FuseblkError(int(code) if code.isdigit() else errno.EIO, message)
+        raise FuseblkError(int(code) if code.isascii() and code.isdigit() else errno.EIO, message)
     raise FuseblkError(errno.EIO, "the daemon exited before the mount was ready (see its log)")
+
+
+def _read_line(fd: int, timeout: float) -> str | None:
+    """The child's one line ("" if it exited without one), or None after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    try:
+        while not data.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                return None
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    return data.decode(errors="replace").strip()
+
+
+def _stop(pid: int, grace: float = 10.0) -> None:
+    """SIGTERM the child and reap it if it goes within ``grace`` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+        except ChildProcessError:
+            return
+        time.sleep(0.05)
 
 
 def _detach_stdio() -> None:

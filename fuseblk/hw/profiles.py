@@ -31,8 +31,10 @@ from typing import Any
 from fuseblk.capabilities import CryptoCapabilities, dus_mask
 from fuseblk.dun import DUN_MAX_BYTES
 from fuseblk.errors import FuseblkError, einval
+from fuseblk.inputfile import read_input_text
 from fuseblk.key import MAX_DATA_UNIT_SIZE, MIN_DATA_UNIT_SIZE, KeyType
 from fuseblk.modes import CryptoMode
+from fuseblk.numbers import parse_int
 
 MAX_KEYSLOTS = 255  # UFSHCI's CFGC and CQHCI's CCAP count fit a byte; so does our header table
 
@@ -133,10 +135,10 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
             raise einval(f"unknown hardware profile {text!r} (known: {known})")
         path = profiles[text]
     try:
-        data = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise einval(f"cannot read hardware profile {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
+        data = tomllib.loads(read_input_text(path))  # not UTF-8, a FIFO: one clear error
+    except FuseblkError as exc:
+        raise einval(f"cannot read hardware profile {exc.message}") from exc
+    except (ValueError, RecursionError) as exc:  # TOMLDecodeError, 4301 digits, deep nesting
         raise einval(f"hardware profile {path} is not valid TOML: {exc}") from exc
     return parse_profile(data, source=str(path), default_name=path.stem)
 
@@ -187,9 +189,11 @@ def parse_mode_spec(spec: str) -> tuple[CryptoMode, int]:
         raise einval(f"--mode expects MODE:DUS[,DUS...], got {spec!r}")
     mode = CryptoMode.parse(name)
     try:
-        mask = data_unit_sizes_mask(int(s) for s in sizes.split(","))
+        mask = data_unit_sizes_mask(parse_int(s, "data unit size") for s in sizes.split(","))
     except ValueError as exc:
         raise einval(f"--mode {spec!r}: {exc}") from exc
+    except FuseblkError as exc:  # not ASCII digits (fuseblk.numbers)
+        raise einval(f"--mode {spec!r}: {exc.message}") from exc
     return mode, mask
 
 

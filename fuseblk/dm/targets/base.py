@@ -97,8 +97,17 @@ class Target(abc.ABC):
         """The arguments as ``dmsetup table`` prints them (keys hidden unless ``show_keys``)."""
 
     def devices(self) -> list[BlockDevice]:
-        """``iterate_devices``: the underlying devices (for crypto profiles, eviction, stacking)."""
+        """``iterate_devices``: the devices I/O goes to (for crypto profiles, flushes, eviction)."""
         return []
+
+    def held_devices(self) -> list[BlockDevice]:
+        """``dm_get_device``: every device the table line names, whether or not I/O goes there.
+
+        What keeps an image attached and a device below from being removed, and what makes a
+        stack a cycle. A superset of :meth:`devices`: raid1 holds a failed leg, which takes no
+        I/O, until a ``remove`` message drops it.
+        """
+        return self.devices()
 
     def status(self) -> str:
         """``STATUSTYPE_INFO`` as ``dmsetup status`` prints it after the target name."""

@@ -14,7 +14,7 @@ I/O:
 
 - Writes (and discards, flushes) go to every leg that is not failed, concurrently. A leg that
   fails with a media error (EIO, ENXIO, ENODEV) is marked failed and the write still succeeds if
-  an in-sync leg took it (a degraded write); when no in-sync leg did, EIO.
+  an in-sync leg took it; when no in-sync leg did, EIO.
 - Reads come from in-sync legs, round robin. A media error marks the leg failed and the read is
   retried on the next leg; with no in-sync leg left, EIO.
 - Bios keep their encryption context (the target passes crypto through): each leg encrypts with
@@ -25,6 +25,20 @@ Resync runs in the background, one region at a time, under a range lock that wri
 so a region is never copied across a write that lands in it: the copy cannot overwrite newer
 data. A leg being resynchronised receives writes but serves no reads until it is in sync.
 
+Degraded writes. The array's **width** is the number of legs it is meant to have: the leg count
+of the table line, raised by each hot-add that makes the set larger than the width, never
+lowered (failing or removing a leg leaves a hole that only an ``add`` fills; a table with
+fewer legs is how an array is made narrower). A write or discard that succeeds on fewer legs
+than the width, for whatever reason (a leg failed earlier, removed, or erroring during this
+very write), is a degraded write: it bumps the mapped device's ``degraded_writes`` counter and
+adds its length to ``degraded_bytes``. A leg being resynchronised takes writes, so it counts as
+reached; flushes carry no data and are not counted.
+
+Held devices. Every leg, failed ones included, stays in :meth:`Raid1Target.held_devices` until
+it is removed: the table still names it (``dmsetup table`` lists it), so its image stays
+attached. I/O, capabilities and key eviction use :meth:`Raid1Target.devices`, the legs that are
+not failed.
+
 Messages (legs are numbered from 0 in table order):
 ``fail <leg>`` marks a leg failed; ``remove <leg>`` drops a failed leg (EBUSY otherwise);
 ``add <dev> <offset>`` hot-adds a leg and resynchronises it: its inline-encryption capabilities
@@ -32,9 +46,11 @@ must include every capability the legs had when the table was loaded (what the m
 promised to the layers above), else EINVAL; ``resync`` resynchronises every in-sync leg from the
 first one.
 
-Status: ``<#legs> <health> <in-sync sectors>/<total sectors> <action>`` with health ``A`` (in
-sync), ``a`` (resynchronising), ``D`` (failed) per leg, and action ``idle``, ``resync`` (copying)
-or ``frozen`` (legs await a resync that is not running: suspended, or no in-sync source).
+Status: ``<#legs> <health> <in-sync sectors>/<total sectors> <action> <width> <state>`` with
+health ``A`` (in sync), ``a`` (resynchronising), ``D`` (failed) per leg; action ``idle``,
+``resync`` (copying) or ``frozen`` (legs await a resync that is not running: suspended, or no
+in-sync source); state ``degraded`` while fewer legs than the width take writes (a write now
+misses a leg), else ``optimal``.
 """
 
 from __future__ import annotations
@@ -104,6 +120,7 @@ class Raid1Target(Target):
                 f"leg {len(leg_args) // 2} {missing}", f"{count} <dev> <offset> pairs", None
             )
         self.nosync = self._parse_features(rest)
+        self.width = count  # legs the array is meant to have (see the module docstring)
         self.legs: list[Leg] = []
         for i in range(count):
             dev, offset = get_device_at(
@@ -143,7 +160,13 @@ class Raid1Target(Target):
         return f"{len(self.legs)} {legs}" + (" 1 nosync" if self.nosync else "")
 
     def devices(self) -> list[BlockDevice]:
-        return [leg.dev for leg in self.legs if leg.state is not LegState.FAILED]
+        return [leg.dev for leg in self._writable_legs()]
+
+    def held_devices(self) -> list[BlockDevice]:
+        return [leg.dev for leg in self.legs]
+
+    def _writable_legs(self) -> list[Leg]:
+        return [leg for leg in self.legs if leg.state is not LegState.FAILED]
 
     def status(self) -> str:
         health = "".join(leg.state.value for leg in self.legs)
@@ -155,7 +178,11 @@ class Raid1Target(Target):
             action = "frozen"
         else:
             action = "idle"
-        return f"{len(self.legs)} {health} {synced >> SECTOR_SHIFT}/{self.length >> SECTOR_SHIFT} {action}"
+        state = "degraded" if len(self._writable_legs()) < self.width else "optimal"
+        return (
+            f"{len(self.legs)} {health} {synced >> SECTOR_SHIFT}/{self.length >> SECTOR_SHIFT} "
+            f"{action} {self.width} {state}"
+        )
 
     async def message(self, args: list[str]) -> str:
         verb = args[0] if args else ""
@@ -211,6 +238,7 @@ class Raid1Target(Target):
         if not any(leg.state is LegState.IN_SYNC for leg in self.legs):
             raise FuseblkError(errno.EIO, "raid1: no in-sync leg to resynchronise a new leg from")
         self.legs.append(Leg(dev, offset, LegState.SYNCING, 0))
+        self.width = max(self.width, len(self.legs))
         self._start_resync()
 
     def _resync_all(self) -> None:
@@ -282,7 +310,7 @@ class Raid1Target(Target):
 
     async def _to_all_legs(self, bio: Bio) -> None:
         """Send a write, discard or flush to every leg that is not failed, concurrently."""
-        legs = [leg for leg in self.legs if leg.state is not LegState.FAILED]
+        legs = self._writable_legs()
         errors: dict[int, FuseblkError] = {}
 
         async def one(leg: Leg) -> None:
@@ -304,8 +332,9 @@ class Raid1Target(Target):
                 self._fail(leg, f"{bio.op.value}: {errors[id(leg)]}")
         if not done:
             raise FuseblkError(errno.EIO, f"raid1: {bio.op.value} failed on every in-sync leg")
-        if errors:
+        if bio.op is not BioOp.FLUSH and len(legs) - len(errors) < self.width:
             self._count("degraded_writes")
+            self._count("degraded_bytes", bio.length)
 
     # ---- resync ------------------------------------------------------------------------------
 
