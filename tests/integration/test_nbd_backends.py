@@ -282,7 +282,7 @@ def wait_for_status(m: FuseblkMount, name: str, health: str, action: str) -> Non
     deadline = time.monotonic() + 60
     while True:
         fields = status(m, name).split()
-        if fields[4] == health and fields[-1] == action:
+        if fields[4] == health and fields[6] == action:
             return
         assert time.monotonic() < deadline, f"{name}: {' '.join(fields)}"
         time.sleep(0.2)
