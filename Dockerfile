@@ -38,9 +38,14 @@ RUN PIP_CERT=/etc/pip-ca.pem /opt/venv/bin/pip install -q --no-cache-dir --no-de
 FROM debian:bookworm-slim
 RUN apt-get update -qq \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        python3 fuse3 fio e2fsprogs util-linux mount >/dev/null \
+        python3 fuse3 fio e2fsprogs util-linux mount \
+        nbdkit python3-libnbd qemu-utils qemu-system-common >/dev/null \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/venv /opt/venv
+# libnbd's Python module comes from Debian (python3-libnbd): the venv sees its directory.
+RUN echo /usr/lib/python3/dist-packages \
+        > "$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/debian-system-packages.pth" \
+    && /opt/venv/bin/python -c "import nbd"
 ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY . .

@@ -66,6 +66,12 @@ def test_example_parses_with_paths_relative_to_the_file(tmp_path: Path) -> None:
     )
 
 
+def test_a_backend_reference_of_another_storage_is_kept_as_written(tmp_path: Path) -> None:
+    uri = "nbd+unix:///disk?socket=/run/nbd.sock"
+    config = parse(f'[backends.remote]\nimage = "{uri}"\n', tmp_path)
+    assert config.backends == (BackendSpec("remote", uri, None, None, "", 1),)
+
+
 def test_devices_are_ordered_lower_first(tmp_path: Path) -> None:
     config = parse(EXAMPLE, tmp_path)
     assert [d.name for d in config.devices] == ["mid", "top"]

@@ -19,6 +19,7 @@ from fuse_helpers import needs_fuse
 
 from fuseblk.bio import Bio
 from fuseblk.cli import main
+from fuseblk.cli.dm_cmd import absolute_paths
 from fuseblk.control.runtime import find_daemons
 from fuseblk.hw.file_storage import punch_hole
 
@@ -48,6 +49,13 @@ def dm(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 # --- as a user runs it (subprocess) --------------------------------------------------------------
+
+
+def test_tables_keep_references_of_other_storages_as_written() -> None:
+    table = "0 8 linear nbd+unix:///disk?socket=/run/s 0\n8 8 linear rel/disk.img 0"
+    assert absolute_paths(table) == (
+        f"0 8 linear nbd+unix:///disk?socket=/run/s 0\n8 8 linear {os.path.abspath('rel/disk.img')} 0"
+    )
 
 
 def test_create_from_stdin_then_ls(daemon: DaemonThread, rundir: Path) -> None:

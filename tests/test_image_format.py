@@ -405,3 +405,55 @@ def test_a_failed_creation_leaves_no_file_behind(tmp_path: Path) -> None:
         create_image_file(path, load_profile("tiny"), 1 << 62)  # beyond any file system's limit
     assert "cannot create" in err.value.message
     assert not path.exists()
+
+
+# -- the holder record (in what format version 1 reserved) ----------------------------------------
+
+# The body as format version 1 declared it, before the holder record: what an older fuseblk
+# builds and parses.
+_V1_BODY = image_format.cs.Struct(
+    *(s for s in image_format._BODY.subcons if s.name not in ("_end", "_reserved", "holder"))
+)
+_V1_HEADER = image_format._sealed(image_format.cs.Padded(BODY_SIZE, _V1_BODY))
+
+
+def v1_bytes(header: ImageHeader) -> bytes:
+    """``header`` as a fuseblk that predates the holder record writes it."""
+    body = HEADER.parse(header.to_bytes()).body.value
+    data: bytes = _V1_HEADER.build({"body": {"value": body}})
+    return data
+
+
+def test_holder_round_trips() -> None:
+    holder = image_format.Holder("storage-1", 4242, 1_700_000_000_123_456_789)
+    header = full_header(holder=holder)
+    assert ImageHeader.from_bytes(header.to_bytes()) == header
+    assert "pid 4242 on storage-1" in holder.describe()
+
+
+def test_a_header_without_holder_is_byte_identical_to_format_version_1() -> None:
+    header = full_header()
+    assert header.version == 1
+    assert header.to_bytes() == v1_bytes(header)
+
+
+def test_an_image_written_before_the_holder_record_opens(tmp_path: Path) -> None:
+    path = tmp_path / "old.img"
+    header = create_image_file(path, load_profile("ufs"), MiB)
+    old = v1_bytes(replace(header, sequence=7))
+    with open(path, "r+b") as f:
+        for offset in (0, BACKUP_OFFSET):
+            f.seek(offset)
+            f.write(old)
+    storage = open_storage(path)
+    try:
+        current = read_headers(storage).current
+    finally:
+        storage.close()
+    assert current.sequence == 7 and current.holder is None and current.uuid == header.uuid
+
+
+def test_a_fuseblk_that_predates_the_holder_record_reads_a_header_holding_one() -> None:
+    header = full_header(holder=image_format.Holder("storage-1", 4242, 1))
+    parsed = _V1_HEADER.parse(header.to_bytes()).body.value
+    assert parsed.sequence == header.sequence and parsed.data_size == header.data_size

@@ -12,6 +12,10 @@ queue depth 1, 4 KiB random read with 4 jobs; all O_DIRECT) on:
 * ``qemu-luks`` (with ``--peers``) — qemu-storage-daemon's FUSE export of a LUKS1
   aes-xts-plain64 image: another userspace encrypted block device behind FUSE (Debian packages
   ``qemu-utils`` and ``qemu-system-common``);
+* ``secure-nbd`` / ``secure-local`` (with ``--nbd``) — a ``secure``-like device (default-key
+  AES-256-XTS over ``ufs`` hardware) over an image on nbdkit's file export (a Unix socket, see
+  docs/nbd.md), and the same over an identical image attached as a local file: what the NBD
+  storage costs;
 * ``raw-image`` / ``raw-cached`` (with ``--raw``) — the image file itself with and without
   O_DIRECT: the disk and the page cache below fuseblk.
 
@@ -20,7 +24,8 @@ neighbour hits all targets alike; the tables show medians. The ratios compare li
 from the same run: MB/s for the sequential jobs, IOPS for the random ones. The fuseblk daemon's
 peak RSS (VmHWM) is read before it unmounts. Usage::
 
-    sudo .venv/bin/python tools/bench.py [--size 512M] [--runtime 5] [--rounds 3] [--peers] [--json FILE]
+    sudo .venv/bin/python tools/bench.py [--size 512M] [--runtime 5] [--rounds 3] [--peers] [--nbd]
+                                         [--json FILE]
 """
 
 from __future__ import annotations
@@ -190,6 +195,55 @@ def qemu_luks_export(workdir: Path, size: int) -> Iterator[Path | None]:
 
 
 @contextlib.contextmanager
+def nbd_export(workdir: Path, size: int) -> Iterator[str | None]:
+    """nbdkit's file export of a new ``ufs`` image of ``size`` data bytes, as its URI, or None."""
+    nbdkit = shutil.which("nbdkit")
+    if not nbdkit:
+        print("  secure-nbd: skipped (install nbdkit and python3-libnbd)", file=sys.stderr)
+        yield None
+        return
+    disk, sock = workdir / "nbd.img", workdir / "nbd.sock"
+    with open(disk, "wb") as f:
+        f.truncate(2 * MiB + size)
+    server = subprocess.Popen(
+        [nbdkit, "-f", "-U", str(sock), "file", str(disk)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    uri = f"nbd+unix:///?socket={sock}"
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists():
+            if server.poll() is not None or time.monotonic() > deadline:
+                err = server.stderr.read() if server.stderr and server.poll() is not None else ""
+                print(f"  secure-nbd: skipped (nbdkit failed: {err.strip()})", file=sys.stderr)
+                yield None
+                return
+            time.sleep(0.05)
+        made = fuseblk("image", "create", uri, "--size", str(size), "--profile", "ufs", check=False)
+        if made.returncode != 0:
+            print(f"  secure-nbd: skipped ({made.stderr.strip()})", file=sys.stderr)
+            yield None
+            return
+        yield uri
+    finally:
+        server.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(timeout=10)
+        if server.poll() is None:
+            server.kill()
+
+
+def secure_like(mnt: Path, name: str, backend: str, size: int) -> str:
+    """A default-key AES-256-XTS device over ``backend`` (a fresh random key); its file."""
+    table = (
+        f"0 {size // 512} default-key aes-xts-plain64 {os.urandom(64).hex()} 0 {backend} 0 "
+        "2 sector_size:4096 iv_large_sectors"
+    )
+    fuseblk("dm", "create", name, "--table", table, "--mount", str(mnt))
+    return str(mnt / name)
+
+
+@contextlib.contextmanager
 def floor_mount(workdir: Path, image: Path, offset: int, size: int) -> Iterator[Path | None]:
     """tools/passthrough_floor.py over ``image``'s region; yields its file, or None if it failed."""
     mnt = workdir / "floor"
@@ -242,7 +296,12 @@ def medians(results: list[Result]) -> list[Result]:
     ]
 
 
-RATIOS = (("secure", "floor"), ("secure", "qemu-luks"), ("plain", "floor"))
+RATIOS = (
+    ("secure", "floor"),
+    ("secure", "qemu-luks"),
+    ("plain", "floor"),
+    ("secure-nbd", "secure-local"),
+)
 
 
 def ratios(median: list[Result]) -> dict[str, dict[str, float]]:
@@ -261,13 +320,13 @@ def ratios(median: list[Result]) -> dict[str, dict[str, float]]:
 
 
 def print_report(median: list[Result], rounds: int, rss: float | None) -> None:
-    header = f"{'target':<11} {'job':<16} {'MB/s':>9} {'IOPS':>9} {'p50 us':>9} {'p99 us':>9}"
+    header = f"{'target':<12} {'job':<16} {'MB/s':>9} {'IOPS':>9} {'p50 us':>9} {'p99 us':>9}"
     print(f"medians of {rounds} round(s)")
     print(header)
     print("-" * len(header))
     for r in median:
         print(
-            f"{r.target:<11} {r.job:<16} {r.mb_s:>9.1f} {r.iops:>9.0f} {r.p50_us:>9.1f} {r.p99_us:>9.1f}"
+            f"{r.target:<12} {r.job:<16} {r.mb_s:>9.1f} {r.iops:>9.0f} {r.p50_us:>9.1f} {r.p99_us:>9.1f}"
         )
     table = ratios(median)
     if table:
@@ -290,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="runs of each job (default 3)")
     parser.add_argument("--peers", action="store_true", help="also run qemu-storage-daemon LUKS1")
     parser.add_argument("--raw", action="store_true", help="also run the raw image file")
+    parser.add_argument(
+        "--nbd", action="store_true", help="also run secure-like devices over nbdkit and a file"
+    )
     parser.add_argument("--only", help="comma-separated targets to run (default: all)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
@@ -307,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fuseblk-bench-") as tmp:
         workdir = Path(tmp)
         with contextlib.ExitStack() as stack:
+            # the export outlives the mount: unmounting flushes the backend over it
+            nbd_uri = stack.enter_context(nbd_export(workdir, size)) if args.nbd else None
             mnt, state = stack.enter_context(default_mount(workdir))
             pid = daemon_pid(mnt)
             image = state / "inline.img"
@@ -322,6 +386,15 @@ def main(argv: list[str] | None = None) -> int:
                 export = stack.enter_context(qemu_luks_export(workdir, size))
                 if export is not None:
                     targets["qemu-luks"] = (str(export), 0, True)
+            if nbd_uri is not None:
+                local = workdir / "local.img"
+                fuseblk("image", "create", str(local), "--size", str(size), "--profile", "ufs")
+                targets["secure-nbd"] = (secure_like(mnt, "secure-nbd", nbd_uri, size), 0, True)
+                targets["secure-local"] = (
+                    secure_like(mnt, "secure-local", str(local), size),
+                    0,
+                    True,
+                )
             if args.raw:
                 targets["raw-image"] = (str(image), DATA_OFFSET, True)
                 targets["raw-cached"] = (str(image), DATA_OFFSET, False)

@@ -205,11 +205,16 @@ def absolute_paths(text: str) -> str:
     The daemon resolves table and message words in its own working directory, which is ``/``
     once it has forked, so ``./disk.img`` would name ``/disk.img``. A word holding a ``/`` can
     only be a path (device names cannot contain one, keys and cipher names do not); a bare file
-    name stays as it is, since it may be a backend or device name.
+    name stays as it is, since it may be a backend or device name, and so does a reference of
+    another kind of storage (``nbd://...``).
     """
     return re.sub(
         r"\S+",
-        lambda m: m[0] if m[0].startswith("/") or "/" not in m[0] else os.path.abspath(m[0]),
+        lambda m: (
+            m[0]
+            if m[0].startswith("/") or "/" not in m[0] or "://" in m[0]
+            else os.path.abspath(m[0])
+        ),
         text,
     )
 

@@ -1,9 +1,14 @@
-"""``fuseblk image``: make, inspect and check backend image files (emulated inline-encryption disks).
+"""``fuseblk image``: make, inspect and check backend images (emulated inline-encryption disks).
+
+An image is wherever a backend reference points: an image file or an NBD export
+(``nbd+unix:///EXPORT?socket=PATH``, ``nbd://HOST[:PORT]/EXPORT``), opened through
+:mod:`fuseblk.hw.factory`.
 
 ``create`` writes a sparse image whose header describes the hardware (a named profile from
 backends/, a profile file, or flags); ``inspect`` prints everything in the header, both copies'
 status and the keyslot table (key identifiers only), like ``cryptsetup luksDump``; ``check``
-verifies both copies and with ``--repair`` rewrites a damaged or stale copy from the good one.
+verifies both copies and with ``--repair`` rewrites a damaged or stale copy from the good one, and
+takes over the claim a daemon that is gone left on an export (:mod:`fuseblk.hw.holder`).
 
 Exit status: 0 fine, 1 damaged (or the operation failed), 2 the command line was wrong.
 """
@@ -14,11 +19,14 @@ import argparse
 import errno
 import json
 import sys
+from dataclasses import replace
 from typing import Any
 
 from fuseblk.cli.arguments import integer
 from fuseblk.errors import FuseblkError, einval
-from fuseblk.hw.file_storage import FileStorage, create_image_file
+from fuseblk.hw.factory import StorageRef, create_image, open_storage
+from fuseblk.hw.file_storage import FileStorage
+from fuseblk.hw.holder import holder_is_gone, this_host
 from fuseblk.hw.image_format import DATA_OFFSET, HeaderSet, ImageHeader, read_headers, write_copy
 from fuseblk.hw.profiles import (
     MAX_KEYSLOTS,
@@ -28,6 +36,7 @@ from fuseblk.hw.profiles import (
     build_profile,
     load_profile,
 )
+from fuseblk.hw.storage import Storage
 from fuseblk.sizes import MAX_SIZE, format_size, parse_size
 
 # The data area starts after the headers; together they must stay a file size (an off_t).
@@ -49,7 +58,7 @@ def add_parser(subparsers: Any) -> None:
         description="Make a new sparse image. The hardware comes from --profile, from flags, "
         "or from a profile with some flags replacing parts of it.",
     )
-    create.add_argument("path", metavar="PATH")
+    create.add_argument("path", metavar="PATH|URI")
     create.add_argument("--size", required=True, help="data area size (bytes, K/M/G/T suffixes)")
     create.add_argument(
         "--profile", metavar="NAME|FILE", help=f"hardware profile ({_profile_names()})"
@@ -72,13 +81,17 @@ def add_parser(subparsers: Any) -> None:
     create.set_defaults(func=cmd_create)
 
     inspect = verbs.add_parser("inspect", help="print the header (like cryptsetup luksDump)")
-    inspect.add_argument("path", metavar="PATH")
+    inspect.add_argument("path", metavar="PATH|URI")
     inspect.add_argument("--json", action="store_true", help="print as JSON")
     inspect.set_defaults(func=cmd_inspect)
 
     check = verbs.add_parser("check", help="verify both header copies")
-    check.add_argument("path", metavar="PATH")
-    check.add_argument("--repair", action="store_true", help="rewrite a bad copy from the good one")
+    check.add_argument("path", metavar="PATH|URI")
+    check.add_argument(
+        "--repair",
+        action="store_true",
+        help="rewrite a bad copy from the good one; take over the claim of a daemon that is gone",
+    )
     check.set_defaults(func=cmd_check)
 
     profiles = verbs.add_parser("profiles", help="list the hardware profiles")
@@ -116,9 +129,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         )
     hardware = hardware_from_args(args)
     try:
-        header = create_image_file(
-            args.path, hardware, size, label=args.label, overwrite=args.force
-        )
+        header = create_image(args.path, size, hardware, label=args.label, overwrite=args.force)
     except FuseblkError as err:
         if err.errno != errno.EEXIST:
             raise
@@ -143,6 +154,7 @@ def header_json(h: ImageHeader) -> dict[str, Any]:
         "data_size": h.data_size,
         "hardware": h.hardware.to_json(),
         "keyslots": [dict(index=i, **s.to_json()) for i, s in enumerate(h.slots)],
+        "holder": h.holder.to_json() if h.holder is not None else None,
     }
 
 
@@ -182,6 +194,7 @@ def inspect_lines(info: dict[str, Any]) -> list[str]:
             ("Sequence", h["sequence"]),
             ("Clean shutdown", "yes" if h["clean_shutdown"] else "no"),
             ("In use", "yes (attached)" if info["in_use"] else "no"),
+            ("Holder", _holder_line(h["holder"])),
             ("Data offset", f"{h['data_offset']} [bytes]"),
             ("Data size", f"{h['data_size']} [bytes] ({format_size(h['data_size'])})"),
             ("File size", f"{info['file_size']} [bytes]"),
@@ -218,15 +231,40 @@ def inspect_lines(info: dict[str, Any]) -> list[str]:
     return out
 
 
+def _holder_line(holder: dict[str, Any] | None) -> str:
+    if holder is None:
+        return "(none)"
+    return f"pid {holder['pid']} on {holder['host']}"
+
+
+def _open_image(ref: str, *, writable: bool) -> Storage:
+    """The image ``ref`` names, unlocked: an image file read-only unless ``writable``."""
+    sref = StorageRef.parse(ref)
+    if sref.kind.local_path:
+        return FileStorage.open(sref.location, writable=writable)
+    return open_storage(ref)
+
+
+def _in_use(image: Storage, headers: HeaderSet) -> bool:
+    """An image file is in use while its lock is held; other storage while its header names a
+    holder (which may be a daemon that is gone: ``check --repair`` clears it)."""
+    if isinstance(image, FileStorage):
+        return image.in_use()
+    try:
+        return headers.current.holder is not None
+    except FuseblkError:
+        return False
+
+
 def _io_error(path: str, exc: OSError) -> FuseblkError:
     return FuseblkError(exc.errno or errno.EIO, f"{path}: {exc.strerror}")
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    image = FileStorage.open(args.path, writable=False)
+    image = _open_image(args.path, writable=False)
     try:
         headers = read_headers(image)
-        info = inspect_json(args.path, headers, image.size, image.in_use())
+        info = inspect_json(args.path, headers, image.size, _in_use(image, headers))
     except OSError as exc:
         raise _io_error(args.path, exc) from None
     finally:
@@ -239,7 +277,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    image = FileStorage.open(args.path, writable=args.repair)
+    image = _open_image(args.path, writable=args.repair)
     try:
         return _check(args, image)
     except OSError as exc:
@@ -248,8 +286,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         image.close()
 
 
-def _check(args: argparse.Namespace, image: FileStorage) -> int:
-    if args.repair:
+def _check(args: argparse.Namespace, image: Storage) -> int:
+    if args.repair and isinstance(image, FileStorage):
         image.lock()  # never repair an image someone has attached
     headers = read_headers(image)
     for copy in headers.copies:
@@ -265,6 +303,15 @@ def _check(args: argparse.Namespace, image: FileStorage) -> int:
         problems.append(f"file is truncated: {file_size} bytes, header needs {current.image_size}")
     if not current.clean_shutdown:
         print("note: image was not cleanly shut down (or is attached now)")
+    holder = current.holder
+    live_here = holder is not None and holder.host == this_host() and not holder_is_gone(holder)
+    if holder is not None and live_here:
+        print(f"note: attached by {holder.describe()}")
+    elif holder is not None:
+        gone = (
+            "is gone" if holder_is_gone(holder) else "is on another host: attached there, or gone"
+        )
+        problems.append(f"claimed by {holder.describe()}, which {gone}")
     if not problems:
         print(f"{args.path}: ok")
         return 0
@@ -273,12 +320,18 @@ def _check(args: argparse.Namespace, image: FileStorage) -> int:
     if not args.repair:
         print(f"{args.path}: damaged (run with --repair to fix)")
         return 1
+    if holder is not None and not live_here:
+        current = replace(current, holder=None)
+        print(f"repaired: took over the claim of {holder.describe()}")
     good = current.to_bytes()
     for copy in headers.copies:
         if copy.header is None or copy.header.to_bytes() != good:
             write_copy(image, copy.name, good)
             print(f"repaired: rewrote the {copy.name} header from sequence {current.sequence}")
     if file_size < current.image_size:
+        if not isinstance(image, FileStorage):
+            print(f"{args.path}: the export is too small; cannot repair", file=sys.stderr)
+            return 1
         image.truncate(current.image_size)
         print(f"repaired: extended the file to {current.image_size} bytes (sparse)")
     print(f"{args.path}: repaired")

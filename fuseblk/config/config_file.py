@@ -19,6 +19,9 @@ The format (see docs/config.md)::
     size = "1G"
     label = "fast"
 
+    [backends.remote]
+    image = "nbd://storage1/disk"  # any backend reference: attached as it is, never created
+
     [devices.secure]
     table = '''
     0 2097152 default-key aes-xts-plain64 <hex> 0 base 0 2 sector_size:4096 iv_large_sectors
@@ -39,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from fuseblk.blkcrypto.fallback import DEFAULT_NUM_SLOTS, MAX_NUM_SLOTS
 from fuseblk.dm.fallback_policy import FALLBACK_POLICIES
 from fuseblk.errors import FuseblkError
+from fuseblk.hw.factory import StorageRef
 from fuseblk.hw.profiles import is_profile_path, load_profile
 from fuseblk.inputfile import read_input_text
 from fuseblk.sizes import parse_size
@@ -58,10 +62,12 @@ class ConfigOptions:
 
 @dataclass(frozen=True)
 class BackendSpec:
-    """An image to attach under ``name``; ``profile`` and ``size`` say how to create it if missing."""
+    """An image to attach under ``name``; ``profile`` and ``size`` say how to create an image
+    file if it is missing. ``image`` is a path, or a reference of another kind of storage
+    (``nbd://...``) kept as written."""
 
     name: str
-    image: Path
+    image: Path | str
     profile: str | None = None
     size: int | None = None
     label: str = ""
@@ -262,7 +268,10 @@ def _backends(r: _Reader, data: dict[str, Any], base: Path) -> list[BackendSpec]
         line = r.where.section(*path)
         if "image" not in entry:
             raise r.error(line, toml_key_path(*path, "image"), "missing (the image file's path)")
-        image = r.path(entry, path, "image")
+        reference = r.value(entry, path, "image", str)
+        image: Path | str = reference  # another storage's reference, kept as written
+        if StorageRef.parse(reference).kind.local_path:
+            image = base / r.path(entry, path, "image")
         profile = r.value(entry, path, "profile", str) if "profile" in entry else None
         if profile is not None and is_profile_path(profile):
             profile = str(base / r.path(entry, path, "profile"))
@@ -276,7 +285,7 @@ def _backends(r: _Reader, data: dict[str, Any], base: Path) -> list[BackendSpec]
                     r.where.key("size", *path), toml_key_path(*path, "size"), err.message
                 ) from None
         label = r.value(entry, path, "label", str) if "label" in entry else ""
-        specs.append(BackendSpec(name, base / image, profile, size, label, line))
+        specs.append(BackendSpec(name, image, profile, size, label, line))
     return specs
 
 
@@ -364,7 +373,7 @@ async def build_devices(config: Config, mountpoint: str | Path | None = None) ->
     try:
         for spec in config.backends:
             try:
-                if spec.image.exists():
+                if isinstance(spec.image, str) or spec.image.exists():
                     manager.add_backend(spec.name, spec.image)
                     continue
                 if spec.size is None or spec.profile is None:

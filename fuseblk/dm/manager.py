@@ -353,6 +353,9 @@ class DeviceManager:
             entry: dict[str, Any] = dict(dev.counters.snapshot())
             if dev.crypto_profile is not None:
                 entry["profile"] = dev.crypto_profile.counters.snapshot()
+            connection = dev.info().get("connection")  # storage behind a server
+            if connection is not None:
+                entry["connection"] = connection
             backends[n] = entry
         if name is not None and not devices and not backends:
             raise FuseblkError(errno.ENXIO, f"no device named {name!r}")

@@ -84,6 +84,7 @@ class InlineEncryptionEngine:
         self._storage = storage
         self._read_storage = storage.read_into  # bound once: these run for every bio
         self._write_storage = storage.write
+        self._network = storage.network  # a server's storage: its data path is awaited
         self._name = name
         self._data_offset = header.data_offset
         self._size = header.data_size
@@ -255,11 +256,24 @@ class InlineEncryptionEngine:
     async def _do_io(
         self, io: Callable[[memoryview, int], None], buf: memoryview, offset: int
     ) -> None:
-        """Small I/O inline on the trio thread, large I/O in a worker thread (INLINE_IO_MAX)."""
-        if len(buf) <= INLINE_IO_MAX:
+        """Small I/O inline on the trio thread, large I/O in a worker thread (INLINE_IO_MAX);
+        a network storage's awaited."""
+        if self._network is not None:
+            await self._network_io(io == self._write_sync, buf, offset)
+        elif len(buf) <= INLINE_IO_MAX:
             io(buf, offset)
         else:
             await trio.to_thread.run_sync(io, buf, offset)
+
+    async def _network_io(self, write: bool, buf: memoryview, offset: int) -> None:
+        assert self._network is not None
+        try:
+            if write:
+                await self._network.awrite(buf, self._data_offset + offset)
+            else:
+                await self._network.aread_into(buf, self._data_offset + offset)
+        except OSError as exc:
+            raise self._io_error("write" if write else "read", exc) from None
 
     def _read_sync(self, buf: memoryview, offset: int) -> None:
         try:
@@ -277,7 +291,10 @@ class InlineEncryptionEngine:
         if bio.length == 0:
             return
         try:
-            self._storage.discard(self._data_offset + bio.offset, bio.length)
+            if self._network is not None:
+                await self._network.adiscard(self._data_offset + bio.offset, bio.length)
+            else:
+                self._storage.discard(self._data_offset + bio.offset, bio.length)
         except OSError as exc:
             raise self._io_error("discard", exc) from None
 
@@ -291,7 +308,10 @@ class InlineEncryptionEngine:
 
     async def _sync(self) -> None:
         try:
-            await trio.to_thread.run_sync(self._storage.flush)
+            if self._network is not None:
+                await self._network.aflush()
+            else:
+                await trio.to_thread.run_sync(self._storage.flush)
         except OSError as exc:
             raise self._io_error("flush", exc) from None
 
@@ -362,6 +382,7 @@ class InlineEncryptionEngine:
             "warnings": list(self.warnings),
             "keyslots": [s.to_json() for s in self.slot_records()],
             "counters": counters,
+            **({"connection": self._network.state()} if self._network is not None else {}),
         }
 
     def __repr__(self) -> str:

@@ -1,7 +1,8 @@
 """The one place backends are opened and created: a reference's form picks the kind of storage.
 
-A reference is ``SCHEME://LOCATION`` for a registered kind of storage (``memory://NAME``), and an
-image path for anything else (``/var/lib/fuseblk/disk.img``, ``disk.img``; a file whose name looks
+A reference is ``SCHEME://LOCATION`` for a registered kind of storage (``memory://NAME``, an NBD
+export ``nbd://HOST[:PORT]/EXPORT`` or ``nbd+unix:///EXPORT?socket=PATH``), and an image path for
+anything else (``/var/lib/fuseblk/disk.img``, ``disk.img``; a file whose name looks
 like a scheme is reached as ``./memory://x``). A new kind of storage is one module implementing
 :class:`fuseblk.hw.storage.Storage` plus one entry in :data:`STORAGE_KINDS`; whatever the
 storage, the backend is the same inline-encryption engine (:mod:`fuseblk.hw.engine`).
@@ -23,12 +24,15 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
+
+import trio
 
 from fuseblk.device import Backend
 from fuseblk.errors import FuseblkError
-from fuseblk.hw.engine import InlineEncryptionEngine, attach
-from fuseblk.hw.file_storage import FileStorage
+from fuseblk.hw.engine import InlineEncryptionEngine
+from fuseblk.hw.file_storage import FileStorage, create_image_file
+from fuseblk.hw.header_store import Attached, attach_header
 from fuseblk.hw.image_format import ImageHeader
 from fuseblk.hw.memory_storage import MemoryStorage
 from fuseblk.hw.profiles import HardwareProfile
@@ -64,9 +68,38 @@ class StorageKind:
     local_path: bool = False
 
 
+def _nbd_kind(scheme: str) -> StorageKind:
+    """NBD exports (:mod:`fuseblk.hw.nbd_storage`), imported when first used: fuseblk runs
+    without libnbd's Python module as long as no reference names an export."""
+
+    def nbd_storage() -> Any:
+        try:
+            from fuseblk.hw import nbd_storage
+        except ImportError as exc:
+            raise FuseblkError(
+                errno.ENOSYS,
+                f"{scheme}:// references need libnbd's Python module (python3-libnbd): {exc}",
+            ) from None
+        return nbd_storage
+
+    def open_export(location: str) -> Storage:
+        storage: Storage = nbd_storage().NbdStorage.open(scheme, location)
+        return storage
+
+    def create_export(location: str, header: ImageHeader, *, overwrite: bool = False) -> Storage:
+        storage: Storage = nbd_storage().NbdStorage.create(
+            scheme, location, header, overwrite=overwrite
+        )
+        return storage
+
+    return StorageKind(open_export, create_export)
+
+
 IMAGE_FILES = StorageKind(FileStorage.open, FileStorage.create, local_path=True)
 STORAGE_KINDS: dict[str, StorageKind] = {
     "memory": StorageKind(MemoryStorage.open, MemoryStorage.create),
+    "nbd": _nbd_kind("nbd"),
+    "nbd+unix": _nbd_kind("nbd+unix"),
 }
 
 
@@ -136,11 +169,11 @@ def open_backend(
     shown = os.fspath(ref)
     _refuse_own_mount(sref, shown, own_mount)
 
-    def open_locked() -> Storage:
+    def open_locked() -> _Attaching:
         _refuse_own_mount_resolved(sref, shown, own_mount)
-        return _open_locked(sref)
+        return _attaching(_open_locked(sref))
 
-    return attach(_off_thread(open_locked, _close, shown), name)
+    return _off_thread(open_locked, _Attaching.discard, shown).engine(name)
 
 
 def create_backend(
@@ -160,24 +193,64 @@ def create_backend(
     shown = os.fspath(ref)
     _refuse_own_mount(sref, shown, own_mount)
 
-    def create() -> Storage:
+    def create() -> _Attaching:
         _refuse_own_mount_resolved(sref, shown, own_mount)
-        return sref.kind.create(sref.location, header, overwrite=overwrite)
+        return _attaching(sref.kind.create(sref.location, header, overwrite=overwrite))
 
-    storage = _off_thread(create, _close, shown)
-    return attach(storage, name)
+    return _off_thread(create, _Attaching.discard, shown).engine(name)
+
+
+def create_image(
+    ref: str | os.PathLike[str],
+    size: int,
+    hardware: HardwareProfile,
+    label: str = "",
+    *,
+    overwrite: bool = False,
+) -> ImageHeader:
+    """Make a new image (``fuseblk image create``) and leave it closed cleanly, unclaimed."""
+    sref = StorageRef.parse(ref)
+    if sref.kind.local_path:
+        return create_image_file(sref.location, hardware, size, label, overwrite)
+    backend = create_backend(ref, size, hardware, label, overwrite=overwrite)
+    trio.run(backend.close)
+    return backend.header
+
+
+@dataclass(frozen=True)
+class _Attaching:
+    """A storage opened and locked, its header attached (I/O that may block or, for a network
+    storage, run a trio loop of its own: both belong in the worker thread)."""
+
+    storage: Storage
+    attached: Attached
+
+    def engine(self, name: str | None) -> InlineEncryptionEngine:
+        return InlineEncryptionEngine(self.storage, self.attached, name or self.storage.reference)
+
+    def discard(self) -> None:
+        self.storage.close()
+
+
+def _attaching(storage: Storage) -> _Attaching:
+    """Owns ``storage``: closes it if attaching fails."""
+    try:
+        return _Attaching(storage, attach_header(storage))
+    except BaseException:
+        storage.close()
+        raise
 
 
 @dataclass(frozen=True)
 class _Found:
-    """What the worker found: an attached backend, or the storage it opened and locked."""
+    """What the worker found: an attached backend, or the storage it opened and attached."""
 
     backend: Backend | None = None
-    storage: Storage | None = None
+    attaching: _Attaching | None = None
 
     def discard(self) -> None:
-        if self.storage is not None:
-            self.storage.close()
+        if self.attaching is not None:
+            self.attaching.discard()
 
 
 def find_or_open_backend(
@@ -204,13 +277,13 @@ def find_or_open_backend(
         for path, dev in candidates:
             if StorageRef.parse(path).identity() == identity:
                 return _Found(backend=dev)
-        return _Found(storage=_open_locked(sref))
+        return _Found(attaching=_attaching(_open_locked(sref)))
 
     found = _off_thread(find_or_open, _Found.discard, shown)
     if found.backend is not None:
         return found.backend, False
-    assert found.storage is not None
-    return attach(found.storage, name), True
+    assert found.attaching is not None
+    return found.attaching.engine(name), True
 
 
 def _open_locked(sref: StorageRef) -> Storage:
@@ -231,10 +304,6 @@ def _refuse_own_mount(sref: StorageRef, shown: str, own_mount: OwnMount | None) 
 def _refuse_own_mount_resolved(sref: StorageRef, shown: str, own_mount: OwnMount | None) -> None:
     if own_mount is not None and sref.kind.local_path:
         own_mount.check(os.path.realpath(sref.location), shown)
-
-
-def _close(storage: Storage) -> None:
-    storage.close()
 
 
 def _off_thread(work: Callable[[], T], discard: Callable[[T], None], shown: str) -> T:

@@ -125,6 +125,8 @@ class FileStorage:
 
     # --- Storage ------------------------------------------------------------------------------
 
+    network = None  # local: plain calls
+
     @property
     def reference(self) -> str:
         return self._reference

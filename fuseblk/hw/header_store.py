@@ -8,7 +8,13 @@ also repairs a damaged or stale copy.
 Afterwards the header is written only when something in it changed since the last write: the
 keyslot table (the profile's generation makes "unchanged" a single comparison) or the
 clean-shutdown flag (set by a clean close). Each write is crash-safe (primary durable before the
-backup is touched) and runs in a worker thread, so data I/O never waits for it.
+backup is touched) and runs in a worker thread, so data I/O never waits for it; on a storage
+behind a server it is awaited through the storage's network data path instead, on the trio
+thread that drives its connection.
+
+A storage claimed through its header (an NBD export) has the claim written by its lock and kept
+in every header the engine writes; the clean close drops it with the clean-shutdown flag set, so
+an image left by a crash still names its last holder.
 """
 
 from __future__ import annotations
@@ -21,7 +27,13 @@ from dataclasses import dataclass, replace
 import trio
 
 from fuseblk.errors import FuseblkError, ImageFormatError
-from fuseblk.hw.image_format import ImageHeader, SlotRecord, read_headers, write_headers
+from fuseblk.hw.image_format import (
+    COPY_OFFSETS,
+    ImageHeader,
+    SlotRecord,
+    read_headers,
+    write_headers,
+)
 from fuseblk.hw.storage import Storage
 from fuseblk.stats import Counters
 
@@ -107,10 +119,25 @@ class HeaderStore:
                 self._written_generation = generation
                 return False
             new = replace(
-                old, sequence=old.sequence + 1, slots=records, clean_shutdown=clean_shutdown
+                old,
+                sequence=old.sequence + 1,
+                slots=records,
+                clean_shutdown=clean_shutdown,
+                holder=None if clean_shutdown else old.holder,
             )
-            await trio.to_thread.run_sync(write_headers, self._storage, new)
+            await self._write(new)
             self._header = new
             self._written_generation = generation
             self._counters.add("header_writes")
             return True
+
+    async def _write(self, header: ImageHeader) -> None:
+        """Crash-safe, as :func:`fuseblk.hw.image_format.write_headers`."""
+        network = self._storage.network
+        if network is None:
+            await trio.to_thread.run_sync(write_headers, self._storage, header)
+            return
+        data = header.to_bytes()
+        for name in ("primary", "backup"):
+            await network.awrite(data, COPY_OFFSETS[name])
+            await network.aflush()

@@ -15,7 +15,9 @@ so ``losetup -o 1048576`` on an image shows the stored sectors directly. Each co
               mode_count x (mode u8, data-unit-size bitmask u32)
     slot_count u16 | slot_count x (state u8, mode u8, data_unit_size u32, dun_bytes u8,
                                    key_id[16], generation u64)
-    reserved: zeroes up to header_size - 32
+    reserved: zeroes up to the holder record
+    holder (at header_size - 1056): pid u32 | started_ns u64 | host[64] utf-8, NUL padded
+              who has the image attached (pid 0: nobody); zeroes in images that never had one
     sha256 of everything above (last 32 bytes of the copy)
 
 The keyslot table is for inspection only: a slot records its configuration and the key's
@@ -28,12 +30,18 @@ point leaves either the old or the new header readable. A copy with a valid chec
 format version refuses the whole image (its writer knew things we don't). So that "newer" can be
 told from "damaged", every format version keeps the magic, version and header_size (16 KiB) at
 the start and the SHA-256 in the copy's last 32 bytes; new fields go into the reserved space.
+
+The holder record is such a field: it lies in what format version 1 reserved, so images without
+one read as "nobody holds it", and a fuseblk that predates it keeps reading these images (it
+ignores the reserved bytes; the checksum covers them either way). Storage that cannot be locked
+by the kernel (an NBD export, shared between machines) is claimed through it.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
+import time
 import uuid as uuid_mod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -60,6 +68,9 @@ BACKUP_OFFSET = 512 * 1024
 DATA_ALIGNMENT = 1024 * 1024
 DATA_OFFSET = DATA_ALIGNMENT
 LABEL_SIZE = 64
+HOST_SIZE = 64
+HOLDER_AREA = 1024  # the last bytes of the body, before the checksum
+HOLDER_OFFSET = BODY_SIZE - HOLDER_AREA
 FLAG_CLEAN_SHUTDOWN = 1
 
 # --- the format, as data -------------------------------------------------------------------
@@ -93,6 +104,13 @@ _SLOT = cs.Struct(
     "generation" / cs.Int64ul,
 )
 
+_HOLDER = cs.Struct(
+    "pid" / cs.Int32ul,  # 0: nobody holds the image
+    "started_ns" / cs.Int64ul,  # when the holding process started, ns since the epoch
+    "host" / cs.PaddedString(HOST_SIZE, "utf8"),
+)
+_NO_HOLDER = {"pid": 0, "started_ns": 0, "host": ""}
+
 _BODY = cs.Struct(
     "magic" / cs.Const(MAGIC),
     "version" / cs.Int16ul,
@@ -106,6 +124,9 @@ _BODY = cs.Struct(
     "hardware" / _HARDWARE,
     "slot_count" / cs.Rebuild(cs.Int16ul, cs.len_(this.slots)),
     "slots" / cs.Array(this.slot_count, _SLOT),
+    "_end" / cs.Tell,
+    "_reserved" / cs.Padding(lambda ctx: HOLDER_OFFSET - ctx._end),
+    "holder" / cs.Default(_HOLDER, _NO_HOLDER),
 )
 
 
@@ -121,8 +142,8 @@ def _sealed(body: cs.Construct) -> cs.Construct:
     )
 
 
-# The largest keyslot table must fit in a copy, leaving the rest as reserved space.
-assert MAX_KEYSLOTS * _SLOT.sizeof() + 1024 < BODY_SIZE
+# The largest keyslot table must fit in a copy before the holder record.
+assert MAX_KEYSLOTS * _SLOT.sizeof() + 1024 < HOLDER_OFFSET
 
 HEADER = _sealed(cs.Padded(BODY_SIZE, _BODY))  # the whole copy, reserved space zero-filled
 _ENVELOPE = _sealed(cs.Bytes(BODY_SIZE))  # verifies the checksum before interpreting anything
@@ -162,6 +183,22 @@ class SlotRecord:
 
 
 @dataclass(frozen=True)
+class Holder:
+    """The process that has an image attached, as its header records it."""
+
+    host: str
+    pid: int
+    started_ns: int  # when that process started: a reused pid is a different holder
+
+    def describe(self) -> str:
+        started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.started_ns / 1e9))
+        return f"pid {self.pid} on {self.host} (started {started})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"host": self.host, "pid": self.pid, "started_ns": self.started_ns}
+
+
+@dataclass(frozen=True)
 class ImageHeader:
     """One parsed (or to-be-built) header copy."""
 
@@ -174,6 +211,7 @@ class ImageHeader:
     data_offset: int = DATA_OFFSET
     slots: tuple[SlotRecord, ...] = ()
     version: int = FORMAT_VERSION
+    holder: Holder | None = None  # who has it attached (recorded by storages claimed this way)
 
     def __post_init__(self) -> None:
         if not self.slots and self.hardware.kind is HardwareKind.KEYSLOTS:
@@ -206,6 +244,7 @@ class ImageHeader:
                 "modes": [{"mode": m.value, "dus_mask": mask} for m, mask in hw.caps.modes.items()],
             },
             "slots": [_slot_container(s) for s in self.slots],
+            "holder": _holder_container(self.holder),
         }
         try:
             data: bytes = HEADER.build({"body": {"value": body}})
@@ -263,6 +302,12 @@ def _slot_container(slot: SlotRecord) -> dict[str, Any]:
     }
 
 
+def _holder_container(holder: Holder | None) -> dict[str, Any]:
+    if holder is None:
+        return _NO_HOLDER
+    return {"pid": holder.pid, "started_ns": holder.started_ns, "host": holder.host}
+
+
 def _mode(value: int, where: str) -> CryptoMode:
     try:
         return CryptoMode(value)
@@ -312,6 +357,7 @@ def _from_container(c: Any) -> ImageHeader:
         data_offset=c.data_offset,
         slots=tuple(slots),
         version=c.version,
+        holder=Holder(c.holder.host, c.holder.pid, c.holder.started_ns) if c.holder.pid else None,
     )
 
 

@@ -84,6 +84,8 @@ class MemoryStorage:
 
     # --- Storage ------------------------------------------------------------------------------
 
+    network = None  # local: plain calls
+
     @property
     def reference(self) -> str:
         return f"{SCHEME}://{self._disk.name}"

@@ -5,18 +5,41 @@ data area after them (:mod:`fuseblk.hw.image_format`), exactly as in an image fi
 knows the layout; a storage knows only offsets. Like an nbdkit plugin, a storage does plain I/O
 and nothing else: keyslots, ciphers and counters are the engine's.
 
-Calls are synchronous and may block (a disk, a server): the engine decides which run inline on
-the trio thread and which in a worker thread. Failures are ``OSError`` with the errno of the
-underlying call; the engine names the device in the error it raises.
+Calls are synchronous and may block (a disk): the engine decides which run inline on the trio
+thread and which in a worker thread. A storage behind a server also offers its data path as
+coroutines (:attr:`Storage.network`, a :class:`NetworkIO`), which the engine awaits on the trio
+thread instead: many requests in flight, none holding a thread. Failures are ``OSError`` with the
+errno of the underlying call; the engine names the device in the error it raises.
 
 Kinds of storage (one module each) are opened through :mod:`fuseblk.hw.factory`.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from fuseblk.ciphers import Buffer
+
+
+class NetworkIO(Protocol):
+    """The data path of a storage behind a server, awaited on the trio thread.
+
+    A request without an answer in the storage's timeout fails (EIO) instead of hanging.
+    """
+
+    async def aread_into(self, buf: memoryview, offset: int) -> None: ...
+
+    async def awrite(self, data: Buffer, offset: int) -> None: ...
+
+    async def aflush(self) -> None: ...
+
+    async def adiscard(self, offset: int, length: int) -> None:
+        """Later reads return zeroes, as :meth:`Storage.discard`."""
+        ...
+
+    def state(self) -> dict[str, Any]:
+        """The connection (server, state, reconnects) for ``stats`` and ``status``."""
+        ...
 
 
 class Storage(Protocol):
@@ -28,6 +51,11 @@ class Storage(Protocol):
     @property
     def size(self) -> int:
         """Bytes, header copies included."""
+        ...
+
+    @property
+    def network(self) -> NetworkIO | None:
+        """The asynchronous data path of a storage behind a server; None for local storage."""
         ...
 
     def read_into(self, buf: memoryview, offset: int) -> None:
