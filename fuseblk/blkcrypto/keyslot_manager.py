@@ -285,7 +285,8 @@ class CryptoProfile:
             # Last reference: the slot becomes the most recently released idle slot, and a
             # bio waiting for one can proceed.
             self._idle[slot.index] = None
-            self._idle_wait.unpark_all()
+            if self._idle_wait:  # nearly always empty: skip the wake-up call
+                self._idle_wait.unpark_all()
 
     @asynccontextmanager
     async def keyslot(self, key: BlkCryptoKey) -> AsyncIterator[Keyslot | None]:

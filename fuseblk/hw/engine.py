@@ -243,7 +243,10 @@ class InlineEncryptionEngine:
         assert buf is not None
         ctx = bio.crypt_ctx
         if ctx is None:
-            await self._do_io(self._write_sync, buf, bio.offset)
+            if len(buf) <= INLINE_IO_MAX:
+                self._write_sync(buf, bio.offset)
+            else:
+                await trio.to_thread.run_sync(self._write_sync, buf, bio.offset)
             return
         profile, slot, cipher = self._cached_keyslot(bio) or await self._get_keyslot(bio)
         try:  # the slot stays in use while the request is in flight, as in hardware
@@ -263,7 +266,10 @@ class InlineEncryptionEngine:
         assert buf is not None
         ctx = bio.crypt_ctx
         if ctx is None:
-            await self._do_io(self._read_sync, buf, bio.offset)
+            if len(buf) <= INLINE_IO_MAX:
+                self._read_sync(buf, bio.offset)
+            else:
+                await trio.to_thread.run_sync(self._read_sync, buf, bio.offset)
             return
         profile, slot, cipher = self._cached_keyslot(bio) or await self._get_keyslot(bio)
         try:
@@ -277,15 +283,6 @@ class InlineEncryptionEngine:
             counters["inline_bytes"] += bio.length
         finally:
             profile.put_keyslot(slot)
-
-    async def _do_io(
-        self, io: Callable[[memoryview, int], None], buf: memoryview, offset: int
-    ) -> None:
-        """Small I/O inline on the trio thread, large I/O in a worker thread (INLINE_IO_MAX)."""
-        if len(buf) <= INLINE_IO_MAX:
-            io(buf, offset)
-        else:
-            await trio.to_thread.run_sync(io, buf, offset)
 
     def _read_sync(self, buf: memoryview, offset: int) -> None:
         try:
