@@ -3,14 +3,18 @@
 Contexts are immutable: splitting or advancing a bio makes a new context whose DUN has moved by
 ``nbytes / data_unit_size`` with carry (``bio_crypt_advance``). Remapping a bio to another
 sector never touches the DUN.
+
+A context holds its DUN as one int, the form the ciphers take; the kernel's four limbs
+(:attr:`BioCryptContext.dun`) are made only when asked for, since every bio through
+default-key gets a fresh context.
 """
 
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass
+from typing import NamedTuple
 
-from fuseblk.dun import DUN_BITS, Dun, dun_advance, dun_from_int, dun_to_int
+from fuseblk.dun import DUN_BITS, Dun, dun_from_int, dun_to_int
 from fuseblk.errors import FuseblkError
 from fuseblk.key import BlkCryptoKey
 
@@ -18,18 +22,26 @@ from fuseblk.key import BlkCryptoKey
 MISALIGNED_ERRNO = errno.EINVAL
 
 
-@dataclass(frozen=True)
-class BioCryptContext:
+_DUN_MOD = 1 << DUN_BITS
+
+
+class BioCryptContext(NamedTuple):
     key: BlkCryptoKey
-    dun: Dun
+    dun_int: int  # 0 <= dun_int < 2^256
 
     @classmethod
     def at(cls, key: BlkCryptoKey, dun: int) -> BioCryptContext:
-        return cls(key, dun_from_int(dun))
+        """The context of ``key`` at DUN ``dun`` (wrapping modulo 2^256, as the limbs do)."""
+        return cls(key, dun % _DUN_MOD)
+
+    @classmethod
+    def of_limbs(cls, key: BlkCryptoKey, dun: Dun) -> BioCryptContext:
+        return cls(key, dun_to_int(dun))
 
     @property
-    def dun_int(self) -> int:
-        return dun_to_int(self.dun)
+    def dun(self) -> Dun:
+        """The DUN as the kernel's ``bc_dun``: four 64-bit limbs, least significant first."""
+        return dun_from_int(self.dun_int)
 
     def advanced(self, nbytes: int) -> BioCryptContext:
         """The context of the data ``nbytes`` further on; ``nbytes`` must be whole data units."""
@@ -40,7 +52,7 @@ class BioCryptContext:
                 f"cannot advance a crypt context by {nbytes} bytes: not a multiple of the "
                 f"{self.key.data_unit_size}-byte data unit",
             )
-        return BioCryptContext(self.key, dun_advance(self.dun, units))
+        return BioCryptContext(self.key, (self.dun_int + units) % _DUN_MOD)
 
     def is_contiguous_with(self, nbytes: int, nxt: BioCryptContext) -> bool:
         """``bio_crypt_ctx_mergeable``: same key and ``nxt`` starts where ``nbytes`` of us end.

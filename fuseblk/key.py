@@ -58,6 +58,7 @@ class BlkCryptoKey:
     identifier: bytes = field(init=False, repr=False, compare=False)
     # Derived once: every layer asks for it on every bio (capability checks are the hot path).
     config: CryptoConfig = field(init=False, repr=False, compare=False)
+    _hash: int = field(init=False, repr=False, compare=False)  # keyslot lookups hash every bio
 
     def __post_init__(self) -> None:
         validate_key(self.mode, self.raw, self.data_unit_size, self.dun_bytes, self.key_type)
@@ -66,6 +67,9 @@ class BlkCryptoKey:
             self,
             "config",
             CryptoConfig(self.mode, self.data_unit_size, self.dun_bytes, self.key_type),
+        )
+        object.__setattr__(
+            self, "_hash", hash((self.mode, self.identifier, self.data_unit_size, self.dun_bytes))
         )
 
     @classmethod
@@ -98,7 +102,7 @@ class BlkCryptoKey:
     __str__ = __repr__
 
     def __hash__(self) -> int:
-        return hash((self.mode, self.identifier, self.data_unit_size, self.dun_bytes))
+        return self._hash
 
 
 def validate_key(

@@ -20,7 +20,8 @@ import trio
 class _Hold:
     start: int
     end: int
-    released: trio.Event = field(default_factory=trio.Event)
+    # Made by the first waiter: most holds are never waited on, and every write takes one.
+    released: trio.Event | None = field(default=None)
 
     def overlaps(self, start: int, end: int) -> bool:
         return self.start < end and start < self.end
@@ -48,10 +49,23 @@ class RangeLock:
                 return hold
         return None
 
+    def try_acquire(self, start: int, end: int) -> _Hold | None:
+        """Hold ``[start, end)`` at once if nothing overlapping is held, else None (then
+        :meth:`acquire`): the uncontended case awaits nothing."""
+        if end <= start:
+            raise ValueError(f"empty range [{start}, {end})")
+        if self._blocker(start, end) is not None:
+            return None
+        hold = _Hold(start, end)
+        self._holds.append(hold)
+        return hold
+
     async def acquire(self, start: int, end: int) -> _Hold:
         if end <= start:
             raise ValueError(f"empty range [{start}, {end})")
         while (blocker := self._blocker(start, end)) is not None:
+            if blocker.released is None:
+                blocker.released = trio.Event()
             await blocker.released.wait()
         hold = _Hold(start, end)
         self._holds.append(hold)
@@ -59,7 +73,8 @@ class RangeLock:
 
     def release(self, hold: _Hold) -> None:
         self._holds.remove(hold)
-        hold.released.set()
+        if hold.released is not None:
+            hold.released.set()
 
     @asynccontextmanager
     async def locked(self, start: int, end: int) -> AsyncIterator[None]:

@@ -5,22 +5,19 @@ from __future__ import annotations
 from collections import Counter
 
 
-class Counters:
-    """A bag of monotonically increasing integers, e.g. ``bios``, ``bytes_inline``, ``keyslot_programs``."""
+class Counters(Counter[str]):
+    """A bag of monotonically increasing integers, e.g. ``bios``, ``bytes_inline``, ``keyslot_programs``.
 
-    __slots__ = ("_c",)
-
-    def __init__(self) -> None:
-        self._c: Counter[str] = Counter()
+    A :class:`collections.Counter`, so the hot path bumps one with ``counters["bios"] += 1``: a
+    dictionary update in C, where a method call per counter would cost as much as the rest of
+    a layer's bookkeeping. An absent name reads as 0.
+    """
 
     def add(self, name: str, n: int = 1) -> None:
-        self._c[name] += n
-
-    def __getitem__(self, name: str) -> int:
-        return self._c[name]
+        self[name] += n
 
     def snapshot(self) -> dict[str, int]:
-        return dict(sorted(self._c.items()))
+        return dict(sorted(self.items()))
 
     def reset(self) -> None:
-        self._c.clear()
+        self.clear()

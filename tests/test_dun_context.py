@@ -144,7 +144,7 @@ def test_contexts_with_different_keys_never_merge(bio: Bio, other_key: BlkCrypto
     assert ctx is not None
     if other_key == ctx.key:
         return
-    nxt = BioCryptContext(other_key, ctx.advanced(bio.length).dun)
+    nxt = BioCryptContext.of_limbs(other_key, ctx.advanced(bio.length).dun)
     assert not ctx.is_contiguous_with(bio.length, nxt)
 
 

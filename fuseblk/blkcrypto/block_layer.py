@@ -46,17 +46,22 @@ class BlockLayer:
         if ctx is None:
             await dev.submit(bio)
             return
-        if bio.op.has_data:
-            ctx.check_aligned(0, bio.length)
-        if dev.fallback_per_target or supports_natively(dev, ctx.key.config):
+        key = ctx.key
+        if bio.length % key.data_unit_size and bio.op.has_data:
+            ctx.check_aligned(0, bio.length)  # raises
+        if dev.fallback_per_target:
+            await dev.submit(bio)
+            return
+        profile = dev.crypto_profile
+        if profile is not None and profile.caps.supports(key.config):
             await dev.submit(bio)
             return
         # The fallback serves this bio on dev's behalf (blk_crypto_bio_prep on dev's queue), so
         # dev's counters say so: in a stack like default-key over a mapped device, the device
         # is where one sees which path served it.
         counters = dev.counters
-        counters.add("fallback_bios")
-        counters.add("fallback_bytes", bio.length)
+        counters["fallback_bios"] += 1
+        counters["fallback_bytes"] += bio.length
         await self.fallback.submit(dev, bio)
 
     async def evict_key(self, key: BlkCryptoKey, devices: Iterable[BlockDevice]) -> None:

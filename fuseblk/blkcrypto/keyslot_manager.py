@@ -191,6 +191,18 @@ class CryptoProfile:
         async with self._miss_lock:
             return await self._get_keyslot_slow(key)
 
+    def get_cached_keyslot(self, key: BlkCryptoKey) -> Keyslot | None:
+        """:meth:`get_keyslot`'s fast path, without awaiting: a supported key's hit on a busy
+        slot, or on an idle one nobody queued for. None when :meth:`get_keyslot` must be awaited
+        instead (a miss, a deferred hit, an unsupported key, a passthrough profile)."""
+        slot = self._by_key.get(key)
+        if slot is None or (slot.refs == 0 and self._claiming):
+            return None
+        if not self.caps.supports(key.config):
+            return None
+        self.counters["hits"] += 1
+        return self._grab(slot)
+
     async def _get_keyslot_slow(self, key: BlkCryptoKey) -> Keyslot:
         # Called with _miss_lock held: we are the only task that parks on _idle_wait or
         # programs a slot. _claiming is ours to set and clear.
@@ -273,7 +285,8 @@ class CryptoProfile:
             # Last reference: the slot becomes the most recently released idle slot, and a
             # bio waiting for one can proceed.
             self._idle[slot.index] = None
-            self._idle_wait.unpark_all()
+            if self._idle_wait:  # nearly always empty: skip the wake-up call
+                self._idle_wait.unpark_all()
 
     @asynccontextmanager
     async def keyslot(self, key: BlkCryptoKey) -> AsyncIterator[Keyslot | None]:

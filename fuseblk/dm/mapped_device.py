@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     from fuseblk.dm.targets.base import Target
     from fuseblk.key import BlkCryptoKey
 
+_READ, _WRITE, _FLUSH = BioOp.READ, BioOp.WRITE, BioOp.FLUSH
+
 MORE_RESTRICTIVE = (
     "Inline encryption capabilities of new DM table were more restrictive than the old table's"
 )
@@ -62,6 +64,9 @@ class MappedDevice:
         self.fallback_per_target = fallback_per_target
         self.counters = Counters()
         self.live: Table | None = None
+        # The live table's logical block size, fixed with it (targets' granularity is set when
+        # they are constructed): the FUSE layer asks for it on every request.
+        self._block_size = DEFAULT_BLOCK_SIZE
         self.inactive: Table | None = None
         self.event_nr = 0
         self._open_count = 0
@@ -98,7 +103,7 @@ class MappedDevice:
 
     @property
     def block_size(self) -> int:
-        return self.live.block_size if self.live is not None else DEFAULT_BLOCK_SIZE
+        return self._block_size
 
     @property
     def open_count(self) -> int:
@@ -121,49 +126,59 @@ class MappedDevice:
         A context the bio still carries is one this device's profile supports (inline: the
         targets pass it down), or, with ``fallback_per_target``, any context: this device then
         falls back for the pieces whose targets cannot pass it.
+
+        Every bio pays this path, so the counters are bumped in place and the common case (an
+        open gate, one target) awaits nothing but the target.
         """
-        waited = await self._gate.enter()
+        gate = self._gate
+        waited = False if gate.try_enter() else await gate.enter()
         c = self.counters
         try:
             if waited:
-                c.add("waited_for_resume")
-            c.add("bios")
+                c["waited_for_resume"] += 1
+            c["bios"] += 1
             op = bio.op
-            if op is BioOp.READ:
-                c.add("reads")
-            elif op is BioOp.WRITE:
-                c.add("writes")
-            elif op is BioOp.FLUSH:
-                c.add("flushes")
+            if op is _READ:
+                c["reads"] += 1
+            elif op is _WRITE:
+                c["writes"] += 1
+            elif op is _FLUSH:
+                c["flushes"] += 1
                 if self.live is not None:
                     await self._flush(self.live)
                 return
             else:
-                c.add("discards")
-            c.add("bytes", bio.length)
-            if bio.offset % SECTOR_SIZE or bio.length % SECTOR_SIZE:
+                c["discards"] += 1
+            length = bio.length
+            c["bytes"] += length
+            if bio.offset % SECTOR_SIZE or length % SECTOR_SIZE:
                 raise FuseblkError(
                     errno.EINVAL,
                     f"{self._name}: I/O at {bio.offset}+{bio.length} is not 512-byte aligned",
                 )
-            if bio.end > self.size:
+            table = self.live
+            size = table.size if table is not None else 0
+            if bio.offset + length > size:
                 raise FuseblkError(
                     errno.EIO,
-                    f"{self._name}: attempt to access beyond end of device ({bio.end} > {self.size})",
+                    f"{self._name}: attempt to access beyond end of device ({bio.end} > {size})",
                 )
             ctx = bio.crypt_ctx
             if ctx is not None:
                 if self.fallback_per_target and not supports_natively(self, ctx.key.config):
                     await self._map(bio, per_target_fallback=True)
                     return
-                c.add("inline_bios")
-                c.add("inline_bytes", bio.length)
-            await self._map(bio)
+                c["inline_bios"] += 1
+                c["inline_bytes"] += length
+            if table is not None and len(table.targets) == 1:
+                await table.targets[0].map(bio)  # the hot path: target offset == device offset
+            else:
+                await self._map(bio)
         except FuseblkError:
-            c.add("errors")
+            c["errors"] += 1
             raise
         finally:
-            self._gate.leave()
+            gate.leave()
 
     # -- mapping ----------------------------------------------------------------------------------
 
@@ -174,7 +189,7 @@ class MappedDevice:
             raise FuseblkError(errno.EIO, f"{self._name}: device has no table")
         targets = table.targets
         if len(targets) == 1 and not per_target_fallback:
-            await targets[0].map(bio)  # the hot path: no split, target offset == device offset
+            await targets[0].map(bio)
             return
         pieces = (
             [(targets[0], bio)] if len(targets) == 1 else split_at_targets(table, bio, self._name)
@@ -186,7 +201,7 @@ class MappedDevice:
             else:
                 await target.map(piece)
             return
-        self.counters.add("splits", len(pieces) - 1)
+        self.counters["splits"] += len(pieces) - 1
         map_piece = self._map_falling_back if per_target_fallback else _map_piece
         await fan_out(
             [partial(map_piece, target, piece) for target, piece in pieces],
@@ -199,12 +214,14 @@ class MappedDevice:
         if bio.crypt_ctx is None:
             await target.map(bio)
         elif target.passes_crypto:
-            self.counters.add("passthrough_bios")
-            self.counters.add("passthrough_bytes", bio.length)
+            c = self.counters
+            c["passthrough_bios"] += 1
+            c["passthrough_bytes"] += bio.length
             await target.map(bio)
         else:
-            self.counters.add("fallback_bios")
-            self.counters.add("fallback_bytes", bio.length)
+            c = self.counters
+            c["fallback_bios"] += 1
+            c["fallback_bytes"] += bio.length
             await self._blk.fallback.submit(_TargetPiece(target), bio)
 
     async def _flush(self, table: Table) -> None:
@@ -295,6 +312,7 @@ class MappedDevice:
     async def _swap(self, table: Table) -> None:
         """``dm_swap_table`` plus ``dm_update_crypto_profile``; called with the lock, I/O quiesced."""
         old, self.live = self.live, table
+        self._block_size = table.block_size
         for target in table.targets:
             target.counters = self.counters
         for dev in table.devices():
@@ -321,6 +339,7 @@ class MappedDevice:
                 if table is not None:
                     await table.destroy()
             self.inactive = self.live = None
+            self._block_size = DEFAULT_BLOCK_SIZE
 
     # -- keys --------------------------------------------------------------------------------------
 

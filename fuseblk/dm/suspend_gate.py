@@ -38,6 +38,14 @@ class SuspendGate:
     def inflight(self) -> int:
         return self._inflight
 
+    def try_enter(self) -> bool:
+        """Admit one bio at once if the gate is open (True); False if it must :meth:`enter`.
+        The hot path: a bio that need not wait pays no coroutine."""
+        if self._suspended or self._closed:
+            return False
+        self._inflight += 1
+        return True
+
     async def enter(self) -> bool:
         """Admit one bio: waits while suspended (returns True if it had to); ENODEV once the
         device is gone. The common case does not yield: the hot path pays one comparison."""

@@ -8,7 +8,8 @@ requests by read-modify-write of the whole blocks they touch.
 
 Every write — aligned or not — holds a range lock over the whole blocks it covers, so a
 read-modify-write never interleaves with another write to the same block and no block is ever
-torn between two writers. Reads take no lock: like a real disk, a read racing a write may see
+torn between two writers. (An aligned write needs the lock too: without it, one landing between
+a read-modify-write's read and its write would be lost. Uncontended, taking it awaits nothing.) Reads take no lock: like a real disk, a read racing a write may see
 either version of a block, but never a block that no writer wrote.
 """
 
@@ -72,11 +73,15 @@ class BlockIO:
         bs = self.device.block_size
         start = offset - offset % bs
         end = min(-(-(offset + length) // bs) * bs, dev_size)
-        async with self.locks.locked(start, end):
+        locks = self.locks
+        hold = locks.try_acquire(start, end) or await locks.acquire(start, end)
+        try:
             if start == offset and end == offset + length:
                 await self.device.submit(Bio.write(offset, data))
             else:
                 await self._read_modify_write(start, end, offset, data, bs)
+        finally:
+            locks.release(hold)
         return length
 
     async def _read_modify_write(

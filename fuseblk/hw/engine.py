@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 # a copy may block on the disk or is long enough to stall every other request on the loop. FUSE
 # requests (128 KiB by default) all stay inline.
 INLINE_IO_MAX = 256 * 1024
+_READ, _WRITE = BioOp.READ, BioOp.WRITE
 DIRECT_CIPHER_CACHE = 32  # expanded keys a direct engine keeps, least recently used evicted
 
 
@@ -139,27 +140,27 @@ class InlineEncryptionEngine:
 
     async def submit(self, bio: Bio) -> None:
         counters = self.counters
-        counters.add("bios")
+        counters["bios"] += 1
         try:
             op = bio.op
-            if op is BioOp.READ or op is BioOp.WRITE:
+            if op is _READ or op is _WRITE:
                 self._check_range(bio)
-                counters.add("bytes", bio.length)
-                if op is BioOp.READ:
-                    counters.add("reads")
+                counters["bytes"] += bio.length
+                if op is _READ:
+                    counters["reads"] += 1
                     await self._read(bio)
                 else:
-                    counters.add("writes")
+                    counters["writes"] += 1
                     await self._write(bio)
             elif op is BioOp.FLUSH:
-                counters.add("flushes")
+                counters["flushes"] += 1
                 await self.flush()
             else:
                 self._check_range(bio)
-                counters.add("discards")
+                counters["discards"] += 1
                 await self._discard(bio)
         except FuseblkError:
-            counters.add("errors")
+            counters["errors"] += 1
             raise
 
     async def evict_key(self, key: BlkCryptoKey) -> None:
@@ -181,33 +182,48 @@ class InlineEncryptionEngine:
                 f"{self._name}: {bio.op.value} of {bio.length} bytes at {bio.offset} "
                 "is not whole 512-byte sectors",
             )
-        if bio.end > self._size:
+        if bio.offset + bio.length > self._size:
             raise FuseblkError(
                 errno.EIO,
                 f"{self._name}: attempt to access beyond end of device "
                 f"({bio.op.value} {bio.offset}+{bio.length} > {self._size})",
             )
 
+    def _cached_keyslot(
+        self, bio: Bio
+    ) -> tuple[CryptoProfile, Keyslot | None, DataUnitCipher] | None:
+        """The hot path of :meth:`_get_keyslot`: a hit on a programmed slot for an aligned bio,
+        taken without awaiting; None when :meth:`_get_keyslot` must decide (and maybe wait)."""
+        profile = self._profile
+        ctx = bio.crypt_ctx
+        if profile is None or ctx is None or bio.length % ctx.key.data_unit_size:
+            return None
+        slot = profile.get_cached_keyslot(ctx.key)
+        return None if slot is None else (profile, slot, slot.cipher)
+
     async def _get_keyslot(self, bio: Bio) -> tuple[CryptoProfile, Keyslot | None, DataUnitCipher]:
         """The profile, a slot for ``bio``'s key (None for a direct engine) and the cipher to
         use, or EIO/EINVAL. The caller puts the slot back once the request is done.
 
-        The profile checks support itself (EOPNOTSUPP); checking again here would double the
-        cost of the capability lookup on the hot path, so its refusal is translated instead.
+        The profile checks support itself
+        (EOPNOTSUPP); checking again here would double the cost of the capability lookup on the
+        hot path, so its refusal is translated instead.
         """
         ctx = bio.crypt_ctx
         assert ctx is not None
         profile = self._profile
         if profile is None:
             raise self._unsupported(bio)
-        ctx.check_aligned(0, bio.length)
+        key = ctx.key
+        if bio.length % key.data_unit_size:
+            ctx.check_aligned(0, bio.length)  # raises
         try:
-            slot = await profile.get_keyslot(ctx.key)
+            slot = await profile.get_keyslot(key)
         except FuseblkError as err:
             if err.errno == errno.EOPNOTSUPP:
                 raise self._unsupported(bio) from None
             raise
-        return profile, slot, slot.cipher if slot is not None else self._ciphers.get(ctx.key)
+        return profile, slot, slot.cipher if slot is not None else self._ciphers.get(key)
 
     def _unsupported(self, bio: Bio) -> FuseblkError:
         """A context this engine cannot serve got here: blk-crypto should have fallen back above."""
@@ -224,46 +240,65 @@ class InlineEncryptionEngine:
         )
 
     async def _write(self, bio: Bio) -> None:
-        assert bio.buf is not None
+        buf = bio.buf
+        assert buf is not None
         ctx = bio.crypt_ctx
         if ctx is None:
-            await self._do_io(self._write_sync, bio.buf, bio.offset)
+            if len(buf) <= INLINE_IO_MAX and self._network is None:
+                self._write_sync(buf, bio.offset)
+            else:
+                await self._write_elsewhere(buf, bio.offset)
             return
-        profile, slot, cipher = await self._get_keyslot(bio)
+        profile, slot, cipher = self._cached_keyslot(bio) or await self._get_keyslot(bio)
         try:  # the slot stays in use while the request is in flight, as in hardware
-            data = cipher.encrypt(bio.buf, ctx.dun_int)
-            self.counters.add("inline_bios")
-            self.counters.add("inline_bytes", bio.length)
-            await self._do_io(self._write_sync, memoryview(data), bio.offset)
+            data = memoryview(cipher.encrypt(buf, ctx.dun_int))
+            counters = self.counters
+            counters["inline_bios"] += 1
+            counters["inline_bytes"] += bio.length
+            if len(data) <= INLINE_IO_MAX and self._network is None:
+                self._write_sync(data, bio.offset)
+            else:
+                await self._write_elsewhere(data, bio.offset)
         finally:
             profile.put_keyslot(slot)
 
     async def _read(self, bio: Bio) -> None:
-        assert bio.buf is not None
+        buf = bio.buf
+        assert buf is not None
         ctx = bio.crypt_ctx
         if ctx is None:
-            await self._do_io(self._read_sync, bio.buf, bio.offset)
+            if len(buf) <= INLINE_IO_MAX and self._network is None:
+                self._read_sync(buf, bio.offset)
+            else:
+                await self._read_elsewhere(buf, bio.offset)
             return
-        profile, slot, cipher = await self._get_keyslot(bio)
+        profile, slot, cipher = self._cached_keyslot(bio) or await self._get_keyslot(bio)
         try:
-            await self._do_io(self._read_sync, bio.buf, bio.offset)
-            cipher.decrypt_into(bio.buf, ctx.dun_int)
-            self.counters.add("inline_bios")
-            self.counters.add("inline_bytes", bio.length)
+            if len(buf) <= INLINE_IO_MAX and self._network is None:
+                self._read_sync(buf, bio.offset)
+            else:
+                await self._read_elsewhere(buf, bio.offset)
+            cipher.decrypt_into(buf, ctx.dun_int)
+            counters = self.counters
+            counters["inline_bios"] += 1
+            counters["inline_bytes"] += bio.length
         finally:
             profile.put_keyslot(slot)
 
-    async def _do_io(
-        self, io: Callable[[memoryview, int], None], buf: memoryview, offset: int
-    ) -> None:
-        """Small I/O inline on the trio thread, large I/O in a worker thread (INLINE_IO_MAX);
-        a network storage's awaited."""
+    async def _write_elsewhere(self, buf: memoryview, offset: int) -> None:
+        """What :meth:`_write` does not do inline: large I/O in a worker thread
+        (``INLINE_IO_MAX``), and any I/O to a network storage, which is awaited."""
         if self._network is not None:
-            await self._network_io(io == self._write_sync, buf, offset)
-        elif len(buf) <= INLINE_IO_MAX:
-            io(buf, offset)
+            await self._network_io(True, buf, offset)
         else:
-            await trio.to_thread.run_sync(io, buf, offset)
+            await trio.to_thread.run_sync(self._write_sync, buf, offset)
+
+    async def _read_elsewhere(self, buf: memoryview, offset: int) -> None:
+        """The read side of :meth:`_write_elsewhere`."""
+        if self._network is not None:
+            await self._network_io(False, buf, offset)
+        else:
+            await trio.to_thread.run_sync(self._read_sync, buf, offset)
 
     async def _network_io(self, write: bool, buf: memoryview, offset: int) -> None:
         assert self._network is not None
@@ -402,7 +437,7 @@ class DirectCiphers:
         cipher = cache.get(key)
         if cipher is not None:
             cache.move_to_end(key)
-            self._counters.add("direct_cipher_hits")
+            self._counters["direct_cipher_hits"] += 1
             return cipher
         cipher = get_cipher(key)
         self._counters.add("direct_cipher_expansions")

@@ -137,29 +137,32 @@ class DefaultKeyTarget(Target):
         return (self.iv_offset + (offset >> SECTOR_SHIFT)) >> self._unit_shift
 
     async def map(self, bio: Bio) -> None:
-        if bio.op is BioOp.FLUSH:
+        op, offset, length, buf, ctx = bio
+        if ctx is None and (op is BioOp.READ or op is BioOp.WRITE):
+            # the hot path: every data bio from above gets our key
+            if offset % self.sector_size:
+                # default_key_map's DM_MAPIO_KILL for a bio that does not start on a data unit
+                raise FuseblkError(
+                    errno.EIO,
+                    f"default-key: I/O at {offset} not aligned to sector_size {self.sector_size}",
+                )
+            ctx = BioCryptContext(self.key, self.dun_of(offset))
+            await self.submit_bio(self.dev, Bio(op, self.offset + offset, length, buf, ctx))
+            return
+        if op is BioOp.FLUSH:
             await self.submit_bio(self.dev, bio)
             return
-        lower = bio.remap(self.offset + bio.offset)
-        if bio.op is BioOp.DISCARD:
+        lower = bio.remap(self.offset + offset)
+        if op is BioOp.DISCARD:
             if not self.allow_discards:
                 raise FuseblkError(
                     errno.EOPNOTSUPP, "default-key: discards need the allow_discards option"
                 )
             await self.submit_bio(self.dev, lower)
             return
-        if bio.crypt_ctx is not None:
-            await self.submit_bio(self.dev, lower)  # a context from above: not ours to replace
-            self._count("default_key_passthrough_bios")
-            return
-        if bio.offset % self.sector_size:
-            # default_key_map's DM_MAPIO_KILL for a bio that does not start on a data unit
-            raise FuseblkError(
-                errno.EIO,
-                f"default-key: I/O at {bio.offset} not aligned to sector_size {self.sector_size}",
-            )
-        ctx = BioCryptContext.at(self.key, self.dun_of(bio.offset))
-        await self.submit_bio(self.dev, lower.with_ctx(ctx))
+        # a data bio with a context from above: not ours to replace
+        await self.submit_bio(self.dev, lower)
+        self._count("default_key_passthrough_bios")
 
     async def destroy(self) -> None:
         """``default_key_dtr``: evict the key below so no keyslot keeps it after the table goes.

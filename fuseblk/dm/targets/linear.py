@@ -35,7 +35,8 @@ class LinearTarget(Target):
         if bio.length == 0:  # FLUSH
             await self.submit_bio(self.dev, bio)
         else:
-            await self.submit_bio(self.dev, bio.remap(self._base + bio.offset))
+            op, offset, length, buf, ctx = bio
+            await self.submit_bio(self.dev, Bio(op, self._base + offset, length, buf, ctx))
 
     def table_args(self, show_keys: bool = False) -> str:
         return f"{self.dev.name} {self.start}"
