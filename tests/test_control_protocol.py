@@ -117,6 +117,8 @@ EVICT = {"name": "d", "mode": "AES-256-XTS", "key_hex": KEY_HEX, "data_unit_size
         ("evict_key", {**EVICT, "dun_bytes": 0}, "dun_bytes", "out of range"),
         ("evict_key", {**EVICT, "dun_bytes": 33}, "dun_bytes", "out of range"),
         ("table", {"show_keys": 1}, "show_keys", "wrong type"),
+        ("create", {"name": "d", "table": "", "force_attach": 1}, "force_attach", "wrong type"),
+        ("load", {"name": "d", "table": "", "force_attach": "yes"}, "force_attach", "wrong type"),
         ("remove", {"name": ["d"]}, "name", "wrong type"),
         ("remove", {"name": "d" * 256}, "name", "longer than 255 characters"),
         ("remove", {"name": "\ud800"}, "name", "not valid Unicode"),

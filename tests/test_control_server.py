@@ -177,6 +177,13 @@ async def test_create_then_ls_table_status_info(conn: Conn) -> None:
     assert info["crypto"] is None or info["crypto"]["modes"] == {}
 
 
+async def test_create_and_load_accept_force_attach(conn: Conn) -> None:
+    """Nothing here is claimed by another host: the flag changes nothing but is understood."""
+    assert await conn.ok("create", name="base", table=BASE, force_attach=True) is None
+    assert await conn.ok("load", name="base", table=BASE, force_attach=False) is None
+    assert await conn.ok("table", name="base") == [{"name": "base", "table": BASE}]
+
+
 async def test_listing_without_a_name_covers_every_device_in_name_order(conn: Conn) -> None:
     await conn.ok("create", name="zeta", table="0 8 linear legacy 0\n")
     await conn.ok("create", name="alpha", table="0 16 linear legacy 8\n")

@@ -158,12 +158,35 @@ def test_an_open_that_does_not_answer_fails_in_time_and_its_late_result_is_close
     with pytest.raises(FuseblkError) as err:
         open_backend(f"hung://{name}")
     assert err.value.errno == errno.ETIMEDOUT and "hung://" in err.value.message
+    assert "mount" not in err.value.message  # only a path can lead into the daemon's mount
     assert time.monotonic() - start < 2
     answer.set()
     assert _eventually(lambda: bool(late) and _is_closed(late[0]))
     again = MemoryStorage.open(name)
     again.lock()  # the late open took the lock and gave it back
     again.close()
+
+
+def test_a_path_that_does_not_answer_asks_whether_it_leads_into_the_mount(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(factory, "OPEN_TIMEOUT", 0.2)
+    answer = threading.Event()
+
+    def hung_open(location: str) -> MemoryStorage:
+        answer.wait(10)
+        raise FuseblkError(errno.ENOENT, f"{location}: gone")
+
+    monkeypatch.setattr(
+        factory, "IMAGE_FILES", StorageKind(hung_open, MemoryStorage.create, local_path=True)
+    )
+    try:
+        with pytest.raises(FuseblkError) as err:
+            open_backend(tmp_path / "disk.img")
+    finally:
+        answer.set()
+    assert err.value.errno == errno.ETIMEDOUT
+    assert "does it lead into a mount this daemon serves?" in err.value.message
 
 
 def _is_closed(storage: MemoryStorage) -> bool:

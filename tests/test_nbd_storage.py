@@ -16,6 +16,7 @@ from nbd_helpers import NbdServers, nbd_servers, require_libnbd
 
 from fuseblk.errors import FuseblkError
 from fuseblk.hw.factory import create_backend, open_backend
+from fuseblk.hw.holder import process_start_ns, this_host
 from fuseblk.hw.image_format import Holder, read_headers, write_headers
 from fuseblk.hw.profiles import load_profile
 
@@ -160,24 +161,52 @@ async def test_an_engine_over_an_export_claims_it_and_a_clean_close_releases_it(
         storage.close()
 
 
-def test_an_export_held_on_another_host_is_refused_naming_the_holder(
-    servers: NbdServers,
-) -> None:
+def claimed_export(servers: NbdServers, holder: Holder) -> str:
+    """An export holding a closed image whose header names ``holder``."""
     export = servers.nbdkit("memory", str(EXPORT))
     backend = create_backend(export.uri, DATA, load_profile("ufs"))
     trio.run(backend.close)
-    elsewhere = Holder("storage-host-2", 4242, 1_700_000_000_000_000_000)
     storage = open_export(export.uri)
     try:
-        write_headers(storage, replace(read_headers(storage).current, holder=elsewhere))
+        write_headers(storage, replace(read_headers(storage).current, holder=holder))
     finally:
         storage.close()
+    return export.uri
 
+
+ELSEWHERE = Holder("storage-host-2", 4242, 1_700_000_000_000_000_000)
+
+
+def test_an_export_held_on_another_host_is_refused_naming_the_holder(
+    servers: NbdServers,
+) -> None:
+    uri = claimed_export(servers, ELSEWHERE)
     with pytest.raises(FuseblkError) as err:
-        open_backend(export.uri)
+        open_backend(uri)
     assert err.value.errno == errno.EBUSY
     assert "pid 4242 on storage-host-2" in err.value.message
     assert "image check --repair" in err.value.message
+    assert "--force-attach" in err.value.message
+
+
+def test_take_over_attaches_an_export_held_on_another_host(servers: NbdServers) -> None:
+    uri = claimed_export(servers, ELSEWHERE)
+    backend = open_backend(uri, take_over=True)
+    try:
+        assert backend.header.holder is not None
+        assert backend.header.holder.pid == os.getpid()
+        assert backend.header.holder.host == this_host()
+    finally:
+        trio.run(backend.close)
+
+
+def test_take_over_never_takes_an_export_a_live_process_here_holds(servers: NbdServers) -> None:
+    parent = os.getppid()
+    uri = claimed_export(servers, Holder(this_host(), parent, process_start_ns(parent) or 0))
+    with pytest.raises(FuseblkError) as err:
+        open_backend(uri, take_over=True)
+    assert err.value.errno == errno.EBUSY and f"pid {parent}" in err.value.message
+    assert "--force-attach" not in err.value.message  # nothing the user could force
 
 
 def test_a_claim_left_by_this_process_is_taken_again(servers: NbdServers) -> None:

@@ -90,9 +90,11 @@ def add_parser(subparsers: Any) -> None:
         default=None,
         help="fall back for the whole device (default) or per target piece",
     )
+    add_force_attach(p)
     p = verb("load", do_load, "load an inactive table (takes effect on resume)")
     p.add_argument("name", metavar="NAME")
     add_table_source(p)
+    add_force_attach(p)
     for name, help_text in (
         ("clear", "drop the inactive table (undo a load before resume)"),
         ("resume", "make the inactive table live, or resume I/O"),
@@ -219,14 +221,25 @@ def absolute_paths(text: str) -> str:
     )
 
 
+def add_force_attach(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--force-attach",
+        action="store_true",
+        help="an NBD export the table attaches takes over the claim a daemon on another host "
+        "left (make sure that daemon is gone: docs/nbd.md)",
+    )
+
+
 def do_create(args: argparse.Namespace, client: ControlClient) -> int:
     table = absolute_paths(read_table(args))
-    client.call("create", name=args.name, table=table, fallback=args.fallback)
+    force = args.force_attach or None  # sent only when asked: older daemons know no such argument
+    client.call("create", name=args.name, table=table, fallback=args.fallback, force_attach=force)
     return done(args)
 
 
 def do_load(args: argparse.Namespace, client: ControlClient) -> int:
-    client.call("load", name=args.name, table=absolute_paths(read_table(args)))
+    table = absolute_paths(read_table(args))
+    client.call("load", name=args.name, table=table, force_attach=args.force_attach or None)
     return done(args)
 
 

@@ -72,6 +72,12 @@ def add_parser(subparsers: Any) -> None:
         "--no-fallback", action="store_true", help="disable the software fallback (EOPNOTSUPP)"
     )
     p.add_argument("--allow-other", action="store_true", help="let other users access the mount")
+    p.add_argument(
+        "--force-attach",
+        action="store_true",
+        help="take over the claim a daemon on another host left on an NBD export it attaches "
+        "(make sure that daemon is gone: docs/nbd.md)",
+    )
     p.set_defaults(func=run_mount)
 
     u = subparsers.add_parser(
@@ -118,7 +124,7 @@ def run_mount(args: argparse.Namespace) -> int:
         fallback_slots=args.fallback_slots, fallback_enabled=False if args.no_fallback else None
     )
     settings = MountSettings(mountpoint, allow_other=args.allow_other)
-    build = functools.partial(build_devices, config, mountpoint)
+    build = functools.partial(build_devices, config, mountpoint, take_over=args.force_attach)
     if args.foreground:
         setup_logging(args.log_level, args.log_file)
         return run_foreground(build, settings)

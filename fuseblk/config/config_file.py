@@ -351,11 +351,15 @@ def _dependency_order(r: _Reader, specs: dict[str, DeviceSpec]) -> list[DeviceSp
 # -- building ------------------------------------------------------------------------------------
 
 
-async def build_devices(config: Config, mountpoint: str | Path | None = None) -> DeviceManager:
+async def build_devices(
+    config: Config, mountpoint: str | Path | None = None, *, take_over: bool = False
+) -> DeviceManager:
     """A DeviceManager with every backend attached and every device created, or an error.
 
-    ``mountpoint`` is where the devices are to be served: no image may lie inside it. On
-    failure everything already attached is closed again, so images stay clean.
+    ``mountpoint`` is where the devices are to be served: no image may lie inside it.
+    ``take_over``: images attached take over a claim another host's daemon left (``fuseblk
+    mount --force-attach``). On failure everything already attached is closed again, so images
+    stay clean.
     """
     from fuseblk.dm.manager import DeviceManager
     from fuseblk.hw.factory import OwnMount, create_backend
@@ -374,7 +378,7 @@ async def build_devices(config: Config, mountpoint: str | Path | None = None) ->
         for spec in config.backends:
             try:
                 if isinstance(spec.image, str) or spec.image.exists():
-                    manager.add_backend(spec.name, spec.image)
+                    manager.add_backend(spec.name, spec.image, take_over=take_over)
                     continue
                 if spec.size is None or spec.profile is None:
                     raise FuseblkError(
@@ -397,7 +401,9 @@ async def build_devices(config: Config, mountpoint: str | Path | None = None) ->
                 raise error(spec.line, toml_key_path("backends", spec.name), err) from None
         for dev in config.devices:
             try:
-                await manager.create(dev.name, dev.table, fallback=dev.fallback or opts.fallback)
+                await manager.create(
+                    dev.name, dev.table, fallback=dev.fallback or opts.fallback, take_over=take_over
+                )
             except FuseblkError as err:
                 raise error(dev.line, toml_key_path("devices", dev.name, "table"), err) from None
     except BaseException:

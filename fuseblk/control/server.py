@@ -92,14 +92,17 @@ class ControlCommands:
 
     cmd_version = cmd_ping
 
-    async def cmd_create(self, name: str, table: str, fallback: str | None = None) -> None:
+    async def cmd_create(
+        self, name: str, table: str, fallback: str | None = None, force_attach: bool = False
+    ) -> None:
+        take_over = bool(force_attach)
         if fallback is None:
-            await self.manager.create(name, table)
+            await self.manager.create(name, table, take_over=take_over)
         else:
-            await self.manager.create(name, table, fallback=fallback)
+            await self.manager.create(name, table, fallback=fallback, take_over=take_over)
 
-    async def cmd_load(self, name: str, table: str) -> None:
-        await self.manager.load(name, table)
+    async def cmd_load(self, name: str, table: str, force_attach: bool = False) -> None:
+        await self.manager.load(name, table, take_over=bool(force_attach))
 
     async def cmd_clear(self, name: str) -> None:
         await self.manager.clear(name)

@@ -76,11 +76,14 @@ class DeviceManager:
 
     # -- backends ------------------------------------------------------------------------------
 
-    def add_backend(self, name: str, path: str | os.PathLike[str]) -> Backend:
-        """Attach the image at ``path`` as backend ``name``."""
+    def add_backend(
+        self, name: str, path: str | os.PathLike[str], *, take_over: bool = False
+    ) -> Backend:
+        """Attach the image at ``path`` as backend ``name``; ``take_over`` takes over a claim
+        another host's daemon left (``--force-attach``)."""
         self._check_new_name(name)
         backend, new = find_or_open_backend(
-            path, self._attached(), name=name, own_mount=self.own_mount
+            path, self._attached(), name=name, own_mount=self.own_mount, take_over=take_over
         )
         if not new:
             raise FuseblkError(errno.EBUSY, f"image {path} is already attached as {backend.name}")
@@ -101,10 +104,18 @@ class DeviceManager:
 
     # -- resolving table references --------------------------------------------------------------
 
-    def resolve(self, ref: str, loading: str, opened: list[str] | None = None) -> BlockDevice:
+    def resolve(
+        self,
+        ref: str,
+        loading: str,
+        opened: list[str] | None = None,
+        *,
+        take_over: bool = False,
+    ) -> BlockDevice:
         """The device a table line names; refuses references that would make a cycle.
 
-        An image path not attached yet is opened; its name is appended to ``opened``."""
+        An image path not attached yet is opened (a claim another host's daemon left taken over
+        if ``take_over``); its name is appended to ``opened``."""
         if ref == loading:
             raise TargetArgError("device", f"a device other than {loading} itself (no cycles)", ref)
         md = self._devices.get(ref)
@@ -118,7 +129,9 @@ class DeviceManager:
         if dev is not None:
             return dev
         try:
-            backend, new = find_or_open_backend(ref, self._attached(), own_mount=self.own_mount)
+            backend, new = find_or_open_backend(
+                ref, self._attached(), own_mount=self.own_mount, take_over=take_over
+            )
         except FuseblkError as err:
             if os.sep not in ref and err.errno == errno.ENOENT:
                 raise TargetArgError(
@@ -152,23 +165,30 @@ class DeviceManager:
             stack.extend(d for d in cur.held_devices() if isinstance(d, MappedDevice))
         return False
 
-    async def _parse(self, md: MappedDevice, text: str) -> Table:
+    async def _parse(self, md: MappedDevice, text: str, take_over: bool = False) -> Table:
         """Construct a table for ``md``; images it opened are detached again if it is refused."""
-        env = _TableEnv(self, md)
+        env = _TableEnv(self, md, take_over)
         try:
             return await Table.parse(text, env)
         except BaseException:
             await self._release_unused_images(env.opened)
             raise
+        finally:
+            env.take_over = False
 
     # -- mapped devices ----------------------------------------------------------------------------
 
-    async def create(self, name: str, table: str, fallback: str = "device") -> MappedDevice:
-        """``dmsetup create``: a new device with ``table`` live (an empty table: no table, size 0)."""
+    async def create(
+        self, name: str, table: str, fallback: str = "device", *, take_over: bool = False
+    ) -> MappedDevice:
+        """``dmsetup create``: a new device with ``table`` live (an empty table: no table, size 0).
+
+        ``take_over``: images the table attaches take over a claim another host's daemon left
+        (``--force-attach``)."""
         async with self._table_lock:
             self._check_new_name(name)
             md = MappedDevice(name, self.block_layer, falls_back_per_target(fallback))
-            parsed = await self._parse(md, table)
+            parsed = await self._parse(md, table, take_over)
             if parsed.is_empty:
                 await parsed.destroy()
             else:
@@ -177,11 +197,12 @@ class DeviceManager:
             self._notify(DeviceAdded(name))
             return md
 
-    async def load(self, name: str, table: str) -> None:
-        """``dmsetup load``: construct ``table`` into the inactive slot; the live one is untouched."""
+    async def load(self, name: str, table: str, *, take_over: bool = False) -> None:
+        """``dmsetup load``: construct ``table`` into the inactive slot; the live one is untouched.
+        ``take_over`` as for :meth:`create`."""
         async with self._table_lock:
             md = self.get(name)
-            parsed = await self._parse(md, table)
+            parsed = await self._parse(md, table, take_over)
             try:
                 if parsed.is_empty:
                     raise FuseblkError(errno.EINVAL, f"{name}: a table needs at least one target")
@@ -273,7 +294,12 @@ class DeviceManager:
         }
 
     def status(self, name: str) -> str:
-        """``dmsetup status``: ``start length target status`` per live target."""
+        """``dmsetup status``: ``start length target status`` per live target.
+
+        A target whose devices reach a backend behind a server (an NBD export; through stacked
+        devices too) is followed by one indented ``connection BACKEND: STATE`` line per such
+        backend: a leg that fails with EIO shows why. The target's own line stays dmsetup's.
+        """
         md = self.get(name)
         if md.live is None:
             return ""
@@ -282,7 +308,33 @@ class DeviceManager:
             st = target.status()
             start, length = target.begin // SECTOR_SIZE, target.length // SECTOR_SIZE
             out.append(f"{start} {length} {target.name}{' ' + st if st else ''}\n")
+            for label, state in self._connections(target.held_devices()):
+                out.append(f"  connection {label}: {state}\n")
         return "".join(out)
+
+    def _connections(self, devices: list[BlockDevice]) -> list[tuple[str, str]]:
+        """Each backend behind a server that ``devices`` reach (directly or through the live
+        tables of stacked devices), as its name (and server, if named otherwise) and state."""
+        backends = {id(dev): dev for dev in self._backends.values()}
+        found: list[tuple[str, str]] = []
+        seen: set[int] = set()
+        stack = list(reversed(devices))
+        while stack:
+            dev = stack.pop()
+            if id(dev) in seen:
+                continue
+            seen.add(id(dev))
+            backend = backends.get(id(dev))
+            if backend is not None:
+                connection = backend.info().get("connection")
+                if connection is not None:
+                    server = str(connection.get("server", backend.name))
+                    label = backend.name if server == backend.name else f"{backend.name} ({server})"
+                    found.append((label, str(connection.get("state"))))
+            elif isinstance(dev, MappedDevice) and dev.live is not None:
+                below = [d for t in dev.live.targets for d in t.held_devices()]
+                stack.extend(reversed(below))
+        return found
 
     def table(self, name: str, show_keys: bool = False) -> str:
         """``dmsetup table``: the live table (keys hidden unless asked)."""
@@ -450,9 +502,10 @@ class _TableEnv:
     """What a target may ask of the table it belongs to: while it is parsed, and later (a raid1
     hot-add resolves its leg through it, under the device's name at that time)."""
 
-    def __init__(self, manager: DeviceManager, md: MappedDevice) -> None:
+    def __init__(self, manager: DeviceManager, md: MappedDevice, take_over: bool = False) -> None:
         self._manager = manager
         self._md = md
+        self.take_over = take_over  # while the table is parsed: a later raid1 hot-add never
         self.block_layer = manager.block_layer
         self.clock = manager.clock
         self.opened: list[str] = []  # images attached for this table, detached if it fails
@@ -462,4 +515,4 @@ class _TableEnv:
         return self._md.name
 
     def get_device(self, ref: str) -> BlockDevice:
-        return self._manager.resolve(ref, self.device_name, self.opened)
+        return self._manager.resolve(ref, self.device_name, self.opened, take_over=self.take_over)

@@ -162,18 +162,24 @@ def open_storage(ref: str | os.PathLike[str]) -> Storage:
 
 
 def open_backend(
-    ref: str | os.PathLike[str], *, name: str | None = None, own_mount: OwnMount | None = None
+    ref: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    own_mount: OwnMount | None = None,
+    take_over: bool = False,
 ) -> InlineEncryptionEngine:
-    """Attach the image ``ref`` names: its lock taken, headers checked, hardware reset."""
+    """Attach the image ``ref`` names: its lock taken (a stale claim taken over if
+    ``take_over``, see :meth:`fuseblk.hw.storage.Storage.lock`), headers checked, hardware
+    reset."""
     sref = StorageRef.parse(ref)
     shown = os.fspath(ref)
     _refuse_own_mount(sref, shown, own_mount)
 
     def open_locked() -> _Attaching:
         _refuse_own_mount_resolved(sref, shown, own_mount)
-        return _attaching(_open_locked(sref))
+        return _attaching(_open_locked(sref, take_over))
 
-    return _off_thread(open_locked, _Attaching.discard, shown).engine(name)
+    return _off_thread(open_locked, _Attaching.discard, sref, shown).engine(name)
 
 
 def create_backend(
@@ -197,7 +203,7 @@ def create_backend(
         _refuse_own_mount_resolved(sref, shown, own_mount)
         return _attaching(sref.kind.create(sref.location, header, overwrite=overwrite))
 
-    return _off_thread(create, _Attaching.discard, shown).engine(name)
+    return _off_thread(create, _Attaching.discard, sref, shown).engine(name)
 
 
 def create_image(
@@ -259,9 +265,11 @@ def find_or_open_backend(
     *,
     name: str | None = None,
     own_mount: OwnMount | None = None,
+    take_over: bool = False,
 ) -> tuple[Backend, bool]:
     """The backend among ``attached`` over the storage ``ref`` names (False), or that storage
-    newly attached (True), named ``name`` or after the reference.
+    newly attached (True), named ``name`` or after the reference; ``take_over`` as for
+    :func:`open_backend`.
 
     EBUSY if another process (or another open) holds it, EINVAL inside ``own_mount``, ETIMEDOUT
     if opening does not finish in time.
@@ -277,19 +285,19 @@ def find_or_open_backend(
         for path, dev in candidates:
             if StorageRef.parse(path).identity() == identity:
                 return _Found(backend=dev)
-        return _Found(attaching=_attaching(_open_locked(sref)))
+        return _Found(attaching=_attaching(_open_locked(sref, take_over)))
 
-    found = _off_thread(find_or_open, _Found.discard, shown)
+    found = _off_thread(find_or_open, _Found.discard, sref, shown)
     if found.backend is not None:
         return found.backend, False
     assert found.attaching is not None
     return found.attaching.engine(name), True
 
 
-def _open_locked(sref: StorageRef) -> Storage:
+def _open_locked(sref: StorageRef, take_over: bool) -> Storage:
     storage = sref.kind.open(sref.location)
     try:
-        storage.lock()
+        storage.lock(take_over=take_over)
     except BaseException:
         storage.close()
         raise
@@ -306,7 +314,9 @@ def _refuse_own_mount_resolved(sref: StorageRef, shown: str, own_mount: OwnMount
         own_mount.check(os.path.realpath(sref.location), shown)
 
 
-def _off_thread(work: Callable[[], T], discard: Callable[[T], None], shown: str) -> T:
+def _off_thread(
+    work: Callable[[], T], discard: Callable[[T], None], sref: StorageRef, shown: str
+) -> T:
     """``work()`` in a worker thread, waited for at most OPEN_TIMEOUT seconds.
 
     Blocks the calling thread (table references are resolved synchronously), but never for
@@ -332,8 +342,8 @@ def _off_thread(work: Callable[[], T], discard: Callable[[T], None], shown: str)
     except TimeoutError:
         if not future.cancel():  # finished meanwhile (or work itself timed out): take that
             return future.result()
+        # only a path can lead into the daemon's own mount; other storage is just slow or gone
+        hint = " (does it lead into a mount this daemon serves?)" if sref.kind.local_path else ""
         raise FuseblkError(
-            errno.ETIMEDOUT,
-            f"{shown}: no answer after {OPEN_TIMEOUT:g} s "
-            "(does it lead into a mount this daemon serves?)",
+            errno.ETIMEDOUT, f"{shown}: no answer after {OPEN_TIMEOUT:g} s{hint}"
         ) from None

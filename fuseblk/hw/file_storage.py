@@ -167,7 +167,7 @@ class FileStorage:
             raise OSError(errno.EIO, f"short write: {written} of {len(data)} bytes")
         os.fsync(self._fd)
 
-    def lock(self) -> None:
+    def lock(self, *, take_over: bool = False) -> None:
         lock_image(self._fd, self._path)
 
     def close(self) -> None:

@@ -48,3 +48,9 @@ def holder_is_gone(holder: Holder) -> bool:
         return False
     started = process_start_ns(holder.pid)
     return started is None or abs(started - holder.started_ns) > START_TOLERANCE_NS
+
+
+def holder_is_live_here(holder: Holder) -> bool:
+    """True for a holder on this host whose process still runs: never a stale claim, whatever
+    the user asks."""
+    return holder.host == this_host() and not holder_is_gone(holder)

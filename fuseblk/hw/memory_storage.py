@@ -129,7 +129,7 @@ class MemoryStorage:
     def write_header(self, offset: int, data: bytes) -> None:
         self.write(data, offset)
 
-    def lock(self) -> None:
+    def lock(self, *, take_over: bool = False) -> None:
         self._check_range(0, 0)
         owner = self._disk.owner
         if owner is not None and owner is not self:

@@ -29,7 +29,8 @@ cannot hold 512-byte bios and is refused.
 No kernel lock spans machines, so an export is claimed through its header: :meth:`lock` records
 this process as the holder (:class:`fuseblk.hw.image_format.Holder`) and refuses an image some
 other live process holds, naming it. A claim left by a process that is gone on this host is
-taken over; one from another host needs ``fuseblk image check --repair``.
+taken over; one from another host only when the attach asks to take it over
+(``--force-attach``) or after ``fuseblk image check --repair``.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import trio
 from fuseblk import SECTOR_SIZE
 from fuseblk.ciphers import Buffer, byte_view
 from fuseblk.errors import FuseblkError
-from fuseblk.hw.holder import holder_is_gone, this_process
+from fuseblk.hw.holder import holder_is_gone, holder_is_live_here, this_process
 from fuseblk.hw.image_format import Holder, ImageHeader, read_headers, write_headers
 
 log = logging.getLogger(__name__)
@@ -285,8 +286,12 @@ class NbdStorage:
     def write_header(self, offset: int, data: bytes) -> None:
         self._run_sync(self._write_durably, data, offset)
 
-    def lock(self) -> None:
-        """Claim the image: refuse (EBUSY) one another live process holds, record this one."""
+    def lock(self, *, take_over: bool = False) -> None:
+        """Claim the image: refuse (EBUSY) one another live process holds, record this one.
+
+        A claim whose process is gone on this host is taken over; one from another host only
+        with ``take_over`` (the user vouches that daemon is gone); a live one here never.
+        """
         if self._claimed is not None:
             return
         header = self._current_header()
@@ -296,14 +301,18 @@ class NbdStorage:
             return
         holder = header.holder
         if holder is not None and holder != me:
-            if not holder_is_gone(holder):
+            if holder_is_live_here(holder):
+                raise FuseblkError(
+                    errno.EBUSY, f"{self.reference} is in use: attached by {holder.describe()}"
+                )
+            if not take_over and not holder_is_gone(holder):
                 raise FuseblkError(
                     errno.EBUSY,
                     f"{self.reference} is in use: attached by {holder.describe()} "
-                    "(if that daemon is gone, take the image over with "
-                    f"'fuseblk image check --repair {self.reference}')",
+                    "(if that daemon is gone, attach with --force-attach or take the image "
+                    f"over with 'fuseblk image check --repair {self.reference}')",
                 )
-            log.warning("%s: taking over the stale claim of %s", self.reference, holder.describe())
+            log.warning("%s: taking over the claim of %s", self.reference, holder.describe())
         self._claimed = me
         write_headers(self, replace(header, holder=me))
 

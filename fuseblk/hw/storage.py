@@ -83,10 +83,13 @@ class Storage(Protocol):
         updates rests on one copy being on stable storage before the other is touched."""
         ...
 
-    def lock(self) -> None:
+    def lock(self, *, take_over: bool = False) -> None:
         """Become the storage's only owner, or fail at once with EBUSY (a FuseblkError).
 
         Idempotent for the holder. The lock goes with :meth:`close` and with the process.
+        ``take_over`` also takes a claim this machine cannot judge stale (a holder on another
+        host, recorded in the header); a lock the kernel keeps dies with its holder, so storage
+        locked that way has no such claim and ignores it.
         """
         ...
 

@@ -11,6 +11,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,9 @@ from harness import (
     run,
 )
 from nbd_helpers import NbdServers, nbd_servers, read_at, require_libnbd, sparse_file
+
+from fuseblk.hw.factory import open_storage
+from fuseblk.hw.image_format import read_headers, write_headers
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +55,7 @@ class ConfigMount(FuseblkMount):
         self.try_mount(check=True)
         assert self.is_mounted()
 
-    def try_mount(self, check: bool = False) -> tuple[int, str]:
+    def try_mount(self, *options: str, check: bool = False) -> tuple[int, str]:
         proc = fuseblk(
             "mount",
             self.mountpoint,
@@ -61,6 +65,7 @@ class ConfigMount(FuseblkMount):
             self.state_dir,
             "--log-file",
             self.log_file,
+            *options,
             timeout=60,
             check=check,
         )
@@ -364,6 +369,109 @@ def test_image_check_repair_takes_over_the_claim_of_a_killed_daemon(
     repaired = fuseblk("image", "check", "--repair", export.uri).stdout
     assert b"took over the claim" in repaired
     assert b": ok" in fuseblk("image", "check", export.uri).stdout
+
+
+def claim_for_another_host(uri: str) -> None:
+    """Make the claim a killed daemon left look like one from a machine this one cannot see."""
+    storage = open_storage(uri)
+    try:
+        current = read_headers(storage).current
+        assert current.holder is not None
+        write_headers(storage, replace(current, holder=replace(current.holder, host="elsewhere")))
+    finally:
+        storage.close()
+
+
+def holder_of(uri: str) -> dict | None:
+    holder: dict | None = json.loads(fuseblk("image", "inspect", "--json", uri).stdout)["header"][
+        "holder"
+    ]
+    return holder
+
+
+def test_force_attach_takes_over_the_claim_a_killed_daemon_on_another_host_left(
+    servers: NbdServers, mounts: list[ConfigMount], tmp_path: Path
+) -> None:
+    disk = sparse_file(tmp_path / "disk.raw", EXPORT_SIZE)
+    export = servers.nbdkit("file", str(disk))
+    create_image(export.uri)
+    cfg = config({"remote": export.uri}, {"plain": f"0 {SECTORS} linear remote 0"})
+    first = new_mount(mounts, tmp_path / "a", cfg)
+    first.mount()
+    (pid,) = first.kill()
+    first.force_cleanup()
+    claim_for_another_host(export.uri)
+
+    second = new_mount(mounts, tmp_path / "b", cfg)
+    code, err = second.try_mount()
+    assert code != 0 and not second.is_mounted()
+    assert f"pid {pid} on elsewhere" in err and "--force-attach" in err
+
+    second.try_mount("--force-attach", check=True)
+    holder = holder_of(export.uri)
+    assert holder is not None and holder["pid"] in second.daemon_pids()
+    dd_direct(second.dev("plain"), tmp_path / "out.bin", 1)
+
+
+def test_dm_create_force_attach_takes_over_an_export_a_table_names(
+    servers: NbdServers, mounts: list[ConfigMount], tmp_path: Path
+) -> None:
+    local = servers.nbdkit("memory", str(EXPORT_SIZE))
+    remote = servers.nbdkit("file", str(sparse_file(tmp_path / "disk.raw", EXPORT_SIZE)))
+    for export in (local, remote):
+        create_image(export.uri)
+    cfg = config({"local": local.uri}, {"plain": f"0 {SECTORS} linear local 0"})
+    first = new_mount(mounts, tmp_path / "a", config({"remote": remote.uri}, {}))
+    first.mount()
+    (pid,) = first.kill()
+    first.force_cleanup()
+    claim_for_another_host(remote.uri)
+
+    m = new_mount(mounts, tmp_path / "b", cfg)
+    m.mount()
+    table = f"0 {SECTORS} linear {remote.uri} 0"
+    refused = m.dm("create", "taken", "--table", table, check=False)
+    assert refused.returncode == 1 and f"pid {pid} on elsewhere".encode() in refused.stderr
+    m.dm("create", "taken", "--table", table, "--force-attach")
+    holder = holder_of(remote.uri)
+    assert holder is not None and holder["pid"] in m.daemon_pids()
+    m.dm("remove", "taken")  # the image is released again: its claim with it
+    assert holder_of(remote.uri) is None
+
+
+def test_dm_status_shows_the_connection_of_the_exports_a_table_reaches(
+    servers: NbdServers, mounts: list[ConfigMount], tmp_path: Path
+) -> None:
+    export = servers.nbdkit("file", str(sparse_file(tmp_path / "disk.raw", EXPORT_SIZE)))
+    create_image(export.uri)
+    m = new_mount(
+        mounts,
+        tmp_path / "a",
+        config(
+            {"remote": export.uri},
+            {"plain": f"0 {SECTORS} linear remote 0", "secure": secure_table("plain")},
+        ),
+    )
+    m.mount()
+    connection = f"  connection remote ({export.uri}): "
+    for name, target in (("plain", "linear"), ("secure", "default-key")):
+        lines = status(m, name).splitlines()
+        assert lines[0].split()[:3] == ["0", str(SECTORS), target]  # dmsetup's line as it is
+        assert lines[1:] == [connection + "connected"]
+
+    export.kill()
+    code, _ = dd_direct(m.dev("secure"), tmp_path / "out.bin", 1, check=False)
+    assert code != 0
+    for name in ("plain", "secure"):
+        (_, state) = status(m, name).splitlines()
+        assert state.startswith(connection + "disconnected")
+
+    export.start()
+    deadline = time.monotonic() + 20
+    while status(m, "secure").splitlines()[1] != connection + "connected":
+        assert time.monotonic() < deadline, status(m, "secure")
+        time.sleep(0.2)
+    dd_direct(m.dev("secure"), tmp_path / "out.bin", 1)
 
 
 def test_a_stalled_server_fails_requests_within_the_timeout_then_serves_again(
