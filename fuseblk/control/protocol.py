@@ -92,6 +92,15 @@ COMMANDS: dict[str, dict[str, Arg]] = {
         "length": Arg(int, bounds=BYTES_RANGE),
     },
     "stats": {"name": _OPT_NAME},
+    "hw_fault": {
+        "name": _NAME,
+        "fault": _WORD,
+        "count": Arg(int, required=False, bounds=range(1, 2**31)),
+        "probability": Arg(float, required=False),
+        "seed": Arg(int, required=False, bounds=ID_RANGE),
+        "ms": Arg(int, required=False, bounds=range(0, 2**31)),
+    },
+    "hw_status": {"name": _NAME},
     "shutdown": {"force": Arg(bool, required=False)},
 }
 
@@ -205,7 +214,13 @@ def validate_args(cmd: str, schema: dict[str, Arg], args: dict[str, Any]) -> Non
             raise einval(f"{cmd}: argument {key!r} {problem}")
 
 
-_TYPE_NAMES = {str: "a string", int: "an integer", bool: "a boolean", list: "a list"}
+_TYPE_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+    list: "a list",
+}
 _PLURAL_NAMES = {str: "strings", int: "integers", bool: "booleans"}
 
 
@@ -232,6 +247,8 @@ def _has_type(value: Any, expected: type) -> bool:
     # bool is an int in Python; JSON true must not pass as a sector number, nor 1 as a flag.
     if isinstance(value, bool):
         return expected is bool
+    if expected is float:  # JSON has one number type: 1 is as good a probability as 1.0
+        return isinstance(value, (int, float))
     return isinstance(value, expected)
 
 
