@@ -247,8 +247,6 @@ def _has_type(value: Any, expected: type) -> bool:
     # bool is an int in Python; JSON true must not pass as a sector number, nor 1 as a flag.
     if isinstance(value, bool):
         return expected is bool
-    if expected is float:  # JSON has one number type: 1 is as good a probability as 1.0
-        return isinstance(value, (int, float))
     return isinstance(value, expected)
 
 
