@@ -10,9 +10,13 @@ failure is the driver's error as a controller would report it, EIO; what the ker
 it is the profile's business (:mod:`fuseblk.blkcrypto.keyslot_manager`):
 
 * a failed ``keyslot_program`` fails the bio that needed the slot: ``blk_crypto_get_keyslot``
-  returns ``errno_to_blk_status(-EIO)``, ``BLK_STS_IOERR``, so the file sees EIO;
+  returns ``errno_to_blk_status(-EIO)``, ``BLK_STS_IOERR``, so the file sees EIO; the slot is
+  left empty where the kernel keeps the key it held mapped (the profile's documented deviation:
+  hardware that failed mid-programming holds no usable key);
 * a failed ``keyslot_evict`` is returned to the evictor (``__blk_crypto_evict_key``), and the
-  slot is unlinked anyway.
+  slot is unlinked anyway, because callers free the key even on error. (Since Linux 6.4
+  ``blk_crypto_evict_key`` itself returns void and only logs; fuseblk's evictor is a command,
+  so it is told.)
 
 The counters (``fault_program_errors``, ``fault_evict_errors``, ``fault_slow_programs``) are the
 engine's, so ``fuseblk stats`` shows them beside the I/O they disturbed.
