@@ -17,6 +17,8 @@ import pytest
 import trio
 
 from fuseblk.bio import Bio
+from fuseblk.cli import main
+from fuseblk.cli.hw_cmd import status_lines
 from fuseblk.control.protocol import decode_request, encode_request
 from fuseblk.crypt_context import BioCryptContext
 from fuseblk.errors import FuseblkError
@@ -214,3 +216,49 @@ def test_a_probability_is_a_json_fraction() -> None:
             encode_request(1, "hw_fault", {"name": "hw", "fault": "evict-fail", "probability": p})
         )
         assert req.args["probability"] == p
+
+
+# -- the command line -------------------------------------------------------------------------------
+
+
+def test_hw_status_text_shows_faults_keyslots_and_counters() -> None:
+    status = {
+        "name": "inline",
+        "hardware": "ufs",
+        "faults": [{"fault": "program-fail", "remaining": 2}, {"fault": "slow-program", "ms": 5}],
+        "keyslots": [
+            {"index": 0, "key_id": "ab12", "refs": 1},
+            {"index": 1, "key_id": None, "refs": 0},
+        ],
+        "counters": {"fault_program_errors": 3, "resets": 0},
+    }
+    lines = status_lines(status)
+    assert lines[:3] == [
+        "inline: ufs",
+        "fault: program-fail remaining=2",
+        "fault: slow-program ms=5",
+    ]
+    assert "keyslot 0: ab12 refs=1" in lines and "keyslot 1: empty refs=0" in lines
+    assert any(line.split() == ["fault_program_errors", "3"] for line in lines)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["hw", "fault", "inline", "slow-program"],
+        ["hw", "fault", "inline", "program-fail", "5"],
+        ["hw", "fault", "inline", "clear", "--count", "1"],
+        ["hw", "fault", "inline", "evict-fail", "--seed", "1"],
+        ["hw", "fault", "inline", "evict-fail", "--count", "1", "--probability", "0.5"],
+        ["hw", "fault", "inline", "evict-fail", "--probability", "2"],
+    ],
+)
+def test_bad_hw_fault_command_lines_are_usage_errors(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        status = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        status = int(exc.code or 0)
+    assert status == 2
+    assert capsys.readouterr().err.count("\n") == 1
