@@ -91,7 +91,7 @@ def _valid(spec: Arg) -> Any:
     right for the error to be about the wrong one."""
     if spec.type is int:
         return spec.bounds.start if spec.bounds is not None else 0
-    return {str: "dev", bool: False, list: ["x"]}[spec.type]
+    return {str: "dev", bool: False, list: ["x"], float: 0.5}[spec.type]
 
 
 def _is_declared_type(value: Any, spec: Arg) -> bool:

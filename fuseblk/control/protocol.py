@@ -97,6 +97,15 @@ COMMANDS: dict[str, dict[str, Arg]] = {
         "length": Arg(int, bounds=BYTES_RANGE),
     },
     "stats": {"name": _OPT_NAME},
+    "hw_fault": {
+        "name": _NAME,
+        "fault": _WORD,
+        "count": Arg(int, required=False, bounds=range(1, 2**31)),
+        "probability": Arg(float, required=False),
+        "seed": Arg(int, required=False, bounds=ID_RANGE),
+        "ms": Arg(int, required=False, bounds=range(0, 2**31)),
+    },
+    "hw_status": {"name": _NAME},
     "shutdown": {"force": Arg(bool, required=False)},
 }
 
@@ -210,7 +219,13 @@ def validate_args(cmd: str, schema: dict[str, Arg], args: dict[str, Any]) -> Non
             raise einval(f"{cmd}: argument {key!r} {problem}")
 
 
-_TYPE_NAMES = {str: "a string", int: "an integer", bool: "a boolean", list: "a list"}
+_TYPE_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+    list: "a list",
+}
 _PLURAL_NAMES = {str: "strings", int: "integers", bool: "booleans"}
 
 

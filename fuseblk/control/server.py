@@ -160,6 +160,23 @@ class ControlCommands:
         """``BLKDISCARD`` by hand: the FUSE layer cannot offer it (pyfuse3 has no fallocate)."""
         await self.manager.discard(name, offset, length)
 
+    # -- injected hardware faults ---------------------------------------------------------------
+    async def cmd_hw_fault(
+        self,
+        name: str,
+        fault: str,
+        count: int | None = None,
+        probability: float | None = None,
+        seed: int | None = None,
+        ms: int | None = None,
+    ) -> dict[str, Any]:
+        return await self.manager.hw_fault(
+            name, fault, count=count, probability=probability, seed=seed, ms=ms
+        )
+
+    def cmd_hw_status(self, name: str) -> dict[str, Any]:
+        return self.manager.hw_status(name)
+
     async def cmd_shutdown(self, force: bool = False) -> None:
         """Refuse while devices are open (like umount(8)), unless forced.
 

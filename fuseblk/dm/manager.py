@@ -39,7 +39,10 @@ from fuseblk.dm.mapped_device import MappedDevice
 from fuseblk.dm.table import Table
 from fuseblk.dm.targets.base import TargetArgError
 from fuseblk.errors import FuseblkError, einval
+from fuseblk.hw.engine import InlineEncryptionEngine
 from fuseblk.hw.factory import OwnMount, find_or_open_backend
+from fuseblk.hw.faults import FaultKind
+from fuseblk.hw.profiles import HardwareKind
 from fuseblk.key import BlkCryptoKey
 from fuseblk.modes import CryptoMode
 
@@ -421,6 +424,81 @@ class DeviceManager:
         return result
 
     # -- lifecycle --------------------------------------------------------------------------------------
+
+    # -- injected hardware faults ---------------------------------------------------------------
+
+    def _engine(self, name: str) -> InlineEncryptionEngine:
+        """Backend ``name`` as inline-encryption hardware that faults can be injected into."""
+        dev = self._backends.get(name)
+        if dev is None:
+            raise FuseblkError(errno.ENXIO, f"no backend named {name!r}")
+        if not isinstance(dev, InlineEncryptionEngine) or dev.hardware.kind is HardwareKind.NONE:
+            raise FuseblkError(errno.EOPNOTSUPP, f"{name}: has no inline-encryption hardware")
+        return dev
+
+    async def hw_fault(
+        self,
+        name: str,
+        fault: str,
+        count: int | None = None,
+        probability: float | None = None,
+        seed: int | None = None,
+        ms: int | None = None,
+    ) -> dict[str, Any]:
+        """``fuseblk hw fault``: arm a fault (:mod:`fuseblk.hw.faults`), reset the controller, or
+        clear every fault. Returns the backend's :meth:`hw_status`."""
+        engine = self._engine(name)
+        if fault == "reset":
+            await engine.reset()
+        elif fault == "clear":
+            engine.faults.clear()
+        elif fault == "slow-program":
+            self._need_keyslots(engine, fault)
+            if ms is None:
+                raise einval("slow-program: needs a delay in milliseconds")
+            engine.faults.slow_program(ms)
+        else:
+            try:
+                kind = FaultKind(fault)
+            except ValueError:
+                choices = ", ".join(
+                    [*(k.value for k in FaultKind), "slow-program", "reset", "clear"]
+                )
+                raise einval(f"unknown fault {fault!r} (one of {choices})") from None
+            if kind is FaultKind.PROGRAM_FAIL:
+                self._need_keyslots(engine, fault)
+            engine.faults.fail(kind, count=count, probability=probability, seed=seed)
+        return self.hw_status(name)
+
+    @staticmethod
+    def _need_keyslots(engine: InlineEncryptionEngine, fault: str) -> None:
+        if engine.hardware.kind is not HardwareKind.KEYSLOTS:
+            raise FuseblkError(
+                errno.EOPNOTSUPP, f"{engine.name}: {fault} needs hardware with keyslots"
+            )
+
+    def hw_status(self, name: str) -> dict[str, Any]:
+        """``fuseblk hw status``: the hardware, its armed faults, keyslots (key ids, never keys)
+        and the counters of faults that fired."""
+        engine = self._engine(name)
+        profile = engine.crypto_profile
+        slots = profile.slot_table() if profile is not None else []
+        counters = engine.counters.snapshot()
+        return {
+            "name": name,
+            "hardware": engine.hardware.describe(),
+            "faults": engine.faults.to_json(),
+            "keyslots": [{"index": s.index, "key_id": s.key_id, "refs": s.refs} for s in slots],
+            "counters": {
+                k: counters.get(k, 0)
+                for k in (
+                    "fault_program_errors",
+                    "fault_evict_errors",
+                    "fault_slow_programs",
+                    "resets",
+                )
+            },
+        }
 
     async def flush_all(self) -> None:
         """Flush every backend (data durable, keyslot tables recorded)."""

@@ -42,6 +42,7 @@ from fuseblk.bio import Bio, BioOp
 from fuseblk.blkcrypto.keyslot_manager import CryptoProfile, Keyslot
 from fuseblk.ciphers import DataUnitCipher, get_cipher
 from fuseblk.errors import FuseblkError
+from fuseblk.hw.faults import FaultKind, FaultPlan
 from fuseblk.hw.header_store import Attached, HeaderStore, attach_header
 from fuseblk.hw.image_format import ImageHeader, SlotRecord, SlotRecordState
 from fuseblk.hw.profiles import HardwareKind, HardwareProfile
@@ -97,9 +98,12 @@ class InlineEncryptionEngine:
         self._closed = False
         self._open_count = 0
         self._ciphers = DirectCiphers(self.counters)
+        self.faults = FaultPlan(
+            name, self.counters
+        )  # injected by `fuseblk hw fault`, in memory only
         self._profile: CryptoProfile | None = None
         if self.hardware.kind is not HardwareKind.NONE:
-            ops = EngineKeyslotOps(self._ciphers, self._check_attached)
+            ops = EngineKeyslotOps(self._ciphers, self._check_attached, self.faults)
             self._profile = CryptoProfile(
                 self.hardware.caps, self.hardware.num_slots, ops=ops, name=name
             )
@@ -168,6 +172,22 @@ class InlineEncryptionEngine:
         profile = self._profile
         if profile is not None and profile.supports(key.config):
             await profile.evict_key(key)
+
+    async def reset(self) -> None:
+        """A controller reset: the hardware forgets every key, and the driver loads the keys its
+        profile holds again (``blk_crypto_reprogram_all_keys``, as UFS does after a host reset).
+
+        Bios in flight keep the ciphers they hold. Where a slot cannot be programmed again (an
+        injected program-fail), the profile empties it and the first error is returned here; the
+        kernel only WARNs and keeps the key mapped, which would leave a slot whose hardware holds
+        nothing. The next bio for that key misses and programs a slot again. A direct engine
+        forgets its expanded keys.
+        """
+        self._check_attached()
+        self.counters.add("resets")
+        self._ciphers.clear()
+        if self._profile is not None:
+            await self._profile.reprogram_all()
 
     def _check_attached(self) -> None:
         if self._closed:
@@ -449,6 +469,9 @@ class DirectCiphers:
     def forget(self, key: BlkCryptoKey) -> None:
         self._cache.pop(key, None)
 
+    def clear(self) -> None:
+        self._cache.clear()
+
 
 class EngineKeyslotOps:
     """The engine's side of its crypto profile (``blk_crypto_ll_ops``), kept apart from the
@@ -457,16 +480,27 @@ class EngineKeyslotOps:
     Programming a slot expands the key, as hardware does when a key is loaded; nothing reaches
     the storage (the keyslot table is written with the header, on flush). Evicting from a direct
     engine (``slot is None``) forgets its expanded key.
+
+    Both consult the engine's :class:`FaultPlan` first, so an injected failure is the driver's
+    error as the profile sees it. One deviation follows from the profile evicting a cached key
+    before programming its slot for another (the fallback driver's order; the kernel programs
+    over it): an armed evict-fail also fails such a miss, with EIO and the slot left empty.
     """
 
-    def __init__(self, ciphers: DirectCiphers, check_attached: Callable[[], None]) -> None:
+    def __init__(
+        self, ciphers: DirectCiphers, check_attached: Callable[[], None], faults: FaultPlan
+    ) -> None:
         self._ciphers = ciphers
         self._check_attached = check_attached
+        self._faults = faults
 
     async def program_key(self, key: BlkCryptoKey, slot: int) -> DataUnitCipher:
         self._check_attached()
+        await self._faults.program_delay()
+        self._faults.check(FaultKind.PROGRAM_FAIL, slot)
         return get_cipher(key)
 
     async def evict_key(self, key: BlkCryptoKey, slot: int | None) -> None:
+        self._faults.check(FaultKind.EVICT_FAIL, slot)
         if slot is None:
             self._ciphers.forget(key)

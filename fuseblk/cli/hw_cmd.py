@@ -1,0 +1,138 @@
+"""``fuseblk hw``: faults injected into a backend's inline-encryption engine, and its state.
+
+``fuseblk hw fault BACKEND KIND`` arms a fault in a running daemon (:mod:`fuseblk.hw.faults`):
+``program-fail`` and ``evict-fail`` fail the next ``--count N`` keyslot programs or evictions, or
+each with ``--probability P`` (``--seed S`` replays a run), or every one until cleared;
+``slow-program MS`` delays each programming; ``reset`` resets the controller (every key is
+programmed again); ``clear`` disarms every fault. ``fuseblk hw status BACKEND`` lists the armed
+faults, the keyslots (key ids only) and the counts of faults that fired. Faults live in the
+daemon's memory: an image never records them.
+
+Exit status: 0 on success, 2 for a usage error (EINVAL), 1 when the daemon refuses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from fuseblk.cli import output
+from fuseblk.cli.arguments import integer
+from fuseblk.cli.dm_cmd import common_options
+from fuseblk.control.client import ControlClient
+from fuseblk.errors import FuseblkError
+from fuseblk.numbers import parse_real
+
+FAIL_KINDS = ("program-fail", "evict-fail")
+KINDS = (*FAIL_KINDS, "slow-program", "reset", "clear")
+
+
+def probability(text: str) -> float:
+    """An argparse ``type``: a probability from 0 to 1 in ASCII digits."""
+    try:
+        return parse_real(text, lo=0.0, hi=1.0)
+    except FuseblkError as err:
+        raise argparse.ArgumentTypeError(err.message) from None
+
+
+def add_parser(subparsers: Any) -> None:
+    common = common_options()
+    hw = subparsers.add_parser(
+        "hw",
+        help="inject faults into a backend's inline-encryption hardware",
+        description="Inject faults into the emulated inline-encryption hardware of a running "
+        "fuseblk daemon's backends, and show their state.",
+        parents=[common_options(suppress=False)],
+    )
+    verbs = hw.add_subparsers(dest="verb", metavar="VERB")
+    verbs.required = True
+
+    p = verbs.add_parser(
+        "fault",
+        help="arm a fault, reset the controller, or clear every fault",
+        description="program-fail/evict-fail [--count N | --probability P [--seed S]], "
+        "slow-program MS, reset, clear",
+        parents=[common],
+    )
+    p.set_defaults(func=run_fault)
+    p.add_argument("backend", metavar="BACKEND")
+    p.add_argument("kind", choices=KINDS, metavar="KIND", help=", ".join(KINDS))
+    p.add_argument(
+        "ms", nargs="?", type=integer(0, 60_000), metavar="MS", help="slow-program: delay in ms"
+    )
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--count", type=integer(1, 2**31 - 1), metavar="N", help="fail the next N")
+    how.add_argument("--probability", type=probability, metavar="P", help="fail each with P")
+    p.add_argument(
+        "--seed", type=integer(0, 2**63 - 1), metavar="S", help="seed of --probability's draws"
+    )
+
+    p = verbs.add_parser(
+        "status", help="show armed faults, keyslots and fault counters", parents=[common]
+    )
+    p.set_defaults(func=run_status)
+    p.add_argument("backend", metavar="BACKEND")
+
+
+def _usage(args: argparse.Namespace) -> str | None:
+    """What is wrong with the combination of arguments, or None."""
+    if args.kind == "slow-program" and args.ms is None:
+        return "slow-program needs MS"
+    if args.kind != "slow-program" and args.ms is not None:
+        return f"{args.kind} takes no MS"
+    failing = args.count is not None or args.probability is not None or args.seed is not None
+    if args.kind not in FAIL_KINDS and failing:
+        return f"{args.kind} takes no --count, --probability or --seed"
+    if args.seed is not None and args.probability is None:
+        return "--seed needs --probability"
+    return None
+
+
+def run_fault(args: argparse.Namespace) -> int:
+    problem = _usage(args)
+    if problem is not None:
+        print(f"fuseblk hw fault: error: {problem} (see fuseblk hw fault --help)", file=sys.stderr)
+        return 2
+    options = {"count": args.count, "probability": args.probability, "seed": args.seed}
+    request: dict[str, Any] = {"name": args.backend, "fault": args.kind, "ms": args.ms}
+    request.update(options)
+    request = {k: v for k, v in request.items() if v is not None}
+    return _call(args, "fault", "hw_fault", request)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    return _call(args, "status", "hw_status", {"name": args.backend})
+
+
+def _call(args: argparse.Namespace, verb: str, cmd: str, request: dict[str, Any]) -> int:
+    try:
+        with ControlClient.for_mount(args.mount) as client:
+            status = client.call(cmd, **request)
+    except FuseblkError as err:
+        print(f"fuseblk hw {verb}: {err.message}", file=sys.stderr)
+        return 2 if err.errno == errno.EINVAL else 1
+    if args.json:
+        print(output.to_json(status))
+    else:
+        print("\n".join(status_lines(status)))
+    return 0
+
+
+def status_lines(status: Mapping[str, Any]) -> list[str]:
+    """``hw status`` as text: the hardware, its faults, its keyslots, its fault counters."""
+    lines = [f"{status['name']}: {status['hardware']}"]
+    faults = status.get("faults") or []
+    if not faults:
+        lines.append("faults: none")
+    for fault in faults:
+        detail = " ".join(f"{k}={v}" for k, v in fault.items() if k != "fault")
+        lines.append(f"fault: {fault['fault']} {detail}".rstrip())
+    for slot in status.get("keyslots") or []:
+        held = slot["key_id"] or "empty"
+        lines.append(f"keyslot {slot['index']}: {held} refs={slot['refs']}")
+    counters = status.get("counters") or {}
+    lines.extend(output.align([[k, v] for k, v in counters.items()]))
+    return lines
