@@ -58,6 +58,34 @@ async def test_many_requests_are_in_flight_on_one_connection(servers: NbdServers
         storage.close()
 
 
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def test_transferring_data_does_not_grow_memory_by_what_was_transferred(
+    servers: NbdServers,
+) -> None:
+    """libnbd's buffers are reused: 1 GiB written and read back leaves the process about the
+    size it was (a buffer per request would keep every byte)."""
+    export = servers.nbdkit("memory", str(EXPORT))
+    storage = await trio.to_thread.run_sync(open_export, export.uri)
+    try:
+        data = memoryview(os.urandom(MiB))
+        back = memoryview(bytearray(MiB))
+        await storage.awrite(data, 0)
+        await storage.aread_into(back, 0)
+        before = _rss_bytes()
+        for i in range(512):
+            await storage.awrite(data, (i % 8) * MiB)
+            await storage.aread_into(back, (i % 8) * MiB)
+        grown = _rss_bytes() - before
+        assert back == data
+        assert grown < 64 * MiB, f"1 GiB transferred grew the process by {grown // MiB} MiB"
+    finally:
+        storage.close()
+
+
 async def test_requests_are_split_at_the_exports_maximum_block_size(servers: NbdServers) -> None:
     export = servers.nbdkit(
         "memory",

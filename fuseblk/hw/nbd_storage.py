@@ -187,6 +187,33 @@ def _connection_gone(conn: _Connection) -> bool:
     return bool(conn.dead)
 
 
+class _BufferPool:
+    """libnbd buffers reused across requests, by length and direction.
+
+    Debian's python3-libnbd (1.14) never frees what a command was given: a ``Buffer`` it
+    allocated keeps its memory after the last reference goes, and one made over a Python buffer
+    keeps that buffer exported for good. A buffer per request would leak every byte ever
+    transferred, so each request takes one here and gives it back once its command is answered
+    (a command that timed out may still write into its buffer: that one is not given back).
+    Reads use buffers libnbd allocated, which reuse costs nothing; writes need buffers whose
+    bytes can be filled in place, a ``bytearray`` each, which costs libnbd a few bytes of
+    bookkeeping per command. The pool holds what the most concurrent requests of each length
+    needed at once.
+    """
+
+    def __init__(self) -> None:
+        self._free: dict[tuple[bool, int], list[nbd.Buffer]] = {}
+
+    def take(self, length: int, *, write: bool) -> nbd.Buffer:
+        free = self._free.get((write, length))
+        if free:
+            return free.pop()
+        return nbd.Buffer.from_buffer(bytearray(length)) if write else nbd.Buffer(length)
+
+    def give(self, buf: nbd.Buffer, *, write: bool) -> None:
+        self._free.setdefault((write, len(buf)), []).append(buf)
+
+
 class NbdStorage:
     """An NBD export holding an image (a :class:`fuseblk.hw.storage.Storage` whose
     :attr:`network` is itself)."""
@@ -205,6 +232,7 @@ class NbdStorage:
         self._reconnects = 0
         self._claimed: Holder | None = None  # the holder this storage recorded
         self._closed = False
+        self._buffers = _BufferPool()
 
     @classmethod
     def open(cls, scheme: str, location: str, *, timeout: float | None = None) -> NbdStorage:
@@ -346,17 +374,20 @@ class NbdStorage:
     async def aread_into(self, buf: Buffer, offset: int) -> None:
         view = byte_view(buf)
         for start, length in self._chunks(offset, len(view)):
-            nbuf = nbd.Buffer(length)
+            nbuf = self._buffers.take(length, write=False)
             await self._command("read", nbd.NBD.aio_pread, nbuf, start)
             pos = start - offset
             view[pos : pos + length] = nbuf.to_bytearray()
+            self._buffers.give(nbuf, write=False)
 
     async def awrite(self, data: Buffer, offset: int) -> None:
         view = byte_view(data)
         for start, length in self._chunks(offset, len(view)):
             pos = start - offset
-            nbuf = nbd.Buffer.from_bytearray(bytearray(view[pos : pos + length]))
+            nbuf = self._buffers.take(length, write=True)
+            nbuf.to_buffer()[:] = view[pos : pos + length]
             await self._command("write", nbd.NBD.aio_pwrite, nbuf, start)
+            self._buffers.give(nbuf, write=True)
 
     async def aflush(self) -> None:
         if self._can_flush:
