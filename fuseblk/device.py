@@ -96,3 +96,23 @@ class Backend(BlockDevice, Protocol):
     def info(self) -> dict[str, Any]:
         """What ``fuseblk image inspect`` and ``dm info`` show of it (never key material)."""
         ...
+
+
+class OpenCounter:
+    """``open()``/``release()`` as devices keep them: a count of handles on the device's file.
+
+    The FUSE layer opens and releases; ``dm remove`` and ``umount`` read the count. A release
+    without an open (a handle from before a restart of the count) never takes it below zero.
+    """
+
+    _open_count = 0
+
+    @property
+    def open_count(self) -> int:
+        return self._open_count
+
+    def open(self) -> None:
+        self._open_count += 1
+
+    def release(self) -> None:
+        self._open_count = max(0, self._open_count - 1)

@@ -27,6 +27,7 @@ from fuseblk.blkcrypto.block_layer import supports_natively
 from fuseblk.blkcrypto.keyslot_manager import CryptoProfile
 from fuseblk.capabilities import CryptoCapabilities, dus_mask
 from fuseblk.ciphers import DataUnitCipher, get_cipher
+from fuseblk.device import OpenCounter
 from fuseblk.errors import FuseblkError
 from fuseblk.key import BlkCryptoKey, KeyType
 from fuseblk.modes import CryptoMode
@@ -97,7 +98,7 @@ class MemKeyslotHardware:
         return [(key_id, slot) for op, key_id, slot in self.calls if op == "program"]
 
 
-class MemDevice:
+class MemDevice(OpenCounter):
     """A RAM disk of ``size`` bytes in ``block_size`` blocks.
 
     Crypto: ``profile`` as given, or ``caps`` makes it hardware with ``num_slots`` keyslots of a
@@ -145,18 +146,11 @@ class MemDevice:
         self.failing: int | None = None
         self.hold: trio.Event | None = None
         self.gate: threading.Event | None = None
-        self.open_count = 0
         self.closed = False
 
     def extents(self) -> list[tuple[BioOp, int, int]]:
         """What reached the device, as ``(op, offset, length)``."""
         return [(bio.op, bio.offset, bio.length) for bio in self.bios]
-
-    def open(self) -> None:
-        self.open_count += 1
-
-    def release(self) -> None:
-        self.open_count -= 1
 
     async def flush(self) -> None:
         self.counters.add("flushes")

@@ -31,6 +31,7 @@ from fuseblk.bio import Bio, BioOp
 from fuseblk.blkcrypto.block_layer import BlockLayer, supports_natively
 from fuseblk.blkcrypto.keyslot_manager import CryptoProfile
 from fuseblk.capabilities import CryptoCapabilities, has_capabilities
+from fuseblk.device import OpenCounter
 from fuseblk.dm.fanout import CONCURRENT_MIN_BYTES, fan_out
 from fuseblk.dm.split import split_at_targets
 from fuseblk.dm.suspend_gate import SuspendGate
@@ -53,7 +54,7 @@ MORE_RESTRICTIVE = (
 )
 
 
-class MappedDevice:
+class MappedDevice(OpenCounter):
     """A :class:`~fuseblk.device.BlockDevice` whose bios are mapped by a table of targets."""
 
     def __init__(
@@ -69,7 +70,6 @@ class MappedDevice:
         self._block_size = DEFAULT_BLOCK_SIZE
         self.inactive: Table | None = None
         self.event_nr = 0
-        self._open_count = 0
         self._profile: CryptoProfile | None = None
         self._gate = SuspendGate()
         self._lock = trio.Lock()  # md->suspend_lock: one suspend/resume/swap at a time
@@ -104,17 +104,6 @@ class MappedDevice:
     @property
     def block_size(self) -> int:
         return self._block_size
-
-    @property
-    def open_count(self) -> int:
-        """Open handles on the device's file: ``dm remove`` is EBUSY while there are any."""
-        return self._open_count
-
-    def open(self) -> None:
-        self._open_count += 1
-
-    def release(self) -> None:
-        self._open_count = max(0, self._open_count - 1)
 
     @property
     def suspended(self) -> bool:

@@ -41,6 +41,7 @@ from fuseblk import SECTOR_SIZE
 from fuseblk.bio import Bio, BioOp
 from fuseblk.blkcrypto.keyslot_manager import CryptoProfile, Keyslot
 from fuseblk.ciphers import DataUnitCipher, get_cipher
+from fuseblk.device import OpenCounter
 from fuseblk.errors import FuseblkError
 from fuseblk.hw.faults import FaultKind, FaultPlan
 from fuseblk.hw.header_store import Attached, HeaderStore, attach_header
@@ -75,7 +76,7 @@ def attach(storage: Storage, name: str | None = None) -> InlineEncryptionEngine:
     return InlineEncryptionEngine(storage, attached, name or storage.reference)
 
 
-class InlineEncryptionEngine:
+class InlineEncryptionEngine(OpenCounter):
     """An attached image: a :class:`fuseblk.device.Backend` (and so a ``BlockDevice``)."""
 
     block_size = SECTOR_SIZE
@@ -96,7 +97,6 @@ class InlineEncryptionEngine:
         self.counters = Counters()
         self._headers = HeaderStore(storage, header, self.counters)
         self._closed = False
-        self._open_count = 0
         self._ciphers = DirectCiphers(self.counters)
         self.faults = FaultPlan(
             name, self.counters
@@ -126,16 +126,6 @@ class InlineEncryptionEngine:
     @property
     def crypto_profile(self) -> CryptoProfile | None:
         return self._profile
-
-    @property
-    def open_count(self) -> int:
-        return self._open_count
-
-    def open(self) -> None:
-        self._open_count += 1
-
-    def release(self) -> None:
-        self._open_count -= 1
 
     @property
     def header(self) -> ImageHeader:
