@@ -26,7 +26,7 @@ from harness import (
     require_tools,
     run,
 )
-from nbd_helpers import NbdServers, nbd_servers, read_at, require_libnbd, sparse_file
+from nbd_helpers import NbdServer, NbdServers, nbd_servers, read_at, require_libnbd, sparse_file
 
 from fuseblk.hw.factory import open_storage
 from fuseblk.hw.image_format import read_headers, write_headers
@@ -353,9 +353,11 @@ def test_a_second_daemon_is_refused_naming_the_holder(
     second.mount()
 
 
-def test_image_check_repair_takes_over_the_claim_of_a_killed_daemon(
+def claim_left_by_a_killed_daemon(
     servers: NbdServers, mounts: list[ConfigMount], tmp_path: Path
-) -> None:
+) -> tuple[NbdServer, str, int]:
+    """An image on nbdkit's file export whose claim a SIGKILLed daemon left behind: the export,
+    the config that mounted it, and the dead daemon's pid."""
     disk = sparse_file(tmp_path / "disk.raw", EXPORT_SIZE)
     export = servers.nbdkit("file", str(disk))
     create_image(export.uri)
@@ -364,6 +366,13 @@ def test_image_check_repair_takes_over_the_claim_of_a_killed_daemon(
     first.mount()
     (pid,) = first.kill()
     first.force_cleanup()
+    return export, cfg, pid
+
+
+def test_image_check_repair_takes_over_the_claim_of_a_killed_daemon(
+    servers: NbdServers, mounts: list[ConfigMount], tmp_path: Path
+) -> None:
+    export, cfg, pid = claim_left_by_a_killed_daemon(servers, mounts, tmp_path)
     check = fuseblk("image", "check", export.uri, check=False)
     assert check.returncode == 1 and f"pid {pid}".encode() in check.stdout
     repaired = fuseblk("image", "check", "--repair", export.uri).stdout
@@ -392,14 +401,7 @@ def holder_of(uri: str) -> dict | None:
 def test_force_attach_takes_over_the_claim_a_killed_daemon_on_another_host_left(
     servers: NbdServers, mounts: list[ConfigMount], tmp_path: Path
 ) -> None:
-    disk = sparse_file(tmp_path / "disk.raw", EXPORT_SIZE)
-    export = servers.nbdkit("file", str(disk))
-    create_image(export.uri)
-    cfg = config({"remote": export.uri}, {"plain": f"0 {SECTORS} linear remote 0"})
-    first = new_mount(mounts, tmp_path / "a", cfg)
-    first.mount()
-    (pid,) = first.kill()
-    first.force_cleanup()
+    export, cfg, pid = claim_left_by_a_killed_daemon(servers, mounts, tmp_path)
     claim_for_another_host(export.uri)
 
     second = new_mount(mounts, tmp_path / "b", cfg)
