@@ -44,8 +44,8 @@ from fuseblk.modes import CryptoMode
 BLOCK = 16
 IV_SIZE = 16
 _IV_MASK = (1 << (8 * IV_SIZE)) - 1  # the IV is the DUN's low 16 bytes (fuseblk.dun.dun_iv)
-# Up to this many data units, one cryptography XTS call per unit (~3.5 µs each) beats the bulk
-# path, whose NumPy calls cost ~20-30 µs whatever the size (measured: crossover 6-12 units).
+# Up to this many data units, one cryptography XTS call per unit beats the bulk path, whose
+# NumPy calls cost the same whatever the size (tools/bench_crypto.py shows the crossover).
 PER_UNIT_MAX_UNITS = 8
 
 
