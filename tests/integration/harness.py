@@ -10,8 +10,10 @@ fuseblk misbehaves.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -254,6 +256,33 @@ class LoopDevices:
         for dev in reversed(self.devices):
             run(["losetup", "-d", dev], check=False)
         self.devices.clear()
+
+
+def write_tree(root: Path, seed: int) -> dict[str, str]:
+    """A few nested directories of files of awkward sizes; returns path -> sha256."""
+    rng = random.Random(seed)
+    digests = {}
+    for d in range(4):
+        sub = root / f"dir{d}" / f"nested{d % 2}"
+        sub.mkdir(parents=True, exist_ok=True)
+        for i in range(6):
+            data = rng.randbytes(rng.choice([0, 1, 511, 4096, 4097, 65536 + 3, 1 << 20]))
+            path = sub / f"file{i}.bin"
+            path.write_bytes(data)
+            digests[str(path.relative_to(root))] = hashlib.sha256(data).hexdigest()
+    (root / "dir0" / "link").symlink_to("nested0/file0.bin")
+    return digests
+
+
+def read_tree(root: Path) -> dict[str, str]:
+    digests = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(dirpath) / name
+            if path.is_symlink() or path.parent.name == "lost+found":
+                continue
+            digests[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests
 
 
 # -- fio --------------------------------------------------------------------------------------------

@@ -2,42 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-import random
 from pathlib import Path
 
 import pytest
-from harness import FuseblkMount, LoopDevices, run
+from harness import FuseblkMount, LoopDevices, read_tree, run, write_tree
 
 pytestmark = pytest.mark.integration
-
-
-def write_tree(root: Path, seed: int) -> dict[str, str]:
-    """A few nested directories of files of awkward sizes; returns path -> sha256."""
-    rng = random.Random(seed)
-    digests = {}
-    for d in range(4):
-        sub = root / f"dir{d}" / f"nested{d % 2}"
-        sub.mkdir(parents=True, exist_ok=True)
-        for i in range(6):
-            data = rng.randbytes(rng.choice([0, 1, 511, 4096, 4097, 65536 + 3, 1 << 20]))
-            path = sub / f"file{i}.bin"
-            path.write_bytes(data)
-            digests[str(path.relative_to(root))] = hashlib.sha256(data).hexdigest()
-    (root / "dir0" / "link").symlink_to("nested0/file0.bin")
-    return digests
-
-
-def read_tree(root: Path) -> dict[str, str]:
-    digests = {}
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            path = Path(dirpath) / name
-            if path.is_symlink() or path.parent.name == "lost+found":
-                continue
-            digests[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return digests
 
 
 def test_ext4_on_secure_is_clean_and_survives_a_daemon_restart(

@@ -18,13 +18,17 @@ import pytest
 from harness import (
     BackgroundFio,
     FuseblkMount,
+    LoopDevices,
     MiB,
     check_fio,
     fio_command,
     fuseblk,
+    read_tree,
     require_fuse_mount,
+    require_loop_devices,
     require_tools,
     run,
+    write_tree,
 )
 from nbd_helpers import NbdServer, NbdServers, nbd_servers, read_at, require_libnbd, sparse_file
 
@@ -236,6 +240,45 @@ def test_fio_verifies_a_secure_device_over_an_nbdkit_tcp_export(
     stats = backend_stats(m, export.uri)
     assert stats["connection"]["state"] == "connected"
     assert stats["inline_bios"] > 0 and stats.get("errors", 0) == 0
+
+
+@pytest.fixture
+def nbd_loops(mounts: list[ConfigMount]) -> Iterator[LoopDevices]:
+    """Loop devices over files of the test's mounts; released before the mounts go."""
+    require_loop_devices()
+    ld = LoopDevices()
+    try:
+        yield ld
+    finally:
+        ld.release_all()
+
+
+def test_ext4_on_losetup_over_a_secure_device_on_an_export_survives_a_remount(
+    servers: NbdServers, mounts: list[ConfigMount], nbd_loops: LoopDevices, tmp_path: Path
+) -> None:
+    disk = sparse_file(tmp_path / "disk.raw", EXPORT_SIZE)
+    export = servers.nbdkit("file", str(disk))
+    create_image(export.uri)
+    cfg = config({"remote": export.uri}, {"secure": secure_table("remote")})
+    m = new_mount(mounts, tmp_path / "a", cfg)
+    m.mount()
+    fs = tmp_path / "fs"
+
+    dev = nbd_loops.attach(m.dev("secure"))
+    run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-E", "nodiscard", dev], timeout=180)
+    nbd_loops.mount(dev, fs)
+    expected = write_tree(fs, seed=7)
+    os.sync()
+    nbd_loops.umount(fs)
+    run(["fsck.ext4", "-fn", dev], timeout=180)
+    nbd_loops.detach(dev)
+    m.umount()
+
+    m.mount()
+    dev = nbd_loops.attach(m.dev("secure"))
+    run(["fsck.ext4", "-fn", dev], timeout=180)
+    nbd_loops.mount(dev, fs)
+    assert read_tree(fs) == expected
 
 
 def test_raid1_with_legs_on_two_servers_survives_one_killed_mid_fio(
