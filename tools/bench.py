@@ -131,6 +131,18 @@ def peak_rss_mb(pid: int | None) -> float | None:
     return None
 
 
+def stop(proc: subprocess.Popen[str], unmount: Path | None = None) -> None:
+    """End a server the benchmark started (SIGTERM, then SIGKILL after 10 s) and lazily unmount
+    the FUSE mount it served, if any."""
+    proc.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+    if proc.poll() is None:
+        proc.kill()
+    if unmount is not None:
+        subprocess.run(["fusermount3", "-uz", str(unmount)], capture_output=True, check=False)
+
+
 @contextlib.contextmanager
 def default_mount(workdir: Path) -> Iterator[tuple[Path, Path]]:
     mnt, state = workdir / "mnt", workdir / "state"
@@ -186,12 +198,7 @@ def qemu_luks_export(workdir: Path, size: int) -> Iterator[Path | None]:
             time.sleep(0.1)
         yield export
     finally:
-        daemon.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            daemon.wait(timeout=10)
-        if daemon.poll() is None:
-            daemon.kill()
-        subprocess.run(["fusermount3", "-uz", str(export)], capture_output=True, check=False)
+        stop(daemon, unmount=export)
 
 
 @contextlib.contextmanager
@@ -226,11 +233,7 @@ def nbd_export(workdir: Path, size: int) -> Iterator[str | None]:
             return
         yield uri
     finally:
-        server.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            server.wait(timeout=10)
-        if server.poll() is None:
-            server.kill()
+        stop(server)
 
 
 def secure_like(mnt: Path, name: str, backend: str, size: int) -> str:
@@ -265,12 +268,7 @@ def floor_mount(workdir: Path, image: Path, offset: int, size: int) -> Iterator[
             time.sleep(0.05)
         yield disk
     finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
-        if proc.poll() is None:
-            proc.kill()
-        subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True, check=False)
+        stop(proc, unmount=mnt)
 
 
 def metric(r: Result) -> float:
