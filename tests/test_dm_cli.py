@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -369,22 +370,36 @@ def test_evict_key_with_a_hex_key_of_the_wrong_size_is_a_usage_error(
     assert KEY[:40].hex() not in err
 
 
+def filled_plain_device(
+    daemon: DaemonThread, capsys: pytest.CaptureFixture[str]
+) -> Callable[[], bytearray]:
+    """Create ``plain`` (32 KiB), fill it with 0x5a, and return a function that reads it back."""
+    dm(capsys, "create", "plain", "--table", "0 64 linear legacy 0")
+    dev = daemon.manager.get("plain")
+    size = 64 * 512
+
+    async def fill() -> None:
+        await dev.submit(Bio.write(0, b"\x5a" * size))
+
+    def read() -> bytearray:
+        buf = bytearray(size)
+
+        async def into() -> None:
+            await dev.submit(Bio.read(0, buf))
+
+        daemon.run(into)
+        return buf
+
+    daemon.run(fill)
+    return read
+
+
 def test_discard_with_size_suffixes_zeroes_the_range(
     daemon: DaemonThread, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    dm(capsys, "create", "plain", "--table", "0 64 linear legacy 0")
-    dev = daemon.manager.get("plain")
-    buf = bytearray(64 * 512)
-
-    async def fill() -> None:
-        await dev.submit(Bio.write(0, b"\x5a" * len(buf)))
-
-    async def read() -> None:
-        await dev.submit(Bio.read(0, buf))
-
-    daemon.run(fill)
+    read = filled_plain_device(daemon, capsys)
     assert dm(capsys, "discard", "plain", "1K", "2K")[0] == 0
-    daemon.run(read)
+    buf = read()
     assert (
         buf[:1024] == b"\x5a" * 1024
         and buf[1024:3072] == bytes(2048)
@@ -397,20 +412,10 @@ def test_discard_with_size_suffixes_zeroes_the_range(
 def test_discard_with_non_ascii_digits_zeroes_nothing(
     daemon: DaemonThread, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    dm(capsys, "create", "plain", "--table", "0 64 linear legacy 0")
-    dev = daemon.manager.get("plain")
-    buf = bytearray(64 * 512)
-
-    async def fill() -> None:
-        await dev.submit(Bio.write(0, b"\x5a" * len(buf)))
-
-    async def read() -> None:
-        await dev.submit(Bio.read(0, buf))
-
-    daemon.run(fill)
+    read = filled_plain_device(daemon, capsys)
     status, _, err = dm(capsys, "discard", "plain", "５１２", "512")  # full-width 512
     assert status == 2 and err.startswith("fuseblk dm discard: invalid size '５１２'")
-    daemon.run(read)
+    buf = read()
     assert buf == b"\x5a" * len(buf)
 
 
