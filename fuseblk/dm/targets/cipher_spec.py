@@ -1,9 +1,11 @@
-"""Arguments shared by dm-crypt and dm-default-key: cipher specs, hex keys, sectors, options.
+"""Arguments shared by dm-crypt, dm-default-key and dm-inlinecrypt: ciphers, keys, sectors, options.
 
-Both targets take ``<cipher> <key> <iv_offset> <device> <offset> [<#opt_params> <opt_params>]``
-(dm-default-key copied dm-crypt's syntax), so they parse it with the same functions and report
-malformed arguments the same way: a :class:`TargetArgError` naming the field. Key text is never
-echoed in an error, only its length.
+The three take ``<cipher> <key> <iv_offset> <device> <offset> [<#opt_params> <opt_params>]``
+(dm-default-key copied dm-crypt's syntax, dm-inlinecrypt default-key's), so they parse it with the
+same functions and report malformed arguments the same way: a :class:`TargetArgError` naming the
+field. Key text is never echoed in an error, only its length. The two that attach a key for
+blk-crypto (default-key, inlinecrypt) also share their option loop, the DUN width rule, the
+hardware-wrapped key sizes and the ``blk_crypto_start_using_key`` check at table load.
 
 A cipher spec is mapped onto the blk-crypto mode that computes the same ciphertext: dm-crypt's
 ``aes-xts-plain64`` with a 64-byte key *is* AES-256-XTS with DUN = IV sector, and
