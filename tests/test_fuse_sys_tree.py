@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from fuse_helpers import needs_fuse, serve_in_thread
+from fuse_helpers import eventually, needs_fuse, serve_in_thread
 from test_crypto_sysfs import BACKENDS, PROFILES, expected_from_toml
 
 from fuseblk.dm.manager import DeviceManager
@@ -149,3 +149,12 @@ def test_the_view_follows_table_changes(mounted: tuple[Path, DeviceManager]) -> 
     assert (crypto / "max_dun_bits").read_text() == "64\n"
     assert (crypto / "modes" / "AES-128-CBC-ESSIV").read_text() == "0x1000\n"
     assert "later" in os.listdir(block)
+
+
+def test_a_device_named_sys_wins_over_the_tree(mounted: tuple[Path, DeviceManager]) -> None:
+    mnt, dm = mounted
+    trio.run(dm.create, ".sys", "0 8 zero")
+    assert os.stat(mnt / ".sys").st_size == 4096
+    assert stat.S_ISREG(os.stat(mnt / ".sys").st_mode)
+    trio.run(dm.remove, ".sys")
+    eventually(lambda: (mnt / ".sys" / "block" / "ufs").is_dir())  # the kernel forgets the file

@@ -306,7 +306,7 @@ class DeviceFiles(pyfuse3.Operations):
             raise FuseblkError(errno.ENOTDIR, "device files have no entries")
         if name in (b".", b".."):
             return self._attrs(pyfuse3.ROOT_INODE)
-        if name == SYS_NAME:
+        if name == SYS_NAME and SYS_NAME.decode() not in self._by_name:  # a device would win
             return self._attrs(self.sys.root_inode)
         text = name.decode("utf-8", "replace")
         entry = self._by_name.get(text) if _file_name(text) == name else None

@@ -9,6 +9,8 @@ told to cache nothing of it, so it follows table loads, resumes and renames at o
 
 ``.sys`` answers a lookup by name but is not listed in the mount's directory: a listing of the
 mount is a listing of devices, and tools that walk it must not find a device called ``.sys``.
+A mapped device that is itself named ``.sys`` hides the tree (its file is what the name opens);
+``fuseblk dm sysfs`` still prints it.
 Like sysfs attributes, every file is ``0444`` with a size of 4096 whatever it holds, and opening
 one for writing, or creating anything under ``.sys``, fails with EACCES.
 
