@@ -86,6 +86,11 @@ class MemoryManager:
         except KeyError:
             raise FuseblkError(errno.ENXIO, f"no device {name!r}") from None
 
+    def block_names(self) -> list[str]:
+        return list(self.devices)
+
+    block_device = get
+
     async def lift_suspensions(self) -> list[str]:
         return []
 

@@ -213,7 +213,7 @@ def test_garbage_response_is_eproto() -> None:
 def test_every_documented_command_has_a_schema() -> None:
     documented = {
         "create", "load", "clear", "resume", "suspend", "remove", "rename", "table", "status",
-        "info", "ls",
+        "info", "ls", "sysfs",
         "message", "evict_key", "discard", "stats", "hw_fault", "hw_status", "shutdown", "ping",
         "version",
     }  # fmt: skip

@@ -74,7 +74,7 @@ def test_default_key_is_registered_and_passes_crypto() -> None:
             f"aes-xts-plain64 {HEX64} 0 mem 0 2 sector_size:3000 iv_large_sectors",
             "option 'sector_size:3000'",
         ),
-        (f"aes-xts-plain64 {HEX64} 0 mem 0 1 wrappedkey_v0", "option 'wrappedkey_v0'"),
+        (f"aes-xts-plain64 {'00' * 16} 0 mem 0 1 wrappedkey_v0", "key"),
         (f"aes-xts-plain64 {HEX64} 0 mem 0 1 same_cpu_crypt", "option 'same_cpu_crypt'"),
     ],
 )

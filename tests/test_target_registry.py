@@ -14,7 +14,18 @@ DM_CORE = ("fuseblk.dm.manager", "fuseblk.dm.mapped_device", "fuseblk.dm.table")
 def test_every_target_is_registered_under_its_own_name():
     names = target_names()
     assert names == sorted(
-        ["crypt", "default-key", "delay", "error", "flakey", "linear", "raid1", "striped", "zero"]
+        [
+            "crypt",
+            "default-key",
+            "delay",
+            "error",
+            "flakey",
+            "inlinecrypt",
+            "linear",
+            "raid1",
+            "striped",
+            "zero",
+        ]
     )
     for name in names:
         cls = get_target(name)

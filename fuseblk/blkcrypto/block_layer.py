@@ -15,13 +15,17 @@ managers in one process share no keyslots and no counters.
 
 from __future__ import annotations
 
+import errno
+import logging
 from collections.abc import Iterable
 
 from fuseblk.bio import Bio
 from fuseblk.blkcrypto.fallback import CryptoFallback
 from fuseblk.device import BlockDevice
 from fuseblk.errors import FuseblkError
-from fuseblk.key import BlkCryptoKey, CryptoConfig
+from fuseblk.key import BlkCryptoKey, CryptoConfig, KeyType
+
+log = logging.getLogger(__name__)
 
 
 def supports_natively(dev: BlockDevice, config: CryptoConfig) -> bool:
@@ -63,6 +67,27 @@ class BlockLayer:
         counters["fallback_bios"] += 1
         counters["fallback_bytes"] += bio.length
         await self.fallback.submit(dev, bio)
+
+    def start_using_key(self, dev: BlockDevice, key: BlkCryptoKey) -> None:
+        """``blk_crypto_start_using_key``: whether bios with ``key`` can be served on ``dev``.
+
+        Targets that attach a key ask this once, when their table is loaded, so that a key no
+        path can serve is refused then rather than failing every bio. Natively supported is
+        always fine; a hardware-wrapped key without native support is EOPNOTSUPP (the fallback
+        takes raw keys only: a wrapped key is useless without its hardware); any other key
+        can go through the fallback, which supports every mode.
+
+        A disabled fallback (``--no-fallback``) is not refused here, on purpose: the kernel
+        without the fallback compiled in answers ENOPKG, but fuseblk's switch turns the fallback
+        off at run time, and stacks whose devices each serve part of a table natively (a
+        ``fallback=target`` device over mixed hardware) must still load; their bios that need
+        the fallback fail with EOPNOTSUPP.
+        """
+        if supports_natively(dev, key.config):
+            return
+        if key.key_type != KeyType.RAW:
+            log.warning("%s: no support for wrapped keys", dev.name)
+            raise FuseblkError(errno.EOPNOTSUPP, f"{dev.name}: no support for wrapped keys")
 
     async def evict_key(self, key: BlkCryptoKey, devices: Iterable[BlockDevice]) -> None:
         """``blk_crypto_evict_key`` on each of ``devices`` (each forwards to what lies below it)

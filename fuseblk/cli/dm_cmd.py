@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fuseblk import SECTOR_SIZE
+from fuseblk.blkcrypto.crypto_sysfs import grep_lines
 from fuseblk.cli import output
 from fuseblk.cli.arguments import integer
 from fuseblk.control.client import ControlClient
@@ -32,6 +33,15 @@ a loop device over it) fails with EOPNOTSUPP. pyfuse3 would need an Operations.f
 handler wired to FUSE_FALLOCATE; until then discards go through the control socket. START and
 LENGTH are bytes (K/M/G/T suffixes) and must be multiples of 512. Example:
 fuseblk dm discard plain 0 64M"""
+
+
+SYSFS_HELP = """\
+Print the files of /sys/block/NAME/queue/crypto/ of a mapped device or a backend (every one
+without NAME) as the kernel's block/blk-crypto-sysfs.c shows them, one `path:value` line per
+file like `grep -r . /sys/block/NAME/queue/crypto`: max_dun_bits, num_keyslots (0 for a mapped
+device), modes/<mode> holding the data-unit-size mask (0x...), and raw_keys / hw_wrapped_keys
+when that key type is supported. A device without inline encryption has no crypto/ directory.
+The same files are readable in the mount under MNT/.sys/block/NAME/queue/crypto/."""
 
 
 class UsageError(Exception):
@@ -116,6 +126,13 @@ def add_parser(subparsers: Any) -> None:
     p = verb("info", do_info, "print a summary of each device")
     p.add_argument("name", nargs="?", metavar="NAME")
     verb("ls", do_ls, "list devices with their sizes")
+    p = verb(
+        "sysfs",
+        do_sysfs,
+        "print /sys/block/NAME/queue/crypto/ of a device or backend (all without NAME)",
+        description=SYSFS_HELP,
+    )
+    p.add_argument("name", nargs="?", metavar="NAME")
     p = verb("message", do_message, "send a message to the target at SECTOR")
     p.add_argument("name", metavar="NAME")
     p.add_argument("sector", type=integer(), metavar="SECTOR")
@@ -277,6 +294,15 @@ def do_info(args: argparse.Namespace, client: ControlClient) -> int:
 def do_ls(args: argparse.Namespace, client: ControlClient) -> int:
     entries = client.call("ls")
     return emit(args, output.ls_lines(entries), entries)
+
+
+def do_sysfs(args: argparse.Namespace, client: ControlClient) -> int:
+    entries = client.call("sysfs", name=args.name)
+    lines = [line for e in entries for line in grep_lines(e["name"], e["crypto"])]
+    for e in entries:
+        if e["crypto"] is None and not args.json:
+            print(f"{e['name']}: no queue/crypto/ (no inline encryption)", file=sys.stderr)
+    return emit(args, lines, entries)
 
 
 def do_message(args: argparse.Namespace, client: ControlClient) -> int:

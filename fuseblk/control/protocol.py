@@ -79,6 +79,7 @@ COMMANDS: dict[str, dict[str, Arg]] = {
     "status": {"name": _OPT_NAME},
     "info": {"name": _OPT_NAME},
     "ls": {},
+    "sysfs": {"name": _OPT_NAME},
     "message": {
         "name": _NAME,
         "sector": Arg(int, bounds=SECTOR_RANGE),

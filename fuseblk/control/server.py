@@ -23,6 +23,7 @@ from typing import Any
 import trio
 
 from fuseblk import __version__
+from fuseblk.blkcrypto.crypto_sysfs import crypto_sysfs
 from fuseblk.control.protocol import (
     MAX_LINE,
     PROTOCOL_VERSION,
@@ -134,6 +135,15 @@ class ControlCommands:
 
     def cmd_ls(self) -> list[dict[str, Any]]:
         return [{"name": n, "size": self.manager.get(n).size} for n in self._names(None)]
+
+    def cmd_sysfs(self, name: str | None = None) -> list[dict[str, Any]]:
+        """``/sys/block/<dev>/queue/crypto/`` of a mapped device or backend, or of every one."""
+        names = [name] if name is not None else self.manager.block_names()
+        result = []
+        for n in names:
+            view = crypto_sysfs(self.manager.block_device(n).crypto_profile)
+            result.append({"name": n, "crypto": None if view is None else view.files})
+        return result
 
     def cmd_stats(self, name: str | None = None) -> Any:
         return self.manager.stats(name)

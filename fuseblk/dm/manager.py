@@ -273,6 +273,19 @@ class DeviceManager:
     def names(self) -> list[str]:
         return sorted(self._devices)
 
+    def block_names(self) -> list[str]:
+        """Every device with a ``/sys/block`` entry: mapped devices and backends."""
+        return sorted({*self._devices, *self._backends})
+
+    def block_device(self, name: str) -> BlockDevice:
+        """A mapped device or a backend by name; ENXIO for neither."""
+        dev: BlockDevice | None = self._devices.get(name)
+        if dev is None:
+            dev = self._backends.get(name)
+        if dev is None:
+            raise FuseblkError(errno.ENXIO, f"no device or backend named {name!r}")
+        return dev
+
     # -- inspection ----------------------------------------------------------------------------------
 
     def info(self, name: str) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from fuseblk.device import BlockDevice
 from fuseblk.dm.events import DeviceAdded, DeviceRemoved, DeviceRenamed, DeviceResized, DmEvent
 from fuseblk.errors import FuseblkError
 from fuseblk.fuse.block_io import BlockIO
+from fuseblk.fuse.sys_tree import SYS_NAME, SysDirectory, read_only
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,12 @@ class DeviceSource(Protocol):
     def names(self) -> list[str]: ...
 
     def get(self, name: str) -> BlockDevice: ...
+
+    def block_names(self) -> list[str]:
+        """Mapped devices and backends: what ``.sys/block`` lists."""
+        ...
+
+    def block_device(self, name: str) -> BlockDevice: ...
 
 
 class ServedManager(DeviceSource, Protocol):
@@ -165,6 +172,9 @@ class DeviceFiles(pyfuse3.Operations):
         self._next_fh = 1
         self._serving_io = _RequestCount()  # reads, writes, flushes: shutdown waits for them
         self._root_time_ns = time.time_ns()
+        self.sys = SysDirectory(
+            manager, self.uid, self.gid, lambda: self._attrs(pyfuse3.ROOT_INODE)
+        )
         for name in manager.names():
             self._add(name)
         manager.listeners.append(self.on_device_event)
@@ -257,6 +267,8 @@ class DeviceFiles(pyfuse3.Operations):
             raise FuseblkError(errno.ENOENT, f"no device file with inode {inode}") from None
 
     def _attrs(self, inode: int) -> pyfuse3.EntryAttributes:
+        if self.sys.owns(inode):
+            return self.sys.getattr(inode)
         attrs = pyfuse3.EntryAttributes()
         attrs.st_ino = inode
         attrs.generation = 0
@@ -288,10 +300,14 @@ class DeviceFiles(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: Any = None
     ) -> pyfuse3.EntryAttributes:
+        if self.sys.owns(parent_inode):
+            return self.sys.lookup(parent_inode, name)
         if parent_inode != pyfuse3.ROOT_INODE:
             raise FuseblkError(errno.ENOTDIR, "device files have no entries")
         if name in (b".", b".."):
             return self._attrs(pyfuse3.ROOT_INODE)
+        if name == SYS_NAME and SYS_NAME.decode() not in self._by_name:  # a device would win
+            return self._attrs(self.sys.root_inode)
         text = name.decode("utf-8", "replace")
         entry = self._by_name.get(text) if _file_name(text) == name else None
         if entry is None:
@@ -314,6 +330,8 @@ class DeviceFiles(pyfuse3.Operations):
         """Only timestamps may change; a device's size is its table's (same size is a no-op)."""
         if inode == pyfuse3.ROOT_INODE:
             raise _eperm("setattr on the mount's root")
+        if self.sys.owns(inode):
+            raise read_only("setattr")
         entry = self._entry(inode)
         if fields.update_size and attr.st_size != entry.device.size:
             raise FuseblkError(
@@ -342,6 +360,8 @@ class DeviceFiles(pyfuse3.Operations):
 
     @_fuse_errors
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        if self.sys.owns(inode):
+            return self.sys.opendir(inode)
         if inode != pyfuse3.ROOT_INODE:
             raise FuseblkError(errno.ENOTDIR, "not a directory")
         return inode
@@ -353,6 +373,9 @@ class DeviceFiles(pyfuse3.Operations):
         A name that is no file name is left out (and logged): one odd device must not make the
         whole directory unreadable. The device manager refuses such names; this is the backstop.
         """
+        if self.sys.owns(fh):
+            self.sys.readdir(fh, start_id, token)
+            return
         for inode in sorted(i for i in self._files if i > start_id):
             entry = self._files[inode]
             file_name = _file_name(entry.name)
@@ -372,6 +395,8 @@ class DeviceFiles(pyfuse3.Operations):
         """A handle pins the device it opened (``open_count``: dm refuses to remove it)."""
         if inode == pyfuse3.ROOT_INODE:
             raise FuseblkError(errno.EISDIR, "is a directory")
+        if self.sys.owns(inode):
+            return self.sys.open(inode, flags)
         entry = self._entry(inode)
         # O_TRUNC is ignored, as opening a block device with it is (`dd of=DEV` passes it); only
         # an explicit truncate to another size is refused (setattr).
@@ -390,6 +415,8 @@ class DeviceFiles(pyfuse3.Operations):
     @_fuse_errors
     async def read(self, fh: int, off: int, size: int) -> memoryview:  # type: ignore[override]
         # pyfuse3 replies with any contiguous buffer; a view avoids copying the block buffer.
+        if self.sys.owns(fh):
+            return memoryview(self.sys.read(fh, off, size))
         with self._serving_io:
             return await self._handle(fh).io.read(off, size)
 
@@ -418,37 +445,44 @@ class DeviceFiles(pyfuse3.Operations):
         await self._serving_io.idle.wait()
 
     async def release(self, fh: int) -> None:
+        if self.sys.owns(fh):
+            self.sys.release(fh)
+            return
         entry = self._handles.pop(fh, None)
         if entry is not None:
             entry.device.release()
 
     # -- the namespace is the device manager's ----------------------------------------------------
 
+    def _refuse(self, parent_inode: int, what: str) -> FuseblkError:
+        """EPERM in the mount's directory (use ``fuseblk dm``); EACCES under ``.sys``, as sysfs."""
+        return read_only(what) if self.sys.owns(parent_inode) else _eperm(what)
+
     @_fuse_errors
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        raise _eperm(f"create {os.fsdecode(name)!r}")
+        raise self._refuse(parent_inode, f"create {os.fsdecode(name)!r}")
 
     @_fuse_errors
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        raise _eperm(f"mknod {os.fsdecode(name)!r}")
+        raise self._refuse(parent_inode, f"mknod {os.fsdecode(name)!r}")
 
     @_fuse_errors
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        raise _eperm(f"mkdir {os.fsdecode(name)!r}")
+        raise self._refuse(parent_inode, f"mkdir {os.fsdecode(name)!r}")
 
     @_fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise _eperm(f"unlink {os.fsdecode(name)!r}")
+        raise self._refuse(parent_inode, f"unlink {os.fsdecode(name)!r}")
 
     @_fuse_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise _eperm(f"rmdir {os.fsdecode(name)!r}")
+        raise self._refuse(parent_inode, f"rmdir {os.fsdecode(name)!r}")
 
     @_fuse_errors
     async def rename(
@@ -460,16 +494,16 @@ class DeviceFiles(pyfuse3.Operations):
         flags: int,
         ctx: Any,
     ) -> None:
-        raise _eperm(f"rename {os.fsdecode(name_old)!r}")
+        raise self._refuse(parent_inode_old, f"rename {os.fsdecode(name_old)!r}")
 
     @_fuse_errors
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        raise _eperm(f"symlink {os.fsdecode(name)!r}")
+        raise self._refuse(parent_inode, f"symlink {os.fsdecode(name)!r}")
 
     @_fuse_errors
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        raise _eperm(f"link {os.fsdecode(new_name)!r}")
+        raise self._refuse(new_parent_inode, f"link {os.fsdecode(new_name)!r}")

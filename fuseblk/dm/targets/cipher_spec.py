@@ -1,9 +1,11 @@
-"""Arguments shared by dm-crypt and dm-default-key: cipher specs, hex keys, sectors, options.
+"""Arguments shared by dm-crypt, dm-default-key and dm-inlinecrypt: ciphers, keys, sectors, options.
 
-Both targets take ``<cipher> <key> <iv_offset> <device> <offset> [<#opt_params> <opt_params>]``
-(dm-default-key copied dm-crypt's syntax), so they parse it with the same functions and report
-malformed arguments the same way: a :class:`TargetArgError` naming the field. Key text is never
-echoed in an error, only its length.
+The three take ``<cipher> <key> <iv_offset> <device> <offset> [<#opt_params> <opt_params>]``
+(dm-default-key copied dm-crypt's syntax, dm-inlinecrypt default-key's), so they parse it with the
+same functions and report malformed arguments the same way: a :class:`TargetArgError` naming the
+field. Key text is never echoed in an error, only its length. The two that attach a key for
+blk-crypto (default-key, inlinecrypt) also share their option loop, the DUN width rule, the
+hardware-wrapped key sizes and the ``blk_crypto_start_using_key`` check at table load.
 
 A cipher spec is mapped onto the blk-crypto mode that computes the same ciphertext: dm-crypt's
 ``aes-xts-plain64`` with a 64-byte key *is* AES-256-XTS with DUN = IV sector, and
@@ -15,12 +17,19 @@ listing what is supported.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fuseblk import SECTOR_SHIFT, SECTOR_SIZE
-from fuseblk.dm.targets.base import TargetArgError
+from fuseblk.dm.targets.base import TargetArgError, TargetEnv
 from fuseblk.dm.targets.ctr_args import SECTOR_MAX, read_decimal
+from fuseblk.errors import FuseblkError
+from fuseblk.key import BlkCryptoKey, KeyType
 from fuseblk.modes import CryptoMode
+
+if TYPE_CHECKING:
+    from fuseblk.device import BlockDevice
 
 MAX_SECTOR_SIZE = 4096
 
@@ -121,12 +130,21 @@ def parse_default_key_cipher(text: str) -> CipherSpec:
 
 _HEX_RE = re.compile(r"^[0-9a-fA-F]*$")
 
+# BLK_CRYPTO_MAX_HW_WRAPPED_KEY_SIZE: the largest ephemerally-wrapped blob a table may carry
+# (dm-default-key's DM_DEFAULT_KEY_MAX_WRAPPED_KEY_SIZE, dm-inlinecrypt's BLK_CRYPTO_MAX_ANY_KEY_SIZE).
+MAX_WRAPPED_KEY_SIZE = 128
+# ``blk_crypto_modes[].security_strength`` of the modes these targets name: the fewest bytes a
+# wrapped blob can have and still hold a key that strong (``blk_crypto_init_key``).
+_SECURITY_STRENGTH = {
+    CryptoMode.AES_256_XTS: 32,
+    CryptoMode.AES_128_CBC_ESSIV: 16,
+    CryptoMode.ADIANTUM: 32,
+    CryptoMode.SM4_XTS: 16,
+}
 
-def parse_hex_key(text: str, spec: CipherSpec, supported: str) -> bytes:
-    """The raw key from its hex; its length must be the key size of ``spec``'s mode.
 
-    Errors describe the key by length only: the text is secret.
-    """
+def _hex_bytes(text: str, max_size: int | None = None) -> bytes:
+    """The bytes of a hex key argument; errors describe it by length only (the text is secret)."""
     if text.startswith(":"):
         raise TargetArgError("key", "a hex key: keyring keys are not supported", text)
     if text == "-":
@@ -135,7 +153,14 @@ def parse_hex_key(text: str, spec: CipherSpec, supported: str) -> bytes:
         raise TargetArgError("key", "hex digits only", f"{len(text)} characters, not all hex")
     if len(text) % 2:
         raise TargetArgError("key", "an even number of hex digits", f"{len(text)} hex digits")
-    raw = bytes.fromhex(text)
+    if max_size is not None and (not text or len(text) > 2 * max_size):
+        raise TargetArgError("key", f"1 to {max_size} bytes of hex", f"a {len(text) // 2}-byte key")
+    return bytes.fromhex(text)
+
+
+def parse_hex_key(text: str, spec: CipherSpec, supported: str) -> bytes:
+    """The raw key from its hex; its length must be the key size of ``spec``'s mode."""
+    raw = _hex_bytes(text)
     want = spec.mode.key_size
     if len(raw) != want:
         raise TargetArgError(
@@ -144,6 +169,30 @@ def parse_hex_key(text: str, spec: CipherSpec, supported: str) -> bytes:
             f"a {len(raw)}-byte key",
         )
     return raw
+
+
+def parse_wrapped_key(text: str, spec: CipherSpec) -> bytes:
+    """An ephemerally-wrapped key from its hex: from the mode's security strength to 128 bytes.
+
+    What is inside the blob is the hardware's business; only its size is checked here, as
+    ``blk_crypto_init_key`` does for ``BLK_CRYPTO_KEY_TYPE_HW_WRAPPED``.
+    """
+    raw = _hex_bytes(text, MAX_WRAPPED_KEY_SIZE)
+    least = _SECURITY_STRENGTH[spec.mode]
+    if not least <= len(raw) <= MAX_WRAPPED_KEY_SIZE:
+        raise TargetArgError(
+            "key",
+            f"a hardware-wrapped key of {least} to {MAX_WRAPPED_KEY_SIZE} bytes for {spec.text}",
+            f"a {len(raw)}-byte key",
+        )
+    return raw
+
+
+def parse_key(text: str, spec: CipherSpec, key_type: KeyType, supported: str) -> bytes:
+    """The key argument as ``key_type`` says: raw bytes of the mode's size, or a wrapped blob."""
+    if key_type == KeyType.HW_WRAPPED:
+        return parse_wrapped_key(text, spec)
+    return parse_hex_key(text, spec, supported)
 
 
 def parse_sector_size(option: str, value: str) -> int:
@@ -212,3 +261,85 @@ def split_optional(args: list[str], max_count: int) -> list[str]:
 def format_optional(params: list[str]) -> str:
     """`` <#opt_params> <opt_params>`` as ``dmsetup table`` prints it (nothing when empty)."""
     return f" {len(params)} {' '.join(params)}" if params else ""
+
+
+@dataclass
+class InlineCryptOptions:
+    """The optional parameters of the targets that attach a key for blk-crypto to use
+    (dm-default-key, dm-inlinecrypt): both read them in the same loop, except the key type."""
+
+    allow_discards: bool = False
+    sector_size: int = SECTOR_SIZE
+    key_type: KeyType = KeyType.RAW
+
+    def table_params(self) -> list[str]:
+        """The shared parameters as both targets print them; the key type is each target's."""
+        params = ["allow_discards"] if self.allow_discards else []
+        if self.sector_size != SECTOR_SIZE:
+            params += [f"sector_size:{self.sector_size}", "iv_large_sectors"]
+        return params
+
+
+def parse_inline_crypt_options(
+    args: list[str],
+    max_count: int,
+    key_type_option: Callable[[str], KeyType | None],
+    accepted: str,
+    target: str,
+) -> InlineCryptOptions:
+    """``allow_discards``, ``sector_size:N``, ``iv_large_sectors`` and the target's key-type
+    option (``key_type_option`` gives the type an option names, None for no such option).
+
+    Both targets implement only large-sector IVs, so ``sector_size`` other than 512 requires
+    ``iv_large_sectors``.
+    """
+    opts = InlineCryptOptions()
+    iv_large_sectors = False
+    for opt in split_optional(args, max_count):
+        if opt == "allow_discards":
+            opts.allow_discards = True
+        elif opt.startswith("sector_size:"):
+            opts.sector_size = parse_sector_size(opt, opt.partition(":")[2])
+        elif opt == "iv_large_sectors":
+            iv_large_sectors = True
+        else:
+            key_type = key_type_option(opt)
+            if key_type is None:
+                raise TargetArgError(f"option {opt!r}", accepted)
+            opts.key_type = key_type
+    if opts.sector_size != SECTOR_SIZE and not iv_large_sectors:
+        raise TargetArgError(
+            "option 'iv_large_sectors'",
+            f"to be given with sector_size:{opts.sector_size} ({target} implements only large-sector IVs)",
+        )
+    return opts
+
+
+def largest_dun(iv_offset: int, length: int, sector_size: int) -> int:
+    """The DUN of a target's last data unit: ``(iv_offset + sectors - 1) >> log2(N / 512)``,
+    what dm-default-key and dm-inlinecrypt size the key's DUN width by."""
+    unit_shift = sector_size.bit_length() - 1 - SECTOR_SHIFT
+    return (iv_offset + (length >> SECTOR_SHIFT) - 1) >> unit_shift
+
+
+def describe_key(key: BlkCryptoKey) -> str:
+    """A target's key in its status: the configuration and identifier, never the bytes."""
+    text = (
+        f"{key.mode.sysfs_name} key_id={key.key_id} data_unit_size={key.data_unit_size}"
+        f" dun_bytes={key.dun_bytes}"
+    )
+    return text + " key_type=hw-wrapped" if key.key_type == KeyType.HW_WRAPPED else text
+
+
+def start_using_key(env: TargetEnv, dev: BlockDevice, key: BlkCryptoKey) -> None:
+    """``blk_crypto_start_using_key`` at table load, failing it as the targets do ("Error
+    starting to use blk-crypto") with the block layer's errno (EOPNOTSUPP for a wrapped key
+    no device below can take)."""
+    try:
+        env.block_layer.start_using_key(dev, key)
+    except FuseblkError as exc:
+        raise TargetArgError(
+            "key",
+            f"a key {dev.name} can take (Error starting to use blk-crypto: {exc.message})",
+            errno=exc.errno,
+        ) from None

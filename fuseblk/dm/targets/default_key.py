@@ -2,9 +2,14 @@
 
 Table line: ``default-key <cipher> <hexkey> <iv_offset> <device> <offset> [<#opt_params> <opt_params>]``
 with ``aes-xts-plain64`` (AES-256-XTS, 64-byte key) or ``xchacha12,aes-adiantum-plain64``
-(Adiantum, 32-byte key); options ``allow_discards``, ``sector_size:N`` (512..4096) and
+(Adiantum, 32-byte key); options ``allow_discards``, ``sector_size:N`` (512..4096),
 ``iv_large_sectors``, which Android requires whenever ``sector_size`` is not 512 (it implements
-only the large-sector IV). ``wrappedkey_v0`` is refused: only raw keys exist here.
+only the large-sector IV), and ``wrappedkey_v0``: the hex key is then a hardware-wrapped key in
+its ephemerally-wrapped form (from the mode's security strength, 32 bytes, to 128 bytes; which
+cipher the hardware accepts with it is the hardware's business: all known hardware takes
+AES-256-XTS only). A key that neither the device below nor the fallback can use (a wrapped
+key where nothing below supports wrapped keys natively) refuses the table with EOPNOTSUPP, as
+Android's ``blk_crypto_start_using_key`` call does.
 
 Unlike dm-crypt it encrypts nothing itself: it attaches ``(key, DUN)`` and lets the device below
 do the work (inline, or the software fallback when that device cannot), with
@@ -33,25 +38,27 @@ import errno
 import logging
 from typing import TYPE_CHECKING
 
-from fuseblk import SECTOR_SHIFT, SECTOR_SIZE
+from fuseblk import SECTOR_SHIFT
 from fuseblk.bio import Bio, BioOp
 from fuseblk.crypt_context import BioCryptContext
-from fuseblk.dm.targets.base import Target, TargetArgError, TargetEnv
+from fuseblk.dm.targets.base import Target, TargetEnv
 from fuseblk.dm.targets.cipher_spec import (
     DEFAULT_KEY_SUPPORTED,
     check_iv_range,
     check_whole_units,
+    describe_key,
     format_optional,
+    largest_dun,
     parse_default_key_cipher,
-    parse_hex_key,
-    parse_sector_size,
+    parse_inline_crypt_options,
+    parse_key,
     positional,
-    split_optional,
+    start_using_key,
 )
 from fuseblk.dm.targets.ctr_args import get_device_at, parse_sector
 from fuseblk.dun import dun_bytes_needed
 from fuseblk.errors import FuseblkError
-from fuseblk.key import BlkCryptoKey
+from fuseblk.key import BlkCryptoKey, KeyType
 
 if TYPE_CHECKING:
     from fuseblk.blkcrypto.block_layer import BlockLayer
@@ -61,6 +68,11 @@ log = logging.getLogger(__name__)
 
 _POSITIONAL = ("cipher", "key", "iv_offset", "device", "offset")
 _MAX_OPT_PARAMS = 4  # as default_key_ctr_optional
+
+
+def _key_type_option(opt: str) -> KeyType | None:
+    """Android's one key-type option."""
+    return KeyType.HW_WRAPPED if opt == "wrappedkey_v0" else None
 
 
 class DefaultKeyTarget(Target):
@@ -75,59 +87,47 @@ class DefaultKeyTarget(Target):
             args, _POSITIONAL
         )
         self.spec = parse_default_key_cipher(cipher_text)
-        raw = parse_hex_key(key_text, self.spec, DEFAULT_KEY_SUPPORTED)
         self.iv_offset = parse_sector(iv_offset_text, "iv_offset")
-        self.allow_discards = False
-        self.sector_size = SECTOR_SIZE
-        iv_large_sectors = False
-        for opt in split_optional(args[len(_POSITIONAL) :], _MAX_OPT_PARAMS):
-            if opt == "allow_discards":
-                self.allow_discards = True
-            elif opt.startswith("sector_size:"):
-                self.sector_size = parse_sector_size(opt, opt.partition(":")[2])
-            elif opt == "iv_large_sectors":
-                iv_large_sectors = True
-            elif opt == "wrappedkey_v0":
-                raise TargetArgError(
-                    f"option {opt!r}", "raw keys: hardware-wrapped keys are not supported"
-                )
-            else:
-                raise TargetArgError(
-                    f"option {opt!r}", "allow_discards, sector_size:N or iv_large_sectors"
-                )
-        if self.sector_size != SECTOR_SIZE and not iv_large_sectors:
-            raise TargetArgError(
-                "option 'iv_large_sectors'",
-                f"to be given with sector_size:{self.sector_size} (default-key implements only large-sector IVs)",
-            )
+        opts = parse_inline_crypt_options(
+            args[len(_POSITIONAL) :],
+            _MAX_OPT_PARAMS,
+            _key_type_option,
+            "allow_discards, sector_size:N, iv_large_sectors or wrappedkey_v0",
+            self.name,
+        )
+        self.opts = opts
+        self.allow_discards = opts.allow_discards
+        self.sector_size = opts.sector_size
+        raw = parse_key(key_text, self.spec, opts.key_type, DEFAULT_KEY_SUPPORTED)
         check_iv_range(self.iv_offset, iv_offset_text, length)
         check_whole_units(self.iv_offset, iv_offset_text, self.sector_size, length)
         self._unit_shift = self.sector_size.bit_length() - 1 - SECTOR_SHIFT
         self.dev, self.offset = get_device_at(env, self.dev_ref, offset_text, length)
-        max_dun = (self.iv_offset + (length >> SECTOR_SHIFT) - 1) >> self._unit_shift
+        max_dun = largest_dun(self.iv_offset, length, self.sector_size)
         self.key = BlkCryptoKey.create(
-            self.spec.mode, raw, self.sector_size, max(1, dun_bytes_needed(max_dun))
+            self.spec.mode,
+            raw,
+            self.sector_size,
+            max(1, dun_bytes_needed(max_dun)),
+            opts.key_type,
         )
+        start_using_key(env, self.dev, self.key)
         self.io_granularity = self.sector_size
 
     def table_args(self, show_keys: bool = False) -> str:
         key = self.key.raw.hex() if show_keys else "-"
-        opts = ["allow_discards"] if self.allow_discards else []
-        if self.sector_size != SECTOR_SIZE:
-            opts += [f"sector_size:{self.sector_size}", "iv_large_sectors"]
+        params = self.opts.table_params()
+        if self.key.key_type == KeyType.HW_WRAPPED:
+            params.append("wrappedkey_v0")
         return (
             f"{self.spec.text} {key} {self.iv_offset} {self.dev.name} {self.offset >> SECTOR_SHIFT}"
-            + format_optional(opts)
+            + format_optional(params)
         )
 
     def status(self) -> str:
         """Android prints nothing here. The key's configuration (never its bytes) is shown
-        because ``dm evict-key`` must name it exactly, DUN width included."""
-        key = self.key
-        return (
-            f"{key.mode.sysfs_name} key_id={key.key_id} data_unit_size={key.data_unit_size}"
-            f" dun_bytes={key.dun_bytes}"
-        )
+        because ``dm evict-key`` must name it exactly, DUN width and key type included."""
+        return describe_key(self.key)
 
     def devices(self) -> list[BlockDevice]:
         return [self.dev]

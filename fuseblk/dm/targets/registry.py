@@ -11,6 +11,7 @@ from fuseblk.dm.targets.default_key import DefaultKeyTarget
 from fuseblk.dm.targets.delay import DelayTarget
 from fuseblk.dm.targets.error import ErrorTarget
 from fuseblk.dm.targets.flakey import FlakeyTarget
+from fuseblk.dm.targets.inlinecrypt import InlineCryptTarget
 from fuseblk.dm.targets.linear import LinearTarget
 from fuseblk.dm.targets.raid1 import Raid1Target
 from fuseblk.dm.targets.striped import StripedTarget
@@ -27,6 +28,7 @@ _TARGET_TYPES: dict[str, type[Target]] = {
         DelayTarget,
         CryptTarget,
         DefaultKeyTarget,
+        InlineCryptTarget,
         Raid1Target,
     )
 }
