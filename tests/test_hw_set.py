@@ -9,23 +9,25 @@ the devices above top-down, evicts what the hardware lost, recomputes bottom-up 
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
-from device_helpers import XTS, MiB
+from device_helpers import XTS, MiB, ciphertext
 from dm_helpers import image_manager, make_image, pattern, read, write
 
 from fuseblk.bio import Bio
 from fuseblk.cli.hw_cmd import change_lines
-from fuseblk.control.protocol import decode_request, encode_request
+from fuseblk.control.protocol import RequestError, decode_request, encode_request
 from fuseblk.dm.events import CryptoProfileChanged
 from fuseblk.dm.manager import DeviceManager
 from fuseblk.dm.mapped_device import MappedDevice
 from fuseblk.errors import FuseblkError
 from fuseblk.hw.engine import InlineEncryptionEngine
 from fuseblk.hw.factory import open_backend
+from fuseblk.hw.profiles import HardwareProfile
 from fuseblk.key import BlkCryptoKey
 
 KEY_HEX = bytes(range(64)).hex()
@@ -63,8 +65,7 @@ async def raw(dm: DeviceManager, backend: str, offset: int, length: int) -> byte
 
 
 def expected_ciphertext(data: bytes, first_unit: int) -> bytes:
-    from device_helpers import ciphertext
-
+    """What hardware and fallback alike must store for ``data`` written through secure."""
     key = secure_key()
     return b"".join(
         ciphertext(key, data[i : i + 4096], first_unit + i // 4096)
@@ -72,9 +73,10 @@ def expected_ciphertext(data: bytes, first_unit: int) -> bytes:
     )
 
 
-def modes_of(md: MappedDevice) -> dict[str, list[int]] | None:
+def modes_of(md: MappedDevice) -> object:
+    """The device's modes and data unit sizes as ``hw set`` reports them; None: no profile."""
     profile = md.crypto_profile
-    return None if profile is None else profile.caps.to_json()["modes"]  # type: ignore[return-value]
+    return None if profile is None else profile.caps.to_json()["modes"]
 
 
 # -- growth and shrink through a stack ------------------------------------------------------------
@@ -236,7 +238,8 @@ async def test_shrink_under_a_key_is_refused_when_the_fallback_is_disabled(tmp_p
             "AES-256-XTS": [512, 1024, 2048, 4096],
             "AES-128-CBC-ESSIV": [4096],
         }
-        assert engine(dm).crypto_profile.find_slot(secure_key()) is not None  # type: ignore[union-attr]
+        profile = engine(dm).crypto_profile
+        assert profile is not None and profile.find_slot(secure_key()) is not None
         await dm.hw_set("hw", modes=["AES-256-XTS:4096"])  # keeps what the key needs
         assert await read(secure, 0, 4096) == pattern(4096)
     finally:
@@ -276,7 +279,7 @@ async def test_kind_and_profile_rules_are_enforced(tmp_path: Path):
         ]
         for name, args, code in cases:
             with pytest.raises(FuseblkError) as info:
-                await dm.hw_set(name, **args)  # type: ignore[arg-type]
+                await dm.hw_set(name, **args)
             assert info.value.errno == code, (name, args)
         change = await dm.hw_set("d", modes=WITH_4K, max_dun_bytes=16)
         assert change["change"] == "shrink" and engine(dm, "d").hardware.caps.max_dun_bytes == 16
@@ -298,22 +301,22 @@ async def test_shrink_lets_io_in_flight_complete_first_and_holds_new_io_until_re
         log: list[str] = []
         real_set = hw.set_hardware
 
-        async def set_hardware(new):  # type: ignore[no-untyped-def]
+        async def set_hardware(new: HardwareProfile) -> list[BlkCryptoKey]:
             log.append("swap")
             for md in (base, secure):
                 assert md.suspended and md._gate.inflight == 0
             return await real_set(new)
 
-        hw.set_hardware = set_hardware  # type: ignore[method-assign]
+        hw.set_hardware = set_hardware
         for md in (base, secure):
             real_refresh = md.refresh_crypto_profile
 
-            def refresh(md: MappedDevice = md, real=real_refresh) -> bool:  # type: ignore[no-untyped-def]
+            def refresh(md: MappedDevice = md, real: Callable[[], bool] = real_refresh) -> bool:
                 assert md.suspended and md._gate.inflight == 0, md.name
                 log.append(f"refresh {md.name}")
                 return real()
 
-            md.refresh_crypto_profile = refresh  # type: ignore[method-assign]
+            md.refresh_crypto_profile = refresh
 
         async def writer(offset: int, seed: int, label: str) -> None:
             await write(secure, offset, pattern(4096, seed))
@@ -437,8 +440,9 @@ def test_hw_set_request_takes_lists_of_modes_and_key_types() -> None:
         )
     )
     assert req.args["modes"] == NO_4K and req.args["drain"] is False
-    with pytest.raises(Exception):  # noqa: B017 (RequestError carries EINVAL)
+    with pytest.raises(RequestError) as info:
         decode_request(encode_request(1, "hw_set", {"name": "hw", "modes": "AES-256-XTS:512"}))
+    assert info.value.err.errno == errno.EINVAL
 
 
 def test_hw_set_text_names_the_change_and_the_devices_that_followed() -> None:

@@ -185,7 +185,7 @@ class ControlCommands:
         keyslots: int | None = None,
         max_dun_bytes: int | None = None,
         key_types: list[str] | None = None,
-        drain: bool = True,
+        drain: bool | None = None,
     ) -> dict[str, Any]:
         return await self.manager.hw_set(
             name,
@@ -193,7 +193,7 @@ class ControlCommands:
             keyslots=keyslots,
             max_dun_bytes=max_dun_bytes,
             key_types=key_types,
-            drain=drain,
+            drain=drain is not False,  # absent or null: drain
         )
 
     async def cmd_shutdown(self, force: bool = False) -> None:
