@@ -108,6 +108,27 @@ async def test_shrink_moves_the_stack_to_the_fallback_and_growth_back_inline(tmp
         assert await raw(dm, "hw", 0, len(data)) == expected_ciphertext(data, 0)
 
 
+async def test_three_levels_suspend_top_down_and_recompute_bottom_up(tmp_path: Path):
+    async with image_manager(tmp_path, {"hw": (2 * MiB, "ufs")}) as dm:
+        await dm.create("low", f"0 {SECTORS} linear hw 0")
+        await dm.create("base", f"0 {SECTORS} linear low 0")
+        secure = await dm.create("secure", SECURE)
+        await dm.create("aside", f"0 {SECTORS} zero")  # not above hw: untouched
+        change = await dm.hw_set("hw", modes=NO_4K)
+        assert change["suspended"] == ["secure", "base", "low"]
+        assert list(change["profiles"]) == ["low", "base", "secure"]
+        await write(secure, 0, pattern(4096))
+        assert dm.get("base").counters["fallback_bios"] == 1
+        change = await dm.hw_set("hw", modes=UFS)
+        assert list(change["profiles"]) == ["low", "base", "secure"]
+        await write(secure, 4096, pattern(4096, 1))
+        assert dm.get("base").counters["inline_bios"] == 1
+        assert dm.get("aside").counters["profile_changes"] == 0
+        assert await raw(dm, "hw", 0, 8192) == expected_ciphertext(
+            pattern(4096) + pattern(4096, 1), 0
+        )
+
+
 async def test_growth_propagates_bottom_up_to_a_device_that_had_no_profile(tmp_path: Path):
     async with image_manager(tmp_path, {"hw": (2 * MiB, "ufs")}) as dm:
         await dm.hw_set("hw", modes=NO_4K)
