@@ -19,6 +19,7 @@ from device_helpers import XTS, MiB, ciphertext
 from dm_helpers import image_manager, make_image, pattern, read, write
 
 from fuseblk.bio import Bio
+from fuseblk.cli import main
 from fuseblk.cli.hw_cmd import change_lines
 from fuseblk.control.protocol import RequestError, decode_request, encode_request
 from fuseblk.dm.events import CryptoProfileChanged
@@ -484,3 +485,23 @@ def test_hw_set_text_names_the_change_and_the_devices_that_followed() -> None:
         "evicted keys: 1",
         "base: AES-256-XTS:512 max_dun_bytes=8",
     ]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["hw", "set", "inline", "--keyslots", "0"],
+        ["hw", "set", "inline", "--keyslots", "256"],
+        ["hw", "set", "inline", "--max-dun-bytes", "33"],
+        ["hw", "set"],
+    ],
+)
+def test_bad_hw_set_command_lines_are_usage_errors(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        status = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        status = int(exc.code or 0)
+    assert status == 2
+    assert capsys.readouterr().err.strip()
