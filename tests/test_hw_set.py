@@ -147,7 +147,7 @@ async def test_growth_propagates_bottom_up_to_a_device_that_had_no_profile(tmp_p
 async def test_growth_does_not_hold_io_in_flight(tmp_path: Path):
     async with image_manager(tmp_path, {"hw": (2 * MiB, "ufs")}) as dm:
         _, secure = await stack(dm)
-        engine(dm).faults.slow_program(200)
+        engine(dm).faults.slow_program(1000)  # far longer than the change takes
         done = trio.Event()
 
         async def writer() -> None:

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.integration
 
 SECTORS_PER_MIB = MiB // 512
 FIO_JOB = 2 * MiB  # 4 jobs each, on secure and on stacked
-FIO_SECONDS = 6
+FIO_SECONDS = 8
 STACKED_AT = 600 * MiB  # mid's start in base (on inline.img), away from secure's fio region
 STACKED_SIZE = 16 * MiB
 SHRUNK = ["--mode", "AES-256-XTS:512"]  # secure's and stacked's 4096-byte data units are gone
