@@ -214,7 +214,8 @@ def test_every_documented_command_has_a_schema() -> None:
     documented = {
         "create", "load", "clear", "resume", "suspend", "remove", "rename", "table", "status",
         "info", "ls", "sysfs",
-        "message", "evict_key", "discard", "stats", "hw_fault", "hw_status", "shutdown", "ping",
+        "message", "evict_key", "discard", "stats", "hw_fault", "hw_status", "hw_set", "shutdown",
+        "ping",
         "version",
     }  # fmt: skip
     assert set(COMMANDS) == documented

@@ -370,6 +370,85 @@ class CryptoProfile:
         self._idle = OrderedDict((i, None) for i in idle)
         self._idle_wait.unpark_all()
 
+    # -- live hardware changes -------------------------------------------------------------------
+
+    async def reconfigure(self, caps: CryptoCapabilities, num_slots: int) -> list[BlkCryptoKey]:
+        """The hardware now offers ``caps`` and ``num_slots`` slots (``fuseblk hw set``, beyond
+        the kernel, whose profiles never change after registration); returns the keys evicted.
+
+        A key the new capabilities do not support, or held in a slot that no longer exists, is
+        evicted through the ops. Such a slot must be idle: the caller drains the devices above
+        first, so a busy one is EBUSY and nothing changes. Added slots are empty and go to the
+        head of the idle list, so misses fill them before replacing a cached key. A failed
+        driver eviction is counted and ignored: the slot is gone or unusable for that key either
+        way, and the change stands.
+
+        Lock order: ``_hw_lock`` only, like an eviction, and only when something is evicted
+        or removed: growth is bookkeeping with no await, so it never waits behind a slow
+        programming. A miss parked for an idle slot is woken and looks again, so it never picks
+        a slot that was removed.
+        """
+        if num_slots < 0 or (self.num_slots == 0) != (num_slots == 0):
+            raise ValueError(f"{self.name}: a profile keeps its shape (slots or passthrough)")
+        if num_slots >= self.num_slots and not self._doomed(caps, num_slots):
+            self._resize(caps, num_slots)
+            return []
+        async with self._hw_lock:
+            doomed = self._doomed(caps, num_slots)
+            busy = [s.index for s in self._slots[num_slots:] if s.refs > 0]
+            busy += [s.index for s in doomed if s.refs > 0 and s.index < num_slots]
+            if busy:
+                raise FuseblkError(
+                    errno.EBUSY,
+                    f"{self.name or 'device'}: keyslot(s) {', '.join(map(str, sorted(busy)))} "
+                    "in use: drain the devices above before shrinking",
+                )
+            evicted = []
+            for slot in doomed:
+                assert slot.programmed is not None
+                key = slot.programmed.key
+                del self._by_key[key]
+                slot.programmed = None
+                self._changed(slot)
+                self.counters.add("evictions")
+                evicted.append(key)
+                if self.ops is not None:
+                    try:
+                        await self.ops.evict_key(key, slot.index)
+                    except FuseblkError:
+                        self.counters.add("evict_errors")
+            self._resize(caps, num_slots)
+        return evicted
+
+    def _doomed(self, caps: CryptoCapabilities, num_slots: int) -> list[_Slot]:
+        """Slots holding a key that ``caps`` does not support or beyond ``num_slots``."""
+        return [
+            slot
+            for slot in self._slots
+            if (slot.programmed is not None and not slot.lost)
+            and (slot.index >= num_slots or not caps.supports(slot.programmed.key.config))
+        ]
+
+    def _resize(self, caps: CryptoCapabilities, num_slots: int) -> None:
+        """Take the new capabilities and slot count; removed slots are idle and empty."""
+        self.caps = caps
+        old = self.num_slots
+        if num_slots < old:
+            for slot in self._slots[num_slots:]:
+                self._idle.pop(slot.index, None)
+            del self._slots[num_slots:]
+            self.generation += 1
+        elif num_slots > old:
+            added = [_Slot(i) for i in range(old, num_slots)]
+            self._slots.extend(added)
+            for slot in reversed(added):
+                self._idle[slot.index] = None
+                self._idle.move_to_end(slot.index, last=False)
+            self.generation += 1
+        self.num_slots = num_slots
+        if self._idle_wait:
+            self._idle_wait.unpark_all()
+
     def _forget(self, slot: _Slot) -> None:
         assert slot.programmed is not None
         del self._by_key[slot.programmed.key]

@@ -8,6 +8,12 @@ programmed again); ``clear`` disarms every fault. ``fuseblk hw status BACKEND`` 
 faults, the keyslots (key ids only) and the counts of faults that fired. Faults live in the
 daemon's memory: an image never records them.
 
+``fuseblk hw set BACKEND [--mode M:DUS,...] [--keyslots N] [--max-dun-bytes B] [--key-types
+raw,hw_wrapped] [--no-drain]`` changes what the hardware offers, live, recorded in the image
+header; every device stacked above follows (:mod:`fuseblk.dm.hw_change`): growth at once, a
+shrink after draining them, refused if it would break a live table. ``--no-drain`` refuses any
+shrink under a live device instead, as the kernel would.
+
 Exit status: 0 on success, 2 for a usage error (EINVAL), 1 when the daemon refuses.
 """
 
@@ -16,7 +22,7 @@ from __future__ import annotations
 import argparse
 import errno
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fuseblk.cli import output
@@ -42,9 +48,9 @@ def add_parser(subparsers: Any) -> None:
     common = common_options()
     hw = subparsers.add_parser(
         "hw",
-        help="inject faults into a backend's inline-encryption hardware",
-        description="Inject faults into the emulated inline-encryption hardware of a running "
-        "fuseblk daemon's backends, and show their state.",
+        help="change or inject faults into a backend's inline-encryption hardware",
+        description="Change the emulated inline-encryption hardware of a running fuseblk "
+        "daemon's backends, inject faults into it, and show its state.",
         parents=[common_options(suppress=False)],
     )
     verbs = hw.add_subparsers(dest="verb", metavar="VERB")
@@ -68,6 +74,33 @@ def add_parser(subparsers: Any) -> None:
     how.add_argument("--probability", type=probability, metavar="P", help="fail each with P")
     p.add_argument(
         "--seed", type=integer(0, 2**63 - 1), metavar="S", help="seed of --probability's draws"
+    )
+
+    p = verbs.add_parser(
+        "set",
+        help="change the hardware's modes, keyslots, DUN width or key types, live",
+        description="Change what a backend's inline-encryption hardware offers; the devices "
+        "stacked above follow. Options not given keep their value.",
+        parents=[common],
+    )
+    p.set_defaults(func=run_set)
+    p.add_argument("backend", metavar="BACKEND")
+    p.add_argument(
+        "--mode",
+        dest="modes",
+        action="append",
+        metavar="M:DUS,...",
+        help="a mode and its data unit sizes (repeat, or separate modes with ';'); "
+        "replaces every mode",
+    )
+    p.add_argument("--keyslots", type=integer(1, 255), metavar="N")
+    p.add_argument("--max-dun-bytes", type=integer(1, 32), metavar="B")
+    p.add_argument("--key-types", metavar="raw,hw_wrapped")
+    p.add_argument(
+        "--no-drain",
+        dest="drain",
+        action="store_false",
+        help="refuse a shrink under a live device (the kernel's rule) instead of draining",
     )
 
     p = verbs.add_parser(
@@ -107,7 +140,44 @@ def run_status(args: argparse.Namespace) -> int:
     return _call(args, "status", "hw_status", {"name": args.backend})
 
 
-def _call(args: argparse.Namespace, verb: str, cmd: str, request: dict[str, Any]) -> int:
+def run_set(args: argparse.Namespace) -> int:
+    request: dict[str, Any] = {"name": args.backend, "drain": args.drain}
+    if args.modes:
+        request["modes"] = [m for arg in args.modes for m in arg.split(";") if m.strip()]
+    if args.keyslots is not None:
+        request["keyslots"] = args.keyslots
+    if args.max_dun_bytes is not None:
+        request["max_dun_bytes"] = args.max_dun_bytes
+    if args.key_types is not None:
+        request["key_types"] = [t for t in args.key_types.split(",") if t.strip()]
+    return _call(args, "set", "hw_set", request, change_lines)
+
+
+def change_lines(change: Mapping[str, Any]) -> list[str]:
+    """``hw set`` as text: the hardware now, the kind of change and the devices that followed."""
+    lines = [f"{change['name']}: {change['hardware']}", f"change: {change['change']}"]
+    if change.get("suspended"):
+        lines.append(f"drained: {', '.join(change['suspended'])}")
+    if change.get("evicted"):
+        lines.append(f"evicted keys: {change['evicted']}")
+    for name, caps in (change.get("profiles") or {}).items():
+        if caps is None:
+            lines.append(f"{name}: no inline encryption")
+        else:
+            modes = " ".join(
+                f"{m}:{','.join(map(str, sizes))}" for m, sizes in caps["modes"].items()
+            )
+            lines.append(f"{name}: {modes} max_dun_bytes={caps['max_dun_bytes']}")
+    return lines
+
+
+def _call(
+    args: argparse.Namespace,
+    verb: str,
+    cmd: str,
+    request: dict[str, Any],
+    lines: Callable[[Mapping[str, Any]], list[str]] | None = None,
+) -> int:
     try:
         with ControlClient.for_mount(args.mount) as client:
             status = client.call(cmd, **request)
@@ -117,7 +187,7 @@ def _call(args: argparse.Namespace, verb: str, cmd: str, request: dict[str, Any]
     if args.json:
         print(output.to_json(status))
     else:
-        print("\n".join(status_lines(status)))
+        print("\n".join((lines or status_lines)(status)))
     return 0
 
 

@@ -107,6 +107,14 @@ COMMANDS: dict[str, dict[str, Arg]] = {
         "ms": Arg(int, required=False, bounds=range(0, 2**31)),
     },
     "hw_status": {"name": _NAME},
+    "hw_set": {
+        "name": _NAME,
+        "modes": Arg(list, required=False, items=str),
+        "keyslots": Arg(int, required=False, bounds=range(0, 2**16)),
+        "max_dun_bytes": Arg(int, required=False, bounds=range(0, 256)),
+        "key_types": Arg(list, required=False, items=str),
+        "drain": Arg(bool, required=False),
+    },
     "shutdown": {"force": Arg(bool, required=False)},
 }
 

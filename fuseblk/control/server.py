@@ -187,6 +187,25 @@ class ControlCommands:
     def cmd_hw_status(self, name: str) -> dict[str, Any]:
         return self.manager.hw_status(name)
 
+    # -- live hardware changes ------------------------------------------------------------------
+    async def cmd_hw_set(
+        self,
+        name: str,
+        modes: list[str] | None = None,
+        keyslots: int | None = None,
+        max_dun_bytes: int | None = None,
+        key_types: list[str] | None = None,
+        drain: bool | None = None,
+    ) -> dict[str, Any]:
+        return await self.manager.hw_set(
+            name,
+            modes=modes,
+            keyslots=keyslots,
+            max_dun_bytes=max_dun_bytes,
+            key_types=key_types,
+            drain=drain is not False,  # absent or null: drain
+        )
+
     async def cmd_shutdown(self, force: bool = False) -> None:
         """Refuse while devices are open (like umount(8)), unless forced.
 

@@ -34,5 +34,14 @@ class DeviceResized:
     size: int  # bytes
 
 
-DmEvent = DeviceAdded | DeviceRemoved | DeviceRenamed | DeviceResized
+@dataclass(frozen=True)
+class CryptoProfileChanged:
+    """A device's inline-encryption capabilities changed without a table of its own being
+    loaded: the hardware below it changed (``fuseblk hw set``), or a device below was reloaded.
+    ``name`` is a mapped device or, for the hardware itself, a backend."""
+
+    name: str
+
+
+DmEvent = DeviceAdded | DeviceRemoved | DeviceRenamed | DeviceResized | CryptoProfileChanged
 Listener = Callable[[DmEvent], None]

@@ -27,6 +27,7 @@ from fuseblk.blkcrypto.block_layer import BlockLayer
 from fuseblk.blkcrypto.fallback import DEFAULT_NUM_SLOTS, CryptoFallback
 from fuseblk.device import Backend, BlockDevice
 from fuseblk.dm.events import (
+    CryptoProfileChanged,
     DeviceAdded,
     DeviceRemoved,
     DeviceRenamed,
@@ -35,6 +36,7 @@ from fuseblk.dm.events import (
     Listener,
 )
 from fuseblk.dm.fallback_policy import falls_back_per_target
+from fuseblk.dm.hw_change import build_hardware, change_hardware, propagate_from
 from fuseblk.dm.mapped_device import MappedDevice
 from fuseblk.dm.table import Table
 from fuseblk.dm.targets.base import TargetArgError
@@ -228,10 +230,19 @@ class DeviceManager:
         async with self._table_lock:
             md = self.get(name)
             old_size = md.size
+            old_caps = md.crypto_profile.caps if md.crypto_profile is not None else None
             await md.resume()
+            new_caps = md.crypto_profile.caps if md.crypto_profile is not None else None
+            above = (
+                {}
+                if new_caps == old_caps
+                else await propagate_from(md, list(self._devices.values()))
+            )
             await self._release_unused_images()
             if md.size != old_size:
                 self._notify(DeviceResized(name, md.size))
+            for device in above:
+                self._notify(CryptoProfileChanged(device))
 
     async def suspend(self, name: str) -> None:
         async with self._table_lock:
@@ -512,6 +523,42 @@ class DeviceManager:
                 )
             },
         }
+
+    # -- live hardware changes -----------------------------------------------------------------
+
+    async def hw_set(
+        self,
+        name: str,
+        *,
+        modes: list[str] | None = None,
+        keyslots: int | None = None,
+        max_dun_bytes: int | None = None,
+        key_types: list[str] | None = None,
+        drain: bool = True,
+    ) -> dict[str, Any]:
+        """``fuseblk hw set``: change what backend ``name``'s hardware offers, live, and
+        propagate it up every stack above (:mod:`fuseblk.dm.hw_change`)."""
+        engine = self._engine(name)
+        new = build_hardware(
+            engine.hardware,
+            modes=modes,
+            keyslots=keyslots,
+            max_dun_bytes=max_dun_bytes,
+            key_types=key_types,
+        )
+        async with self._table_lock:
+            change = await change_hardware(
+                engine,
+                new,
+                list(self._devices.values()),
+                fallback_enabled=self.block_layer.fallback.enabled,
+                drain=drain,
+            )
+        if change.change != "none":
+            self._notify(CryptoProfileChanged(name))
+        for device in change.profiles:
+            self._notify(CryptoProfileChanged(device))
+        return change.to_json()
 
     async def flush_all(self) -> None:
         """Flush every backend (data durable, keyslot tables recorded)."""

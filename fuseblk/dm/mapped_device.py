@@ -259,6 +259,20 @@ class MappedDevice(OpenCounter):
         async with self._lock:
             await self._suspend_locked()
 
+    async def hold(self) -> None:
+        """Suspend without draining: new bios wait, bios in flight are left where they are.
+
+        For a live hardware change under a device whose bios wait at a suspended device below
+        (:mod:`fuseblk.dm.hw_change`): draining would wait for the user's resume of that device.
+        """
+        async with self._lock:
+            if self._gate.suspended:
+                return
+            self._gate.block()
+            if self.live is not None:
+                for target in self.live.targets:
+                    await target.presuspend()
+
     async def _suspend_locked(self) -> None:
         if self._gate.suspended:
             return
@@ -317,6 +331,33 @@ class MappedDevice(OpenCounter):
             await old.destroy()
         for target in table.targets:
             await target.resume()
+
+    def refresh_crypto_profile(self) -> bool:
+        """The devices below changed their capabilities: compute this device's profile again
+        from its live table (and the inactive table's, which its resume will check); True if
+        the profile changed. Beyond the kernel, which fixes a device's profile at its load.
+
+        Growth may happen under live I/O: a bio already decided keeps a context the devices
+        below still take. A shrink is only ever applied while this device is suspended
+        (:mod:`fuseblk.dm.hw_change`), so no bio sees the profile change under it.
+        """
+        if self.inactive is not None:
+            self.inactive.refresh_crypto_caps()
+        if self.live is None:
+            return False
+        self.live.refresh_crypto_caps()
+        caps = self.live.crypto_caps
+        old = self._profile.caps if self._profile is not None else None
+        if caps == old:
+            return False
+        if caps is None:
+            self._profile = None
+        elif self._profile is None:
+            self._profile = CryptoProfile(caps, 0, ops=_EvictForwarder(self), name=self._name)
+        else:
+            self._profile.caps = caps
+        self.counters.add("profile_changes")
+        return True
 
     async def shutdown(self) -> None:
         """Removal: wait for in-flight I/O, fail anything still waiting, destroy both tables."""

@@ -28,6 +28,8 @@ from fuseblk.dm.targets.registry import get_target, target_names
 from fuseblk.errors import FuseblkError, TableError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from fuseblk.device import BlockDevice
 
 DEFAULT_BLOCK_SIZE = SECTOR_SIZE
@@ -42,8 +44,9 @@ class Table:
         self.targets = targets
         self.starts = [t.begin for t in targets]
         self.size = sum(t.length for t in targets)
-        # Fixed when the table is loaded, like t->crypto_profile: devices below may change later.
-        self.crypto_caps = _construct_crypto_caps(targets)
+        # Computed when the table is loaded, like t->crypto_profile; beyond the kernel, computed
+        # again when a device below changes its capabilities (fuseblk.dm.hw_change).
+        self.crypto_caps = construct_crypto_caps(targets)
 
     @classmethod
     async def parse(cls, text: str, env: TargetEnv) -> Table:
@@ -110,6 +113,13 @@ class Table:
             for dev in target.devices():
                 seen.setdefault(id(dev), dev)
         return list(seen.values())
+
+    def refresh_crypto_caps(self) -> bool:
+        """Compute :attr:`crypto_caps` again from the devices below; True if they changed."""
+        caps = construct_crypto_caps(self.targets)
+        changed = caps != self.crypto_caps
+        self.crypto_caps = caps
+        return changed
 
     @property
     def block_size(self) -> int:
@@ -187,12 +197,22 @@ def _construct_line(lineno: int, fields: list[str], expected_start: int, env: Ta
         raise err from None
 
 
-def _construct_crypto_caps(targets: list[Target]) -> CryptoCapabilities | None:
+def device_caps(dev: BlockDevice) -> CryptoCapabilities | None:
+    """What ``dev`` offers now: its profile's capabilities, None without a profile."""
+    profile = dev.crypto_profile
+    return profile.caps if profile is not None else None
+
+
+def construct_crypto_caps(
+    targets: list[Target],
+    caps_of: Callable[[BlockDevice], CryptoCapabilities | None] = device_caps,
+) -> CryptoCapabilities | None:
     """``dm_table_construct_crypto_profile``: None when the table can offer no inline encryption.
 
     Start from everything; a target that does not pass crypto leaves nothing; otherwise intersect
     with every device below (a device without a profile leaves nothing). A target with no devices
-    does not restrict.
+    does not restrict. ``caps_of`` says what a device offers: a planned hardware change asks
+    with the capabilities the devices below would have, before anything changes.
     """
     if not targets:
         return None
@@ -201,6 +221,5 @@ def _construct_crypto_caps(targets: list[Target]) -> CryptoCapabilities | None:
         if not target.passes_crypto:
             return None
         for dev in target.devices():
-            profile = dev.crypto_profile
-            caps = intersect(caps, profile.caps if profile is not None else None)
+            caps = intersect(caps, caps_of(dev))
     return None if caps.is_empty else caps

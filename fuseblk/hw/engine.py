@@ -179,6 +179,36 @@ class InlineEncryptionEngine(OpenCounter):
         if self._profile is not None:
             await self._profile.reprogram_all()
 
+    # --- live hardware changes (``fuseblk hw set``) ---------------------------------------------
+
+    async def set_hardware(self, hardware: HardwareProfile) -> list[BlkCryptoKey]:
+        """The controller now offers ``hardware`` (same kind); returns the keys it evicted.
+
+        Keys the new profile cannot take leave their slots (and a direct engine forgets their
+        expanded ciphers); the header records the new hardware and keyslot table at once, so
+        the change outlives a detach. Whoever calls this has drained the bios that could hold
+        such a slot (:mod:`fuseblk.dm.hw_change`); a busy one is EBUSY and nothing changes.
+        """
+        self._check_attached()
+        if hardware.kind is not self.hardware.kind:
+            raise FuseblkError(
+                errno.EINVAL,
+                f"{self._name}: hardware stays {self.hardware.kind.label!r} "
+                f"(cannot become {hardware.kind.label!r})",
+            )
+        evicted: list[BlkCryptoKey] = []
+        if self._profile is not None:
+            evicted = await self._profile.reconfigure(hardware.caps, hardware.num_slots)
+        self._ciphers.forget_unsupported(hardware)
+        self.hardware = hardware
+        self.counters.add("hw_changes")
+        generation = self._profile.generation if self._profile is not None else 0
+        try:
+            await self._headers.set_hardware(hardware, generation, self.slot_records())
+        except OSError as exc:
+            raise self._io_error("header update", exc) from None
+        return evicted
+
     def _check_attached(self) -> None:
         if self._closed:
             raise FuseblkError(errno.EIO, f"{self._name}: image is detached")
@@ -461,6 +491,11 @@ class DirectCiphers:
 
     def clear(self) -> None:
         self._cache.clear()
+
+    def forget_unsupported(self, hardware: HardwareProfile) -> None:
+        """The engine lost capabilities: drop the expanded keys it can no longer take."""
+        for key in [k for k in self._cache if not hardware.caps.supports(k.config)]:
+            del self._cache[key]
 
 
 class EngineKeyslotOps:

@@ -34,6 +34,7 @@ from fuseblk.hw.image_format import (
     read_headers,
     write_headers,
 )
+from fuseblk.hw.profiles import HardwareProfile
 from fuseblk.hw.storage import Storage
 from fuseblk.stats import Counters
 
@@ -130,6 +131,23 @@ class HeaderStore:
             self._written_generation = generation
             self._counters.add("header_writes")
             return True
+
+    async def set_hardware(
+        self, hardware: HardwareProfile, generation: int, slots: tuple[SlotRecord, ...]
+    ) -> None:
+        """Record a live change of the hardware (``fuseblk hw set``) with its keyslot table.
+
+        Written at once, not at the next flush: a change the user made must survive a crash
+        like any configuration, and a keyslot table of the new size is only valid beside it.
+        """
+        async with self._lock:
+            new = replace(
+                self._header, sequence=self._header.sequence + 1, hardware=hardware, slots=slots
+            )
+            await self._write(new)
+            self._header = new
+            self._written_generation = generation
+            self._counters.add("header_writes")
 
     async def _write(self, header: ImageHeader) -> None:
         """Crash-safe, as :func:`fuseblk.hw.image_format.write_headers`."""

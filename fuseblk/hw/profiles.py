@@ -174,6 +174,16 @@ def parse_profile(
         raise einval(f"{source}: {exc.message}") from exc
 
 
+def parse_key_types(names: Iterable[str]) -> KeyType:
+    """``raw,hw_wrapped`` as ``--key-types`` and a profile's ``key_types`` list name them."""
+    key_types = KeyType(0)
+    for name in names:
+        key_types |= _parse_key_type(name)
+    if not key_types:
+        raise einval("key types: name at least one (raw, hw_wrapped)")
+    return key_types
+
+
 def _parse_key_type(name: str) -> KeyType:
     wanted = name.strip().lower().replace("-", "_")
     for key_type in KeyType:

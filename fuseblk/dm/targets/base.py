@@ -20,7 +20,9 @@ from fuseblk.errors import FuseblkError, redact_key_hex
 
 if TYPE_CHECKING:
     from fuseblk.blkcrypto.block_layer import BlockLayer
+    from fuseblk.capabilities import CryptoCapabilities
     from fuseblk.device import BlockDevice
+    from fuseblk.key import BlkCryptoKey
     from fuseblk.stats import Counters
 
 
@@ -108,6 +110,16 @@ class Target(abc.ABC):
         I/O, until a ``remove`` message drops it.
         """
         return self.devices()
+
+    def crypto_requirement(self) -> CryptoCapabilities | None:
+        """Capabilities each of :meth:`devices` must keep offering for the table to stay valid
+        (raid1: what it promised upward at load); None: no such rule. A live hardware change
+        that would break it is refused (:mod:`fuseblk.dm.hw_change`)."""
+        return None
+
+    def attached_keys(self) -> list[BlkCryptoKey]:
+        """Keys the target attaches to the bios it sends to :meth:`devices` (default-key)."""
+        return []
 
     def status(self) -> str:
         """``STATUSTYPE_INFO`` as ``dmsetup status`` prints it after the target name."""

@@ -132,6 +132,9 @@ class DefaultKeyTarget(Target):
     def devices(self) -> list[BlockDevice]:
         return [self.dev]
 
+    def attached_keys(self) -> list[BlkCryptoKey]:
+        return [self.key]
+
     def dun_of(self, offset: int) -> int:
         """The DUN of the data unit at byte ``offset`` of the target."""
         return (self.iv_offset + (offset >> SECTOR_SHIFT)) >> self._unit_shift

@@ -165,6 +165,10 @@ class Raid1Target(Target):
     def held_devices(self) -> list[BlockDevice]:
         return [leg.dev for leg in self.legs]
 
+    def crypto_requirement(self) -> CryptoCapabilities:
+        """Every leg keeps what the array promised at load, as a hot-added leg must."""
+        return self.caps
+
     def _writable_legs(self) -> list[Leg]:
         return [leg for leg in self.legs if leg.state is not LegState.FAILED]
 
