@@ -141,6 +141,9 @@ class InlineCryptTarget(Target):
         as default-key's, because ``dm evict-key`` must name it exactly."""
         return describe_key(self.key)
 
+    def attached_keys(self) -> list[BlkCryptoKey]:
+        return [self.key]
+
     def devices(self) -> list[BlockDevice]:
         return [self.dev]
 
