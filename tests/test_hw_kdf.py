@@ -56,11 +56,9 @@ def rfc4493_cmac(key: bytes, message: bytes) -> bytes:
     k1 = _double(_aes_block(key, bytes(16)))
     k2 = _double(k1)
     blocks = [message[i : i + 16] for i in range(0, len(message), 16)] or [b""]
-    last = blocks[-1]
-    if len(last) == 16:
-        last = _xor(last, k1)
-    else:
-        last = _xor(last + b"\x80" + bytes(15 - len(last)), k2)
+    complete = len(blocks[-1]) == 16
+    padded = blocks[-1] if complete else blocks[-1] + b"\x80" + bytes(15 - len(blocks[-1]))
+    last = _xor(padded, k1 if complete else k2)
     state = bytes(16)
     for block in [*blocks[:-1], last]:
         state = _aes_block(key, _xor(state, block))
