@@ -349,3 +349,24 @@ def test_the_cli_as_a_subprocess_prints_hex_and_exits_by_errno(
     assert small.stderr.endswith("(EOVERFLOW)\n")
     short = run("import", "ice", "--raw-key-file", file_with(tmp_path, "r", b"\x01" * 8))
     assert short.returncode == 2 and "BLKCRYPTOIMPORTKEY" in short.stderr
+
+
+# --- key types in dm info ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("legs", "shown"),
+    [
+        (["ice"], "hw_wrapped"),
+        (["both"], "raw,hw_wrapped"),
+        (["ice", "both"], "hw_wrapped"),
+        (["inline", "both"], "raw"),
+    ],
+)
+def test_dm_info_shows_the_intersected_key_types(
+    keyd: DaemonThread, capsys: pytest.CaptureFixture[str], legs: list[str], shown: str
+) -> None:
+    table = "".join(f"{i * SECTORS} {SECTORS} linear {leg} 0\n" for i, leg in enumerate(legs))
+    keyd.run(keyd.manager.create, "probe", table)
+    assert main(["dm", "info", "probe"]) == 0
+    assert f"max_dun_bytes=8 key_types={shown}\n" in capsys.readouterr().out

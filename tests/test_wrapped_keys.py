@@ -24,6 +24,7 @@ from fuseblk.bio import Bio
 from fuseblk.blkcrypto.fallback import CryptoFallback
 from fuseblk.blkcrypto.wrapped_keys import WrappedKeyOp
 from fuseblk.ciphers.hw_kdf import inline_key, sw_secret
+from fuseblk.cli import main
 from fuseblk.crypt_context import BioCryptContext
 from fuseblk.errors import FuseblkError
 from fuseblk.hw.engine import InlineEncryptionEngine
@@ -32,6 +33,7 @@ from fuseblk.hw.image_format import (
     DATA_OFFSET,
     WRAPPING_SECRET_OFFSET,
     WRAPPING_SECRET_SIZE,
+    ImageHeader,
     read_headers,
     write_headers,
 )
@@ -391,3 +393,38 @@ def test_every_operation_is_named_after_its_ioctl_or_kernel_function() -> None:
         "BLKCRYPTOPREPAREKEY",
         "blk_crypto_derive_sw_secret",
     ]
+
+
+# --- profiles and what the image shows -------------------------------------------------------------
+
+
+def test_the_wrapped_key_profiles_offer_aes_256_xts_with_their_key_types() -> None:
+    ice, both = load_profile("ice-wrapped"), load_profile("ufs-wrapped")
+    assert ice.caps.key_types == KeyType.HW_WRAPPED
+    assert both.caps.key_types == KeyType.RAW | KeyType.HW_WRAPPED
+    assert list(ice.caps.modes) == list(both.caps.modes) == [CryptoMode.AES_256_XTS]
+    assert "key_types=hw_wrapped" in ice.describe()
+    assert "key_types=raw,hw_wrapped" in both.describe()
+
+
+def test_image_create_with_the_ice_profile_and_inspect_shows_key_types_but_no_secret(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = tmp_path / "ice.img"
+    assert main(["image", "create", str(image), "--size", "4M", "--profile", "ice-wrapped"]) == 0
+    secret = read_headers_of(image).wrapping_secret
+    assert secret is not None
+    assert main(["image", "inspect", str(image)]) == 0
+    assert main(["image", "inspect", str(image), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "  Key types:     hw_wrapped" in out
+    assert '"key_types": [\n        "hw_wrapped"\n      ]' in out
+    assert secret.hex() not in out and secret.hex()[:16] not in out
+
+
+def read_headers_of(image: Path) -> ImageHeader:
+    engine = open_backend(image)
+    try:
+        return engine.header
+    finally:
+        engine.abandon()
