@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import trio
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -219,6 +220,36 @@ async def test_a_bio_with_a_wrapped_key_is_aes_256_xts_under_the_kdf_inline_key(
         assert bytes(back) == data
     finally:
         await engine.close()
+
+
+@settings(deadline=None, max_examples=20)
+@given(
+    raw=st.binary(min_size=32, max_size=32),
+    units=st.integers(1, 4),
+    dun=st.integers(0, 2**64 - 4),
+    slot=st.integers(0, 3),
+)
+def test_any_wrapped_key_encrypts_each_data_unit_at_its_dun(
+    raw: bytes, units: int, dun: int, slot: int
+) -> None:
+    async def write_and_read() -> tuple[bytes, bytes, bytes]:
+        engine = create_backend("memory://", MiB, load_profile("ice-wrapped"))
+        try:
+            key = wrapped_key(engine.prepare_key(engine.import_key(raw)))
+            data = os.urandom(units * DUS)
+            offset = slot * DUS
+            await engine.submit(Bio.write(offset, data, BioCryptContext.at(key, dun)))
+            plain = bytearray(len(data))
+            await engine.submit(Bio.read(offset, plain))  # what the storage holds
+            back = bytearray(len(data))
+            await engine.submit(Bio.read(offset, back, BioCryptContext.at(key, dun)))
+            return data, bytes(plain), bytes(back)
+        finally:
+            await engine.close()
+
+    data, ciphertext, back = trio.run(write_and_read)
+    assert ciphertext == xts(inline_key(raw), data, dun)
+    assert back == data
 
 
 @pytest.mark.parametrize("profile", ["ice-wrapped", "direct-wrapped"])
