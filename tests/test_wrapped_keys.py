@@ -27,6 +27,9 @@ from fuseblk.blkcrypto.wrapped_keys import WrappedKeyOp
 from fuseblk.ciphers.hw_kdf import inline_key, sw_secret
 from fuseblk.cli import main
 from fuseblk.crypt_context import BioCryptContext
+from fuseblk.dm.manager import DeviceManager
+from fuseblk.dm.targets import registry
+from fuseblk.dm.targets.zero import ZeroTarget
 from fuseblk.errors import FuseblkError
 from fuseblk.hw.engine import InlineEncryptionEngine
 from fuseblk.hw.factory import create_backend, open_backend
@@ -459,3 +462,39 @@ def read_headers_of(image: Path) -> ImageHeader:
         return engine.header
     finally:
         engine.abandon()
+
+
+# --- device-mapper passes the operations down -------------------------------------------------------
+
+
+class _DevicelessCryptoTarget(ZeroTarget):
+    """A target that passes crypto yet has no device below (no shipped target is both)."""
+
+    name = "deviceless-crypto"
+    passes_crypto = True
+
+
+async def test_a_mapped_device_with_no_device_below_is_eopnotsupp(
+    manager: DeviceManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dm_exec_wrappedkey_op starts from -EOPNOTSUPP and finds no device to change it."""
+    monkeypatch.setitem(
+        registry._TARGET_TYPES, _DevicelessCryptoTarget.name, _DevicelessCryptoTarget
+    )
+    md = await manager.create("hole", "0 8 deviceless-crypto\n")
+    assert md.crypto_profile is not None  # it claims every capability, wrapped keys included
+    with pytest.raises(FuseblkError) as exc:
+        manager.wrapped_key_op("hole", WrappedKeyOp.GENERATE)
+    assert errno_of(exc) == errno.EOPNOTSUPP
+    assert "no underlying device" in exc.value.message
+
+
+async def test_an_ephemeral_blob_over_128_bytes_is_einval(
+    manager: DeviceManager, tmp_path: Path
+) -> None:
+    manager.add_device(
+        create_backend(tmp_path / "ice.img", MiB, load_profile("ice-wrapped"), name="ice")
+    )
+    with pytest.raises(FuseblkError) as exc:
+        manager.wrapped_key_op("ice", WrappedKeyOp.DERIVE_SW_SECRET, bytes(129))
+    assert errno_of(exc) == errno.EINVAL
