@@ -566,7 +566,9 @@ class EngineKeyslotOps:
     engine so that its ``evict_key(key, slot)`` does not clash with the device's ``evict_key``.
 
     Programming a slot expands the key, as hardware does when a key is loaded; nothing reaches
-    the storage (the keyslot table is written with the header, on flush). Evicting from a direct
+    the storage (the keyslot table is written with the header, on flush). A hardware-wrapped
+    key is loaded by unwrapping its ephemeral blob (:meth:`DirectCiphers.expand`); one that does
+    not unwrap fails the program with EBADMSG, which the bio sees as EIO (:func:`bio_error`). Evicting from a direct
     engine (``slot is None``) forgets its expanded key.
 
     Both consult the engine's :class:`FaultPlan` first, so an injected failure is the driver's
