@@ -87,7 +87,8 @@ class CryptoCapabilities:
         parts = [
             f"{m.sysfs_name}:{','.join(map(str, dus_list(mask)))}" for m, mask in self.modes.items()
         ]
-        return f"{' '.join(parts)} max_dun_bytes={self.max_dun_bytes}"
+        types = ",".join(t.name.lower() for t in KeyType if t in self.key_types and t.name)
+        return f"{' '.join(parts)} max_dun_bytes={self.max_dun_bytes} key_types={types}"
 
     def to_json(self) -> dict[str, object]:
         return {

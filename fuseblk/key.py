@@ -1,7 +1,9 @@
 """Inline-encryption keys (``struct blk_crypto_key``): validated once, named by an identifier.
 
-A key is its configuration (mode, data unit size, DUN width, key type) plus the raw bytes. The
-raw bytes never leave this object except to a cipher: ``repr``/``str`` show the identifier, a
+A key is its configuration (mode, data unit size, DUN width, key type) plus its bytes: the raw
+key, or for a hardware-wrapped key the ephemerally-wrapped blob that only its hardware can
+unwrap (``blk_crypto_init_key`` takes either the same way). The bytes never leave this object
+except to a cipher or to the hardware: ``repr``/``str`` show the identifier, a
 16-byte one-way value derived with HKDF-SHA512 the way fscrypt derives its key identifiers, so
 tables, logs, images and errors can name a key without revealing it.
 """
@@ -20,6 +22,14 @@ from fuseblk.modes import CryptoMode
 KEY_IDENTIFIER_SIZE = 16
 MIN_DATA_UNIT_SIZE = 16  # one cipher block: smaller cannot be encrypted by any mode
 MAX_DATA_UNIT_SIZE = 1 << 16
+MAX_HW_WRAPPED_KEY_SIZE = 128  # BLK_CRYPTO_MAX_HW_WRAPPED_KEY_SIZE
+# ``security_strength`` of blk_crypto_modes[]: the shortest hardware-wrapped key of each mode.
+SECURITY_STRENGTH = {
+    CryptoMode.AES_256_XTS: 32,
+    CryptoMode.AES_128_CBC_ESSIV: 16,
+    CryptoMode.ADIANTUM: 32,
+    CryptoMode.SM4_XTS: 16,
+}
 _HKDF_INFO = b"fuseblk\x00\x01"  # like fscrypt's "fscrypt\0" + HKDF_CONTEXT_KEY_IDENTIFIER
 
 
@@ -94,9 +104,10 @@ class BlkCryptoKey:
         return self.identifier.hex()
 
     def __repr__(self) -> str:
+        wrapped = ", hw_wrapped" if self.key_type == KeyType.HW_WRAPPED else ""
         return (
             f"BlkCryptoKey({self.mode.sysfs_name}, id={self.key_id}, "
-            f"dus={self.data_unit_size}, dun_bytes={self.dun_bytes})"
+            f"dus={self.data_unit_size}, dun_bytes={self.dun_bytes}{wrapped})"
         )
 
     __str__ = __repr__
@@ -115,6 +126,13 @@ def validate_key(
         raise einval(f"unknown key type {key_type!r}")
     if key_type == KeyType.RAW and len(raw) != mode.key_size:
         raise einval(f"{mode.sysfs_name} needs a {mode.key_size}-byte key, got {len(raw)} bytes")
+    if key_type == KeyType.HW_WRAPPED:
+        shortest = SECURITY_STRENGTH[mode]
+        if not shortest <= len(raw) <= MAX_HW_WRAPPED_KEY_SIZE:
+            raise einval(
+                f"a hardware-wrapped {mode.sysfs_name} key is {shortest}.."
+                f"{MAX_HW_WRAPPED_KEY_SIZE} bytes, got {len(raw)} bytes"
+            )
     if dun_bytes <= 0 or dun_bytes > mode.iv_size or dun_bytes > DUN_MAX_BYTES:
         raise einval(f"dun_bytes must be 1..{mode.iv_size} for {mode.sysfs_name}, got {dun_bytes}")
     if data_unit_size <= 0 or data_unit_size & (data_unit_size - 1):

@@ -217,6 +217,7 @@ def test_every_documented_command_has_a_schema() -> None:
         "message", "evict_key", "discard", "stats", "hw_fault", "hw_status", "hw_set", "shutdown",
         "ping",
         "version",
+        "key_import", "key_generate", "key_prepare", "key_derive_sw_secret",
     }  # fmt: skip
     assert set(COMMANDS) == documented
 

@@ -115,6 +115,9 @@ class CryptoFallback:
                 f"device and the crypto fallback is disabled",
             )
         if key.key_type != KeyType.RAW:
+            # blk_crypto_fallback_bio_prep: the fallback's profile lists raw keys only, so the
+            # bio ends with BLK_STS_NOTSUPP, without a log line (blk_crypto_start_using_key is
+            # where the kernel says "no support for wrapped keys", when a table is loaded).
             raise FuseblkError(
                 errno.EOPNOTSUPP,
                 f"{dev.name}: key {key.key_id} is hardware-wrapped: the crypto fallback needs a raw key",

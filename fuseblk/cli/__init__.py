@@ -19,7 +19,7 @@ from fuseblk import __version__
 from fuseblk.cli.arguments import OneLineParser
 from fuseblk.errors import FuseblkError
 
-_SUBCOMMANDS = ("crypt", "image", "mount", "dm", "hw", "stats")
+_SUBCOMMANDS = ("crypt", "image", "mount", "dm", "hw", "key", "stats")
 
 
 def build_parser() -> argparse.ArgumentParser:

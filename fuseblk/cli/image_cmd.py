@@ -339,9 +339,11 @@ def _check(args: argparse.Namespace, image: Storage) -> int:
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
-    for name, path in sorted(available_profiles().items()):
+    profiles = sorted(available_profiles().items())
+    width = max((len(name) for name, _ in profiles), default=0)
+    for name, path in profiles:
         profile = load_profile(str(path))
-        print(f"{name:<8} {profile.describe()}")
+        print(f"{name:<{width}} {profile.describe()}")
         if profile.description:
-            print(f"{'':<8} {profile.description}")
+            print(f"{'':<{width}} {profile.description}")
     return 0

@@ -79,7 +79,8 @@ def _describe_caps(caps: Mapping[str, Any] | None) -> str:
     if not caps or not modes:
         return "none"
     text = " ".join(f"{mode}:{','.join(str(d) for d in dus)}" for mode, dus in modes.items())
-    return f"{text} max_dun_bytes={caps['max_dun_bytes']}"
+    types = ",".join(caps.get("key_types") or [])
+    return f"{text} max_dun_bytes={caps['max_dun_bytes']} key_types={types}"
 
 
 def info_block(info: Mapping[str, Any]) -> list[str]:

@@ -5,8 +5,10 @@ Shared by the daemon's server (:mod:`fuseblk.control.server`) and the CLI's clie
 travels: as the errno the kernel would return plus a one-line message, turned back into a
 :class:`FuseblkError` on the client side. docs/control-protocol.md is the prose version.
 
-Requests may carry key material (``evict_key``'s ``key_hex``, a ``default-key`` table's key), so
-:func:`redacted_args` is the only way arguments reach a log line.
+Requests may carry key material (``evict_key``'s ``key_hex``, a ``default-key`` table's key, the
+wrapped-key commands' keys and blobs), so :func:`redacted_args` is the only way arguments reach a
+log line. The wrapped-key commands also answer with key material (blobs, a software secret):
+responses are never logged, and the socket is private to root (:mod:`fuseblk.control.runtime`).
 
 Any line a client sends is either a valid request or a :class:`RequestError` with ``EINVAL``: the
 decoder is the daemon's first defence against bad input, so nothing a line holds (nesting, huge
@@ -36,6 +38,7 @@ DATA_UNIT_SIZE_RANGE = range(1, 2**31 + 1)  # bit i of a mode's data unit size m
 DUN_BYTES_RANGE = range(1, 33)  # BLK_CRYPTO_MAX_IV_SIZE
 MAX_ID_CHARS = 128
 MAX_NAME_CHARS = 255  # the manager applies dm's own, shorter limit to new names
+MAX_KEY_HEX_CHARS = 2048  # a key or blob in hex: far beyond any the kernel takes (128 bytes)
 _MAX_INT_DIGITS = 20  # enough for any 64-bit value; longer literals are refused unparsed
 
 
@@ -114,6 +117,22 @@ COMMANDS: dict[str, dict[str, Arg]] = {
         "max_dun_bytes": Arg(int, required=False, bounds=range(0, 256)),
         "key_types": Arg(list, required=False, items=str),
         "drain": Arg(bool, required=False),
+    },
+    # hardware-wrapped keys: blobs and secrets travel in both directions (the socket is root's)
+    "key_import": {
+        "name": _NAME,
+        "raw_key_hex": Arg(str, secret=True, max_chars=MAX_KEY_HEX_CHARS),
+        "buffer_size": Arg(int, required=False, bounds=BYTES_RANGE),
+    },
+    "key_generate": {"name": _NAME, "buffer_size": Arg(int, required=False, bounds=BYTES_RANGE)},
+    "key_prepare": {
+        "name": _NAME,
+        "lt_key_hex": Arg(str, secret=True, max_chars=MAX_KEY_HEX_CHARS),
+        "buffer_size": Arg(int, required=False, bounds=BYTES_RANGE),
+    },
+    "key_derive_sw_secret": {
+        "name": _NAME,
+        "eph_key_hex": Arg(str, secret=True, max_chars=MAX_KEY_HEX_CHARS),
     },
     "shutdown": {"force": Arg(bool, required=False)},
 }

@@ -24,6 +24,7 @@ import trio
 
 from fuseblk import __version__
 from fuseblk.blkcrypto.crypto_sysfs import crypto_sysfs
+from fuseblk.blkcrypto.wrapped_keys import DEFAULT_BUFFER_SIZE, WrappedKeyOp
 from fuseblk.control.protocol import (
     MAX_LINE,
     PROTOCOL_VERSION,
@@ -205,6 +206,37 @@ class ControlCommands:
             key_types=key_types,
             drain=drain is not False,  # absent or null: drain
         )
+
+    # -- hardware-wrapped keys ------------------------------------------------------------------
+    def cmd_key_import(
+        self, name: str, raw_key_hex: str, buffer_size: int | None = None
+    ) -> dict[str, str]:
+        blob = self._wrapped_key(name, WrappedKeyOp.IMPORT, raw_key_hex, buffer_size)
+        return {"lt_key_hex": blob}
+
+    def cmd_key_generate(self, name: str, buffer_size: int | None = None) -> dict[str, str]:
+        return {"lt_key_hex": self._wrapped_key(name, WrappedKeyOp.GENERATE, "", buffer_size)}
+
+    def cmd_key_prepare(
+        self, name: str, lt_key_hex: str, buffer_size: int | None = None
+    ) -> dict[str, str]:
+        blob = self._wrapped_key(name, WrappedKeyOp.PREPARE, lt_key_hex, buffer_size)
+        return {"eph_key_hex": blob}
+
+    def cmd_key_derive_sw_secret(self, name: str, eph_key_hex: str) -> dict[str, str]:
+        secret = self._wrapped_key(name, WrappedKeyOp.DERIVE_SW_SECRET, eph_key_hex, None)
+        return {"sw_secret_hex": secret}
+
+    def _wrapped_key(
+        self, name: str, op: WrappedKeyOp, data_hex: str, buffer_size: int | None
+    ) -> str:
+        try:
+            data = bytes.fromhex(data_hex)
+        except ValueError:
+            raise einval(f"key_{op.value}: the key is not hexadecimal") from None
+        size = DEFAULT_BUFFER_SIZE if buffer_size is None else buffer_size
+        result: bytes = self.manager.wrapped_key_op(name, op, data, size)
+        return result.hex()
 
     async def cmd_shutdown(self, force: bool = False) -> None:
         """Refuse while devices are open (like umount(8)), unless forced.

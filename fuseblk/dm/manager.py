@@ -23,6 +23,7 @@ import trio
 
 from fuseblk import SECTOR_SIZE
 from fuseblk.bio import Bio
+from fuseblk.blkcrypto import wrapped_keys
 from fuseblk.blkcrypto.block_layer import BlockLayer
 from fuseblk.blkcrypto.fallback import DEFAULT_NUM_SLOTS, CryptoFallback
 from fuseblk.device import Backend, BlockDevice
@@ -559,6 +560,58 @@ class DeviceManager:
         for device in change.profiles:
             self._notify(CryptoProfileChanged(device))
         return change.to_json()
+
+    # -- hardware-wrapped keys (BLKCRYPTOIMPORTKEY and its siblings) ----------------------------
+
+    def wrapped_key_op(
+        self,
+        name: str,
+        op: wrapped_keys.WrappedKeyOp,
+        data: bytes = b"",
+        buffer_size: int = wrapped_keys.DEFAULT_BUFFER_SIZE,
+    ) -> bytes:
+        """One of the four wrapped-key operations on backend or mapped device ``name``, with
+        the kernel's checks in its order (:mod:`fuseblk.blkcrypto.wrapped_keys`); the result
+        must fit ``buffer_size`` bytes (EOVERFLOW)."""
+        dev: BlockDevice
+        if name in self._devices:
+            dev = self._devices[name]
+        elif name in self._backends:
+            dev = self._backends[name]
+        else:
+            raise FuseblkError(errno.ENXIO, f"no device named {name!r}")
+        if dev.crypto_profile is None:  # blk_crypto_ioctl, before looking at the arguments
+            wrapped_keys.check_profile(None, name, op)
+        wrapped_keys.check_input(op, data)
+        result = self._wrapped_key_call(dev, op, data)
+        return wrapped_keys.check_output(op, result, buffer_size)
+
+    def _wrapped_key_call(
+        self, dev: BlockDevice, op: wrapped_keys.WrappedKeyOp, data: bytes
+    ) -> bytes:
+        """The operation on ``dev``'s hardware. A mapped device passes it to its devices in
+        table order and returns the first success, or the last device's error; with none below,
+        EOPNOTSUPP (drivers/md/dm-table.c, ``dm_exec_wrappedkey_op``: its profile lists
+        ``hw_wrapped`` only when every device below does, so they all hold the same keys)."""
+        wrapped_keys.check_profile(dev.crypto_profile, dev.name, op)
+        if isinstance(dev, InlineEncryptionEngine):
+            return wrapped_keys.call(dev, op, data)
+        if not isinstance(dev, MappedDevice):
+            raise FuseblkError(errno.EOPNOTSUPP, f"{dev.name}: {op.kernel_name}: no key manager")
+        below = dev.live.devices() if dev.live is not None else []
+        if not below:
+            raise FuseblkError(
+                errno.EOPNOTSUPP,
+                f"{dev.name}: {op.kernel_name}: the table has no underlying device to pass it to",
+            )
+        error: FuseblkError | None = None
+        for child in below:
+            try:
+                return self._wrapped_key_call(child, op, data)
+            except FuseblkError as err:
+                error = err
+        assert error is not None
+        raise error
 
     async def flush_all(self) -> None:
         """Flush every backend (data durable, keyslot tables recorded)."""

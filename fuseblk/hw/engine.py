@@ -10,7 +10,11 @@ whose controller has an inline-encryption engine described by the image's header
 * a context the engine cannot serve never reaches hardware in the kernel (blk-crypto falls back
   above it), so here it is an upstream bug: the bio fails with EIO and it is logged;
 * ``direct`` engines take the context with each request: no slots, a small cache of expanded
-  ciphers instead (expanding a key is what programming a slot costs).
+  ciphers instead (expanding a key is what programming a slot costs);
+* hardware whose profile lists ``hw_wrapped`` keys has a key manager
+  (:mod:`fuseblk.hw.wrapping`): a wrapped key's bytes are an ephemeral blob, which expanding
+  unwraps into the KDF's inline key, and the four wrapped-key operations
+  (:mod:`fuseblk.blkcrypto.wrapped_keys`) are methods of the engine.
 
 Expanding keys is the hardware's job, as in the kernel's ``blk_crypto_ll_ops``: the profile
 programs a slot through :class:`EngineKeyslotOps`, which returns the expanded cipher.
@@ -39,6 +43,7 @@ import trio
 
 from fuseblk import SECTOR_SIZE
 from fuseblk.bio import Bio, BioOp
+from fuseblk.blkcrypto import wrapped_keys
 from fuseblk.blkcrypto.keyslot_manager import CryptoProfile, Keyslot
 from fuseblk.ciphers import DataUnitCipher, get_cipher
 from fuseblk.device import OpenCounter
@@ -48,7 +53,8 @@ from fuseblk.hw.header_store import Attached, HeaderStore, attach_header
 from fuseblk.hw.image_format import ImageHeader, SlotRecord, SlotRecordState
 from fuseblk.hw.profiles import HardwareKind, HardwareProfile
 from fuseblk.hw.storage import Storage
-from fuseblk.key import BlkCryptoKey
+from fuseblk.hw.wrapping import KeyWrapping
+from fuseblk.key import BlkCryptoKey, KeyType
 from fuseblk.stats import Counters
 
 log = logging.getLogger(__name__)
@@ -84,6 +90,11 @@ class InlineEncryptionEngine(OpenCounter):
 
     def __init__(self, storage: Storage, attached: Attached, name: str) -> None:
         header = attached.header
+        # --- hardware-wrapped keys: the key manager, its ephemeral secret drawn now (a boot) ---
+        if header.wrapping_secret is None:  # attach_header gives every image one
+            raise FuseblkError(errno.EIO, f"{name}: image has no long-term wrapping secret")
+        self._wrapping = KeyWrapping(header.wrapping_secret, header.uuid, name)
+        # --- the rest of the controller ---
         self._storage = storage
         self._read_storage = storage.read_into  # bound once: these run for every bio
         self._write_storage = storage.write
@@ -97,7 +108,7 @@ class InlineEncryptionEngine(OpenCounter):
         self.counters = Counters()
         self._headers = HeaderStore(storage, header, self.counters)
         self._closed = False
-        self._ciphers = DirectCiphers(self.counters)
+        self._ciphers = DirectCiphers(self.counters, self._wrapping)
         self.faults = FaultPlan(
             name, self.counters
         )  # injected by `fuseblk hw fault`, in memory only
@@ -172,12 +183,53 @@ class InlineEncryptionEngine(OpenCounter):
         kernel only WARNs and keeps the key mapped, which would leave a slot whose hardware holds
         nothing. The next bio for that key misses and programs a slot again. A direct engine
         forgets its expanded keys.
+
+        The key manager draws a new ephemeral wrapping secret, as a boot does: hardware-wrapped
+        keys in use are reprogrammed from the ephemeral blobs the profile holds, as the kernel
+        does, and those no longer unwrap, so their slots end empty, the reset reports EBADMSG,
+        and every later bio with such a key fails with EIO until its long-term blob is prepared
+        again and a table loaded with the new ephemeral blob.
         """
         self._check_attached()
         self.counters.add("resets")
+        self._wrapping.new_ephemeral_secret()
         self._ciphers.clear()
         if self._profile is not None:
-            await self._profile.reprogram_all()
+            try:
+                await self._profile.reprogram_all()
+            except FuseblkError as err:
+                if err.errno != errno.EBADMSG:
+                    raise
+                raise FuseblkError(
+                    errno.EBADMSG,
+                    f"{self._name}: reset: a hardware-wrapped key in use was not reprogrammed: "
+                    "its ephemeral blob is stale (prepare its long-term blob again)",
+                ) from None
+
+    # --- hardware-wrapped key operations (blk_crypto_ll_ops; see fuseblk.hw.wrapping) ---------
+
+    def _key_manager(self, op: wrapped_keys.WrappedKeyOp) -> KeyWrapping:
+        """The key manager, or EOPNOTSUPP where the profile does not list ``hw_wrapped``."""
+        self._check_attached()
+        wrapped_keys.check_profile(self._profile, self._name, op)
+        return self._wrapping
+
+    def import_key(self, raw: bytes) -> bytes:
+        """``import_key``: a long-term blob of ``raw`` (16..64 bytes, checked by the caller)."""
+        return self._key_manager(wrapped_keys.WrappedKeyOp.IMPORT).import_key(raw)
+
+    def generate_key(self) -> bytes:
+        """``generate_key``: a long-term blob of a key drawn inside the hardware."""
+        return self._key_manager(wrapped_keys.WrappedKeyOp.GENERATE).generate_key()
+
+    def prepare_key(self, lt_blob: bytes) -> bytes:
+        """``prepare_key``: long-term blob → ephemeral blob; EBADMSG if it does not unwrap."""
+        return self._key_manager(wrapped_keys.WrappedKeyOp.PREPARE).prepare_key(lt_blob)
+
+    def derive_sw_secret(self, eph_blob: bytes) -> bytes:
+        """``derive_sw_secret``: ephemeral blob → 32-byte secret; EBADMSG if it does not unwrap."""
+        op = wrapped_keys.WrappedKeyOp.DERIVE_SW_SECRET
+        return self._key_manager(op).derive_sw_secret(eph_blob)
 
     # --- live hardware changes (``fuseblk hw set``) ---------------------------------------------
 
@@ -259,11 +311,12 @@ class InlineEncryptionEngine(OpenCounter):
             ctx.check_aligned(0, bio.length)  # raises
         try:
             slot = await profile.get_keyslot(key)
+            cipher = slot.cipher if slot is not None else self._ciphers.get(key)
         except FuseblkError as err:
             if err.errno == errno.EOPNOTSUPP:
                 raise self._unsupported(bio) from None
-            raise
-        return profile, slot, slot.cipher if slot is not None else self._ciphers.get(key)
+            raise bio_error(err) from None
+        return profile, slot, cipher
 
     def _unsupported(self, bio: Bio) -> FuseblkError:
         """A context this engine cannot serve got here: blk-crypto should have fallen back above."""
@@ -466,11 +519,23 @@ class InlineEncryptionEngine(OpenCounter):
 
 class DirectCiphers:
     """A direct engine's expanded keys: the context comes with each request, so instead of
-    keyslots the engine keeps the last DIRECT_CIPHER_CACHE keys it expanded."""
+    keyslots the engine keeps the last DIRECT_CIPHER_CACHE keys it expanded.
 
-    def __init__(self, counters: Counters) -> None:
+    :meth:`expand` is how this hardware expands any key, for its keyslots too: a raw key
+    directly, a hardware-wrapped key by unwrapping its ephemeral blob into the KDF's inline key
+    (EBADMSG, the driver's error, when it does not unwrap).
+    """
+
+    def __init__(self, counters: Counters, wrapping: KeyWrapping) -> None:
         self._cache: OrderedDict[BlkCryptoKey, DataUnitCipher] = OrderedDict()
         self._counters = counters  # direct_cipher_hits, direct_cipher_expansions
+        self._wrapping = wrapping
+
+    def expand(self, key: BlkCryptoKey) -> DataUnitCipher:
+        if key.key_type != KeyType.HW_WRAPPED:
+            return get_cipher(key)
+        inline = self._wrapping.inline_key(key.raw)
+        return get_cipher(BlkCryptoKey(key.mode, inline, key.data_unit_size, key.dun_bytes))
 
     def get(self, key: BlkCryptoKey) -> DataUnitCipher:
         cache = self._cache
@@ -479,7 +544,7 @@ class DirectCiphers:
             cache.move_to_end(key)
             self._counters["direct_cipher_hits"] += 1
             return cipher
-        cipher = get_cipher(key)
+        cipher = self.expand(key)
         self._counters.add("direct_cipher_expansions")
         cache[key] = cipher
         if len(cache) > DIRECT_CIPHER_CACHE:
@@ -498,12 +563,47 @@ class DirectCiphers:
             del self._cache[key]
 
 
+# errno_to_blk_status: the errnos with a blk_status_t of their own; any other is BLK_STS_IOERR.
+_BLK_STATUS_ERRNOS = frozenset(
+    {
+        errno.EOPNOTSUPP,
+        errno.ETIMEDOUT,
+        errno.ENOSPC,
+        errno.ENOLINK,
+        errno.EREMOTEIO,
+        errno.EBADE,
+        errno.ENODATA,
+        errno.EILSEQ,
+        errno.ENOMEM,
+        errno.EBUSY,
+        errno.EAGAIN,
+        errno.ENODEV,
+        errno.ETOOMANYREFS,
+        errno.EOVERFLOW,
+        errno.ETIME,
+        errno.EINVAL,
+        errno.EIO,
+    }
+)
+
+
+def bio_error(err: FuseblkError) -> FuseblkError:
+    """What a bio sees of a driver's error in getting its key ready: ``blk_crypto_get_keyslot``
+    returns ``errno_to_blk_status(err)``, so an errno without a status of its own, such as the
+    EBADMSG of a hardware-wrapped key that does not unwrap, reaches the bio as EIO."""
+    if err.errno in _BLK_STATUS_ERRNOS:
+        return err
+    return FuseblkError(errno.EIO, f"{err.message} ({err.errno_name} from the driver)")
+
+
 class EngineKeyslotOps:
     """The engine's side of its crypto profile (``blk_crypto_ll_ops``), kept apart from the
     engine so that its ``evict_key(key, slot)`` does not clash with the device's ``evict_key``.
 
     Programming a slot expands the key, as hardware does when a key is loaded; nothing reaches
-    the storage (the keyslot table is written with the header, on flush). Evicting from a direct
+    the storage (the keyslot table is written with the header, on flush). A hardware-wrapped
+    key is loaded by unwrapping its ephemeral blob (:meth:`DirectCiphers.expand`); one that does
+    not unwrap fails the program with EBADMSG, which the bio sees as EIO (:func:`bio_error`). Evicting from a direct
     engine (``slot is None``) forgets its expanded key.
 
     Both consult the engine's :class:`FaultPlan` first, so an injected failure is the driver's
@@ -523,7 +623,7 @@ class EngineKeyslotOps:
         self._check_attached()
         await self._faults.program_delay()
         self._faults.check(FaultKind.PROGRAM_FAIL, slot)
-        return get_cipher(key)
+        return self._ciphers.expand(key)
 
     async def evict_key(self, key: BlkCryptoKey, slot: int | None) -> None:
         self._faults.check(FaultKind.EVICT_FAIL, slot)

@@ -3,7 +3,9 @@
 Attaching picks the newest valid copy (:class:`fuseblk.hw.image_format.HeaderSet`), checks the
 storage is as large as the header says, and writes the attached state at once: sequence + 1,
 clean-shutdown flag cleared, keyslot table emptied (attaching is a hardware reset). That write
-also repairs a damaged or stale copy.
+also repairs a damaged or stale copy. An image without a long-term wrapping secret (made before
+there were hardware-wrapped keys) is given one by that write: from then on its long-term blobs
+stay valid for the image's life (:mod:`fuseblk.hw.wrapping`).
 
 Afterwards the header is written only when something in it changed since the last write: the
 keyslot table (the profile's generation makes "unchanged" a single comparison) or the
@@ -31,6 +33,7 @@ from fuseblk.hw.image_format import (
     COPY_OFFSETS,
     ImageHeader,
     SlotRecord,
+    new_wrapping_secret,
     read_headers,
     write_headers,
 )
@@ -77,6 +80,7 @@ def attach_header(storage: Storage) -> Attached:
             sequence=current.sequence + 1,
             clean_shutdown=False,
             slots=current.empty_slots(),
+            wrapping_secret=current.wrapping_secret or new_wrapping_secret(),
         )
         write_headers(storage, attached)
     except OSError as exc:

@@ -15,6 +15,9 @@ so ``losetup -o 1048576`` on an image shows the stored sectors directly. Each co
               mode_count x (mode u8, data-unit-size bitmask u32)
     slot_count u16 | slot_count x (state u8, mode u8, data_unit_size u32, dun_bytes u8,
                                    key_id[16], generation u64)
+    reserved: zeroes up to the wrapping secret
+    wrapping secret (at header_size - 1120): 32 bytes, the hardware's long-term key-wrapping
+              secret; zeroes in images that never had one
     reserved: zeroes up to the holder record
     holder (at header_size - 1056): pid u32 | started_ns u64 | host[64] utf-8, NUL padded
               who has the image attached (pid 0: nobody); zeroes in images that never had one
@@ -35,12 +38,18 @@ The holder record is such a field: it lies in what format version 1 reserved, so
 one read as "nobody holds it", and a fuseblk that predates it keeps reading these images (it
 ignores the reserved bytes; the checksum covers them either way). Storage that cannot be locked
 by the kernel (an NBD export, shared between machines) is claimed through it.
+
+The wrapping secret is another: the key the emulated hardware wraps long-term blobs of
+hardware-wrapped keys with (:mod:`fuseblk.hw.wrapping`). It stands for a key fused into the
+silicon, so it is part of the image and nothing else: no verb outputs it, ``repr`` of a header
+leaves it out, and an image without one gets one when attached.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
+import os
 import time
 import uuid as uuid_mod
 from dataclasses import dataclass, field
@@ -71,6 +80,8 @@ LABEL_SIZE = 64
 HOST_SIZE = 64
 HOLDER_AREA = 1024  # the last bytes of the body, before the checksum
 HOLDER_OFFSET = BODY_SIZE - HOLDER_AREA
+WRAPPING_SECRET_SIZE = 32
+WRAPPING_SECRET_OFFSET = HOLDER_OFFSET - 64  # 32 bytes, then 32 reserved before the holder
 FLAG_CLEAN_SHUTDOWN = 1
 
 # --- the format, as data -------------------------------------------------------------------
@@ -125,9 +136,16 @@ _BODY = cs.Struct(
     "slot_count" / cs.Rebuild(cs.Int16ul, cs.len_(this.slots)),
     "slots" / cs.Array(this.slot_count, _SLOT),
     "_end" / cs.Tell,
-    "_reserved" / cs.Padding(lambda ctx: HOLDER_OFFSET - ctx._end),
+    "_reserved" / cs.Padding(lambda ctx: WRAPPING_SECRET_OFFSET - ctx._end),
+    "wrapping_secret" / cs.Default(cs.Bytes(WRAPPING_SECRET_SIZE), bytes(WRAPPING_SECRET_SIZE)),
+    "_reserved2" / cs.Padding(HOLDER_OFFSET - WRAPPING_SECRET_OFFSET - WRAPPING_SECRET_SIZE),
     "holder" / cs.Default(_HOLDER, _NO_HOLDER),
 )
+
+
+def new_wrapping_secret() -> bytes:
+    """A fresh long-term wrapping secret: what a new image's hardware has fused in."""
+    return os.urandom(WRAPPING_SECRET_SIZE)
 
 
 def _sha256(data: bytes) -> bytes:
@@ -143,7 +161,7 @@ def _sealed(body: cs.Construct) -> cs.Construct:
 
 
 # The largest keyslot table must fit in a copy before the holder record.
-assert MAX_KEYSLOTS * _SLOT.sizeof() + 1024 < HOLDER_OFFSET
+assert MAX_KEYSLOTS * _SLOT.sizeof() + 1024 < WRAPPING_SECRET_OFFSET
 
 HEADER = _sealed(cs.Padded(BODY_SIZE, _BODY))  # the whole copy, reserved space zero-filled
 _ENVELOPE = _sealed(cs.Bytes(BODY_SIZE))  # verifies the checksum before interpreting anything
@@ -212,6 +230,11 @@ class ImageHeader:
     slots: tuple[SlotRecord, ...] = ()
     version: int = FORMAT_VERSION
     holder: Holder | None = None  # who has it attached (recorded by storages claimed this way)
+    # The long-term key-wrapping secret (fuseblk.hw.wrapping), drawn for every new header; None
+    # in images without one. Never shown, and not part of a header's equality.
+    wrapping_secret: bytes | None = field(
+        default_factory=lambda: new_wrapping_secret(), repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if not self.slots and self.hardware.kind is HardwareKind.KEYSLOTS:
@@ -245,6 +268,7 @@ class ImageHeader:
             },
             "slots": [_slot_container(s) for s in self.slots],
             "holder": _holder_container(self.holder),
+            "wrapping_secret": self.wrapping_secret or bytes(WRAPPING_SECRET_SIZE),
         }
         try:
             data: bytes = HEADER.build({"body": {"value": body}})
@@ -358,6 +382,7 @@ def _from_container(c: Any) -> ImageHeader:
         slots=tuple(slots),
         version=c.version,
         holder=Holder(c.holder.host, c.holder.pid, c.holder.started_ns) if c.holder.pid else None,
+        wrapping_secret=bytes(c.wrapping_secret) if any(c.wrapping_secret) else None,
     )
 
 
@@ -382,6 +407,12 @@ def _validate(h: ImageHeader) -> None:
         raise ImageFormatError(f"label longer than {LABEL_SIZE} bytes")
     if "\x00" in h.label:
         raise ImageFormatError("label contains a NUL character")
+    if h.wrapping_secret is not None and (
+        len(h.wrapping_secret) != WRAPPING_SECRET_SIZE or not any(h.wrapping_secret)
+    ):
+        raise ImageFormatError(
+            f"the wrapping secret must be {WRAPPING_SECRET_SIZE} bytes, not all zero"
+        )
     if not 0 <= h.sequence < 1 << 64:
         raise ImageFormatError(f"sequence number {h.sequence} out of range")
 
