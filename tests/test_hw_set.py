@@ -505,3 +505,34 @@ def test_bad_hw_set_command_lines_are_usage_errors(
         status = int(exc.code or 0)
     assert status == 2
     assert capsys.readouterr().err.strip()
+
+
+# -- hardware-wrapped keys ----------------------------------------------------------------------
+
+
+async def test_losing_wrapped_keys_fails_their_io_with_eopnotsupp_until_they_come_back(
+    tmp_path: Path,
+):
+    """The fallback takes raw keys only: a wrapped key's contexts the hardware lost are refused,
+    not served in software, and nothing written before is touched."""
+    async with image_manager(tmp_path, {"hw": (2 * MiB, "ufs-wrapped")}) as dm:
+        hw = engine(dm)
+        eph = hw.prepare_key(hw.import_key(bytes(range(32))))
+        await dm.create("base", f"0 {SECTORS} linear hw 0")
+        vault = await dm.create(
+            "vault",
+            f"0 {SECTORS} default-key aes-xts-plain64 {eph.hex()} 0 base 0 "
+            "3 wrappedkey_v0 sector_size:4096 iv_large_sectors\n",
+        )
+        await write(vault, 0, pattern(8192, 1))
+
+        change = await dm.hw_set("hw", key_types=["raw"])
+        assert change["change"] == "shrink" and change["evicted"] == 1
+        with pytest.raises(FuseblkError) as lost:
+            await write(vault, 8192, pattern(8192, 2))
+        assert lost.value.errno == errno.EOPNOTSUPP
+        assert vault.counters["errors"] >= 1
+
+        assert (await dm.hw_set("hw", key_types=["raw", "hw_wrapped"]))["change"] == "growth"
+        await write(vault, 8192, pattern(8192, 2))
+        assert await read(vault, 0, 16384) == pattern(8192, 1) + pattern(8192, 2)
