@@ -2,7 +2,8 @@
 
 One reader for every key file (``fuseblk dm evict-key --key-file``, ``fuseblk crypt
 --key-file``, the default setup's ``secure.key``; docs/architecture.md, "Key files"), so a file
-one command accepts the others accept too. Errors describe the file's shape, never its content: it may be a key.
+one command accepts the others accept too. Keys of no fixed size (a hardware-wrapped key's blobs,
+``fuseblk key``, ``dm evict-key --key-type hw-wrapped``) are read by :func:`read_key_or_blob`. Errors describe the file's shape, never its content: it may be a key.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from fuseblk.errors import FuseblkError
 from fuseblk.inputfile import read_input_file
 
 _HEX_DIGITS = b"0123456789abcdefABCDEF"
+MAX_BLOB_FILE = 4096  # bytes: far more than any key or blob, in hex or not
 
 
 class KeyFileError(FuseblkError):
@@ -45,3 +47,14 @@ def read_key_file(path: str | os.PathLike[str], key_size: int, what: str) -> byt
         f"{path}: {what} needs a {key_size}-byte key, got {got} "
         f"(give {key_size} raw key bytes or {2 * key_size} hex digits)"
     )
+
+
+def read_key_or_blob(path: str | os.PathLike[str]) -> bytes:
+    """A key or key blob of any size: the file's bytes, or exactly their hex and one newline."""
+    data = read_input_file(path, MAX_BLOB_FILE + 1)
+    if len(data) > MAX_BLOB_FILE:
+        raise KeyFileError(f"{path}: longer than {MAX_BLOB_FILE} bytes: not a key or key blob")
+    text = data[:-1] if data.endswith(b"\n") else data
+    if text and len(text) % 2 == 0 and all(c in _HEX_DIGITS for c in text):
+        return bytes.fromhex(text.decode("ascii"))
+    return data

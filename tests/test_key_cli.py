@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from control_helpers import DaemonThread, cli_env
 
+from fuseblk.bio import Bio
 from fuseblk.ciphers.hw_kdf import sw_secret
 from fuseblk.cli import main
 from fuseblk.dm.manager import DeviceManager
@@ -370,3 +371,29 @@ def test_dm_info_shows_the_intersected_key_types(
     keyd.run(keyd.manager.create, "probe", table)
     assert main(["dm", "info", "probe"]) == 0
     assert f"max_dun_bytes=8 key_types={shown}\n" in capsys.readouterr().out
+
+
+def test_dm_evict_key_names_a_wrapped_key_by_its_ephemeral_blob(
+    keyd: DaemonThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lt = ok(capsys, "import", "ice", "--raw-key-file", file_with(tmp_path, "r", RAW))
+    eph = ok(capsys, "prepare", "ice", "--lt-key-file", file_with(tmp_path, "lt", lt))
+    keyd.run(
+        keyd.manager.create,
+        "vault",
+        f"0 {SECTORS} default-key aes-xts-plain64 {eph.hex()} 0 ice 0 "
+        "3 wrappedkey_v0 sector_size:4096 iv_large_sectors\n",
+    )
+
+    async def write() -> None:
+        await keyd.manager.get("vault").submit(Bio.write(0, b"w" * 8192))
+
+    keyd.run(write)
+    evictions = keyd.manager.stats()["backends"]["ice"]["profile"].get("evictions", 0)
+    blob_file = file_with(tmp_path, "eph", eph.hex().encode() + b"\n")
+    argv = ["dm", "evict-key", "vault", "--mode", "AES-256-XTS", "--data-unit-size", "4096"]
+    assert main([*argv, "--key-file", blob_file]) == 2  # as a raw key: the wrong size
+    assert main([*argv, "--key-file", blob_file, "--key-type", "hw-wrapped"]) == 0
+    assert keyd.manager.stats()["backends"]["ice"]["profile"]["evictions"] == evictions + 1
+    out, err = capsys.readouterr()
+    assert eph.hex() not in out + err

@@ -21,7 +21,7 @@ from fuseblk.cli.arguments import integer
 from fuseblk.control.client import ControlClient
 from fuseblk.errors import FuseblkError
 from fuseblk.inputfile import read_input_stream, read_input_text
-from fuseblk.keyfile import KeyFileError, read_key_file
+from fuseblk.keyfile import KeyFileError, read_key_file, read_key_or_blob
 from fuseblk.modes import CryptoMode
 from fuseblk.sizes import parse_size
 
@@ -145,8 +145,16 @@ def add_parser(subparsers: Any) -> None:
         "--mode", required=True, help="AES-256-XTS, AES-128-CBC-ESSIV, Adiantum or SM4-XTS"
     )
     key = p.add_mutually_exclusive_group(required=True)
-    key.add_argument("--key-hex", metavar="H", help="the raw key as hex")
-    key.add_argument("--key-file", metavar="F", help="file holding the raw key bytes, or their hex")
+    key.add_argument("--key-hex", metavar="H", help="the raw key (or ephemeral blob) as hex")
+    key.add_argument(
+        "--key-file", metavar="F", help="file holding the raw key (or ephemeral blob), or its hex"
+    )
+    p.add_argument(
+        "--key-type",
+        choices=("raw", "hw-wrapped"),
+        default="raw",
+        help="hw-wrapped: the key is an ephemerally-wrapped blob (default: raw)",
+    )
     p.add_argument("--data-unit-size", type=integer(1), required=True, metavar="N")
     p.add_argument(
         "--dun-bytes",
@@ -317,7 +325,17 @@ def do_evict_key(args: argparse.Namespace, client: ControlClient) -> int:
         mode = CryptoMode.parse(args.mode)
     except FuseblkError as err:
         raise UsageError(err.message) from None
-    if args.key_hex is not None:
+    wrapped = args.key_type == "hw-wrapped"
+    if wrapped:  # a blob of 32..128 bytes: the daemon checks its size as blk_crypto_init_key
+        try:
+            raw = (
+                parse_key_hex(args.key_hex)
+                if args.key_hex is not None
+                else read_key_or_blob(args.key_file)
+            )
+        except FuseblkError as err:
+            raise UsageError(err.message) from None
+    elif args.key_hex is not None:
         raw = parse_key_hex(args.key_hex)
         if len(raw) != mode.key_size:  # a usage error like a key file of the wrong size
             raise UsageError(
@@ -336,6 +354,7 @@ def do_evict_key(args: argparse.Namespace, client: ControlClient) -> int:
         key_hex=raw.hex(),
         data_unit_size=args.data_unit_size,
         dun_bytes=args.dun_bytes,
+        key_type=args.key_type,
     )
     return done(args)
 

@@ -30,12 +30,10 @@ from fuseblk.cli import output
 from fuseblk.cli.arguments import integer
 from fuseblk.cli.dm_cmd import common_options
 from fuseblk.control.client import ControlClient
-from fuseblk.errors import FuseblkError, einval
-from fuseblk.inputfile import read_input_file
+from fuseblk.errors import FuseblkError
+from fuseblk.keyfile import read_key_or_blob
 
-MAX_KEY_FILE = 4096  # bytes: far more than any key or blob, in hex or not
 DEFAULT_BUFFER_SIZE = 128  # BLK_CRYPTO_MAX_HW_WRAPPED_KEY_SIZE: fits any blob
-_HEX_DIGITS = b"0123456789abcdefABCDEF"
 
 # verb -> (control command, input file option or None, result field, what the result is)
 _VERBS: dict[str, tuple[str, str | None, str, str]] = {
@@ -100,17 +98,6 @@ def add_parser(subparsers: Any) -> None:
         )
 
 
-def read_key_input(path: str) -> bytes:
-    """A key or blob of any size: the file's bytes, or exactly their hex and one newline."""
-    data = read_input_file(path, MAX_KEY_FILE + 1)
-    if len(data) > MAX_KEY_FILE:
-        raise einval(f"{path}: longer than {MAX_KEY_FILE} bytes: not a key or key blob")
-    text = data[:-1] if data.endswith(b"\n") else data
-    if text and len(text) % 2 == 0 and all(c in _HEX_DIGITS for c in text):
-        return bytes.fromhex(text.decode("ascii"))
-    return data
-
-
 def write_output(path: str, data: bytes) -> None:
     """``data`` to a new file only its owner can read; EEXIST rather than overwrite a key."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -134,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         request: dict[str, Any] = {"name": args.device}
         if file_option is not None:
-            request[_INPUT_ARG[file_option]] = read_key_input(getattr(args, file_option)).hex()
+            request[_INPUT_ARG[file_option]] = read_key_or_blob(getattr(args, file_option)).hex()
         if args.key_verb != "derive-sw-secret":
             request["buffer_size"] = args.buffer_size
         if args.out is not None and os.path.lexists(args.out):  # before a key is made for it

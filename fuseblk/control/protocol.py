@@ -94,6 +94,7 @@ COMMANDS: dict[str, dict[str, Arg]] = {
         "key_hex": Arg(str, secret=True),
         "data_unit_size": Arg(int, bounds=DATA_UNIT_SIZE_RANGE),
         "dun_bytes": Arg(int, required=False, bounds=DUN_BYTES_RANGE),
+        "key_type": Arg(str, required=False, max_chars=16),
     },
     "discard": {
         "name": _NAME,

@@ -38,6 +38,7 @@ from fuseblk.control.protocol import (
 )
 from fuseblk.control.runtime import SUN_PATH_MAX, check_private, read_record, write_record
 from fuseblk.errors import FuseblkError, einval
+from fuseblk.hw.profiles import parse_key_types
 from fuseblk.modes import CryptoMode
 
 log = logging.getLogger("fuseblk.control.server")
@@ -157,14 +158,25 @@ class ControlCommands:
         return {"reply": reply or ""}
 
     async def cmd_evict_key(
-        self, name: str, mode: str, key_hex: str, data_unit_size: int, dun_bytes: int | None = None
+        self,
+        name: str,
+        mode: str,
+        key_hex: str,
+        data_unit_size: int,
+        dun_bytes: int | None = None,
+        key_type: str | None = None,
     ) -> None:
         try:
             raw = bytes.fromhex(key_hex)
         except ValueError:
             raise einval("evict_key: key_hex is not hexadecimal") from None
         await self.manager.evict_raw_key(
-            name, CryptoMode.parse(mode), raw, data_unit_size, dun_bytes
+            name,
+            CryptoMode.parse(mode),
+            raw,
+            data_unit_size,
+            dun_bytes,
+            parse_key_types([key_type or "raw"]),
         )
 
     async def cmd_discard(self, name: str, offset: int, length: int) -> None:

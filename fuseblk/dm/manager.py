@@ -46,7 +46,7 @@ from fuseblk.hw.engine import InlineEncryptionEngine
 from fuseblk.hw.factory import OwnMount, find_or_open_backend
 from fuseblk.hw.faults import FaultKind
 from fuseblk.hw.profiles import HardwareKind
-from fuseblk.key import BlkCryptoKey
+from fuseblk.key import BlkCryptoKey, KeyType
 from fuseblk.modes import CryptoMode
 
 DM_NAME_LEN = 128  # include/uapi/linux/dm-ioctl.h: names are at most 127 bytes
@@ -399,13 +399,15 @@ class DeviceManager:
         raw: bytes,
         data_unit_size: int,
         dun_bytes: int | None = None,
+        key_type: KeyType = KeyType.RAW,
     ) -> None:
-        """``dm evict-key``: a key is its bytes and its configuration. Without a DUN width it is
-        evicted under every width the mode allows (default-key picks the width from the
-        target's size, so the user may not know it)."""
+        """``dm evict-key``: a key is its bytes (a hardware-wrapped key's: its ephemeral blob),
+        its type and its configuration. Without a DUN width it is evicted under every width the
+        mode allows (default-key picks the width from the target's size, so the user may not
+        know it)."""
         widths = range(1, mode.iv_size + 1) if dun_bytes is None else [dun_bytes]
         for width in widths:
-            key = BlkCryptoKey.create(mode, raw, data_unit_size, width)
+            key = BlkCryptoKey.create(mode, raw, data_unit_size, width, key_type)
             await self.evict_key(name, key)
 
     async def discard(self, name: str, offset: int, length: int) -> None:
