@@ -31,39 +31,17 @@ Differences from upstream, on purpose:
 from __future__ import annotations
 
 import errno
-import logging
-from typing import TYPE_CHECKING
 
 from fuseblk import SECTOR_SHIFT
 from fuseblk.bio import Bio, BioOp
 from fuseblk.crypt_context import BioCryptContext
-from fuseblk.dm.targets.base import Target, TargetArgError, TargetEnv
-from fuseblk.dm.targets.cipher_spec import (
-    CipherSpec,
-    check_iv_range,
-    check_whole_units,
-    describe_key,
-    format_optional,
-    largest_dun,
-    parse_inline_crypt_options,
-    parse_key,
-    positional,
-    start_using_key,
-)
-from fuseblk.dm.targets.ctr_args import get_device_at, parse_sector
-from fuseblk.dun import dun_bytes_needed
+from fuseblk.dm.targets.base import TargetArgError
+from fuseblk.dm.targets.cipher_spec import CipherSpec
+from fuseblk.dm.targets.key_target import KeyTarget
 from fuseblk.errors import FuseblkError
-from fuseblk.key import BlkCryptoKey, KeyType
+from fuseblk.key import KeyType
 from fuseblk.modes import CryptoMode
 
-if TYPE_CHECKING:
-    from fuseblk.blkcrypto.block_layer import BlockLayer
-    from fuseblk.device import BlockDevice
-
-log = logging.getLogger(__name__)
-
-_POSITIONAL = ("cipher", "key", "iv_offset", "device", "offset")
-_MAX_OPT_PARAMS = 4  # as inlinecrypt_ctr_optional
 _CIPHER = "aes-xts-plain64"
 SUPPORTED = "aes-xts-plain64 with a 64-byte raw key or a 32..128-byte hardware-wrapped key"
 _KEY_TYPES = {"raw": KeyType.RAW, "hw-wrapped": KeyType.HW_WRAPPED}
@@ -88,64 +66,35 @@ def parse_inlinecrypt_cipher(text: str) -> CipherSpec:
     return CipherSpec(text, CryptoMode.AES_256_XTS, 64)
 
 
-class InlineCryptTarget(Target):
+class InlineCryptTarget(KeyTarget):
     name = "inlinecrypt"
     version = (1, 0, 0)
     passes_crypto = False  # it consumes the capability itself
+    supported = SUPPORTED
+    options_help = (
+        "keytype:raw, keytype:hw-wrapped, allow_discards, sector_size:N or iv_large_sectors"
+    )
 
-    def __init__(self, env: TargetEnv, begin: int, length: int, args: list[str]) -> None:
-        super().__init__(env, begin, length, args)
-        self._block_layer: BlockLayer = env.block_layer  # evicts the key when the table goes
-        cipher_text, key_text, iv_offset_text, self.dev_ref, offset_text = positional(
-            args, _POSITIONAL
-        )
-        self.spec = parse_inlinecrypt_cipher(cipher_text)
-        self.iv_offset = parse_sector(iv_offset_text, "iv_offset")
-        self.opts = parse_inline_crypt_options(
-            args[len(_POSITIONAL) :],
-            _MAX_OPT_PARAMS,
-            _key_type_option,
-            "keytype:raw, keytype:hw-wrapped, allow_discards, sector_size:N or iv_large_sectors",
-            self.name,
-        )
-        self.sector_size = self.opts.sector_size
-        raw = parse_key(key_text, self.spec, self.opts.key_type, SUPPORTED)
-        check_iv_range(self.iv_offset, iv_offset_text, length)
-        check_whole_units(self.iv_offset, iv_offset_text, self.sector_size, length)
-        self._unit_shift = self.sector_size.bit_length() - 1 - SECTOR_SHIFT
-        self.dev, self.offset = get_device_at(env, self.dev_ref, offset_text, length)
-        dun_bytes = dun_bytes_needed(largest_dun(self.iv_offset, length, self.sector_size))
-        if dun_bytes == 0:
+    @staticmethod
+    def parse_cipher(text: str) -> CipherSpec:
+        return parse_inlinecrypt_cipher(text)
+
+    @staticmethod
+    def key_type_option(opt: str) -> KeyType | None:
+        return _key_type_option(opt)
+
+    def dun_bytes_for(self, needed: int, length: int) -> int:
+        if needed == 0:
             raise TargetArgError(
                 "length",
                 "more than one data unit when iv_offset is 0 (the largest DUN, 0, would need a "
                 "0-byte DUN: Error initializing blk-crypto key)",
                 str(length >> SECTOR_SHIFT),
             )
-        self.key = BlkCryptoKey.create(
-            self.spec.mode, raw, self.sector_size, dun_bytes, self.opts.key_type
-        )
-        start_using_key(env, self.dev, self.key)
-        self.io_granularity = self.sector_size
+        return needed
 
-    def table_args(self, show_keys: bool = False) -> str:
-        key = self.key.raw.hex() if show_keys else "-"
-        params = [f"keytype:{_KEY_TYPE_NAMES[self.key.key_type]}", *self.opts.table_params()]
-        return (
-            f"{self.spec.text} {key} {self.iv_offset} {self.dev.name} {self.offset >> SECTOR_SHIFT}"
-            + format_optional(params)
-        )
-
-    def status(self) -> str:
-        """Upstream prints nothing here. The key's configuration (never its bytes) is shown,
-        as default-key's, because ``dm evict-key`` must name it exactly."""
-        return describe_key(self.key)
-
-    def attached_keys(self) -> list[BlkCryptoKey]:
-        return [self.key]
-
-    def devices(self) -> list[BlockDevice]:
-        return [self.dev]
+    def table_params(self) -> list[str]:
+        return [f"keytype:{_KEY_TYPE_NAMES[self.key.key_type]}", *self.opts.table_params()]
 
     async def map(self, bio: Bio) -> None:
         op, offset, length, buf, ctx = bio
@@ -161,8 +110,7 @@ class InlineCryptTarget(Target):
                     errno.EIO,
                     f"inlinecrypt: I/O at {offset} not aligned to sector_size {self.sector_size}",
                 )
-            dun = (self.iv_offset + (offset >> SECTOR_SHIFT)) >> self._unit_shift
-            ctx = BioCryptContext(self.key, dun)
+            ctx = BioCryptContext(self.key, self.dun_of(offset))
             await self.submit_bio(self.dev, Bio(op, self.offset + offset, length, buf, ctx))
             return
         if op is BioOp.DISCARD and not self.opts.allow_discards:
@@ -172,14 +120,3 @@ class InlineCryptTarget(Target):
         await self.submit_bio(
             self.dev, bio if op is BioOp.FLUSH else bio.remap(self.offset + offset)
         )
-
-    async def destroy(self) -> None:
-        """``inlinecrypt_dtr``: evict the key below (and from the fallback, which may hold it)."""
-        try:
-            await self._block_layer.evict_key(self.key, [self.dev])
-        except FuseblkError as exc:
-            if exc.errno != errno.EBUSY:
-                raise
-            log.warning(
-                "inlinecrypt: key %s still in use (%s): not evicted", self.key.key_id, exc.message
-            )
