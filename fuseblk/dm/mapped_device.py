@@ -266,21 +266,21 @@ class MappedDevice(OpenCounter):
         (:mod:`fuseblk.dm.hw_change`): draining would wait for the user's resume of that device.
         """
         async with self._lock:
-            if self._gate.suspended:
-                return
-            self._gate.block()
-            if self.live is not None:
-                for target in self.live.targets:
-                    await target.presuspend()
+            await self._block_locked()
 
     async def _suspend_locked(self) -> None:
+        if not self._gate.suspended:
+            await self._block_locked()
+            await self._gate.drain()
+
+    async def _block_locked(self) -> None:
+        """Close the gate to new bios and tell the targets (``presuspend``); drains nothing."""
         if self._gate.suspended:
             return
         self._gate.block()
         if self.live is not None:
             for target in self.live.targets:
                 await target.presuspend()
-        await self._gate.drain()
 
     async def resume(self) -> None:
         """Swap in the inactive table, if any, and admit I/O again (``do_resume``)."""
