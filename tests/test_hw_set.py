@@ -107,6 +107,7 @@ async def test_shrink_moves_the_stack_to_the_fallback_and_growth_back_inline(tmp
         data = pattern(8192, 1) + pattern(8192, 2) + pattern(8192, 3)
         assert await read(secure, 0, len(data)) == data
         assert await raw(dm, "hw", 0, len(data)) == expected_ciphertext(data, 0)
+        assert dm.hw_status("hw")["counters"]["hw_changes"] == 2
 
 
 async def test_three_levels_suspend_top_down_and_recompute_bottom_up(tmp_path: Path):

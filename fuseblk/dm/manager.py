@@ -523,6 +523,7 @@ class DeviceManager:
                     "fault_evict_errors",
                     "fault_slow_programs",
                     "resets",
+                    "hw_changes",
                 )
             },
         }
