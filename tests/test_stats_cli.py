@@ -190,7 +190,14 @@ def test_interval_rates_are_counter_differences_over_the_interval() -> None:
             },
             "new": {},  # appeared in the interval: counted from zero
         },
-        "backends": {"inline": {"bios": 8, "profile": {"programs": 1, "hits": 7, "waits": 2}}},
+        "backends": {
+            "inline": {
+                "bios": 8,
+                "fault_program_errors": 3,
+                "fault_evict_errors": 1,
+                "profile": {"programs": 1, "hits": 7, "waits": 2},
+            }
+        },
         "fallback": {"bios": 1, "bytes": 4096, "profile": {"programs": 1}},
     }
     rates = interval_rates(now, before, 2.0)
@@ -202,6 +209,8 @@ def test_interval_rates_are_counter_differences_over_the_interval() -> None:
     inline = rates["backends"]["inline"]
     assert inline["hit/s"] == 2 and inline["wait/s"] == 1 and inline["prog/s"] == 0
     assert inline["evict/s"] == 0  # never counted yet: zero, not unknown
+    assert inline["fault/s"] == 2  # injected program and evict failures that fired
+    assert secure["fault/s"] is None and rates["fallback"]["fault/s"] is None
     fallback = rates["fallback"]
     assert fallback["r/s"] is None and fallback["prog/s"] == 0.5  # the fallback keeps no reads
     assert fallback["MB/s"] == 4096 / 2 / 1e6

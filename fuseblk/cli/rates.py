@@ -27,6 +27,7 @@ COLUMNS = (
     "hit/s",
     "wait/s",
     "evict/s",
+    "fault/s",
     "err/s",
 )
 
@@ -61,6 +62,15 @@ def entity_rates(
             / seconds
         )
 
+    def fault_rate() -> float | None:
+        """Injected keyslot faults that fired (``fuseblk hw fault``): hardware with keyslots only."""
+        if not isinstance(profile, Mapping):
+            return None
+        fired = _delta(now, before, "fault_program_errors") + _delta(
+            now, before, "fault_evict_errors"
+        )
+        return fired / seconds
+
     inline = _delta(now, before, "inline_bios")
     fallback = _delta(now, before, "fallback_bios")
     with_context = inline + fallback
@@ -74,13 +84,14 @@ def entity_rates(
         "hit/s": slot_rate("hits"),
         "wait/s": slot_rate("waits"),
         "evict/s": slot_rate("evictions"),
+        "fault/s": fault_rate(),
         "err/s": rate("errors"),
     }
 
 
 # The fallback keeps no read, write or error counters (its bios are the devices'), and decides
 # nothing: it is where the decision sent a context.
-_NOT_KEPT_BY_FALLBACK = ("r/s", "w/s", "inline%", "fallback%", "err/s")
+_NOT_KEPT_BY_FALLBACK = ("r/s", "w/s", "inline%", "fallback%", "fault/s", "err/s")
 
 
 def interval_rates(
