@@ -40,7 +40,17 @@ class FuseblkError(Exception):
 
     @property
     def errno_name(self) -> str:
-        return _errno.errorcode.get(self.errno, str(self.errno))
+        return errno_name(self.errno)
+
+
+# Linux gives EOPNOTSUPP and ENOTSUP one number; Python names it ENOTSUP, the kernel's sources
+# (and so these docs and messages) EOPNOTSUPP.
+_ERRNO_NAMES = {**_errno.errorcode, _errno.EOPNOTSUPP: "EOPNOTSUPP"}
+
+
+def errno_name(number: int) -> str:
+    """The symbolic name of an errno as the kernel spells it (``EOPNOTSUPP``, not ``ENOTSUP``)."""
+    return _ERRNO_NAMES.get(number, str(number))
 
 
 class TableError(FuseblkError):

@@ -24,6 +24,7 @@ from fuseblk.bio import Bio
 from fuseblk.ciphers.hw_kdf import sw_secret
 from fuseblk.cli import main
 from fuseblk.dm.manager import DeviceManager
+from fuseblk.errors import errno_name
 from fuseblk.hw.factory import create_backend
 from fuseblk.hw.profiles import load_profile
 
@@ -83,7 +84,7 @@ def refused(capsys: pytest.CaptureFixture[str], expected: int, *argv: str) -> st
     status, out, err = key(capsys, *argv)
     assert out == ""
     assert status == (2 if expected == errno.EINVAL else 1)
-    assert err.endswith(f" ({errno.errorcode[expected]})\n"), err
+    assert err.endswith(f" ({errno_name(expected)})\n"), err
     assert err.count("\n") == 1
     return err
 
