@@ -71,6 +71,10 @@ class MappedDevice(OpenCounter):
         self.inactive: Table | None = None
         self.event_nr = 0
         self._profile: CryptoProfile | None = None
+        # The last key :meth:`_supports_natively` answered for, and its answer: a device's
+        # bios nearly all carry one key. Forgotten whenever the profile changes.
+        self._native_key: BlkCryptoKey | None = None
+        self._native = False
         self._gate = SuspendGate()
         self._lock = trio.Lock()  # md->suspend_lock: one suspend/resume/swap at a time
         self._touched: dict[int, BlockDevice] = {}  # every device a live table ever reached
@@ -154,7 +158,7 @@ class MappedDevice(OpenCounter):
                 )
             ctx = bio.crypt_ctx
             if ctx is not None:
-                if self.fallback_per_target and not supports_natively(self, ctx.key.config):
+                if self.fallback_per_target and not self._supports_natively(ctx.key):
                     await self._map(bio, per_target_fallback=True)
                     return
                 c["inline_bios"] += 1
@@ -169,27 +173,57 @@ class MappedDevice(OpenCounter):
         finally:
             gate.leave()
 
+    def _supports_natively(self, key: BlkCryptoKey) -> bool:
+        """:func:`supports_natively` for this device, asked once per key until the profile
+        changes (:meth:`_swap`, :meth:`refresh_crypto_profile`)."""
+        if key is not self._native_key:
+            self._native = supports_natively(self, key.config)
+            self._native_key = key
+        return self._native
+
     # -- mapping ----------------------------------------------------------------------------------
 
     async def _map(self, bio: Bio, per_target_fallback: bool = False) -> None:
-        """``__split_and_process_bio`` for an admitted data bio: each piece to its target."""
+        """``__split_and_process_bio`` for an admitted data bio: each piece to its target.
+
+        A bio inside one target (nearly every bio) goes straight to it, without a list of
+        pieces; the per-target fallback's choice for it is :meth:`_map_falling_back`'s.
+        """
         table = self.live
         if table is None:
             raise FuseblkError(errno.EIO, f"{self._name}: device has no table")
         targets = table.targets
-        if len(targets) == 1 and not per_target_fallback:
-            await targets[0].map(bio)
+        if len(targets) == 1:
+            if not per_target_fallback:
+                await targets[0].map(bio)
+                return
+            target = targets[0]
+            piece = bio  # the table's one target starts at 0
+        else:
+            target = targets[table.index_at(bio.offset)]
+            begin = target.begin
+            if bio.offset + bio.length > begin + target.length:
+                await self._map_pieces(table, bio, per_target_fallback)
+                return
+            op, offset, length, buf, ctx = bio
+            piece = Bio(op, offset - begin, length, buf, ctx)
+        if not per_target_fallback:
+            await target.map(piece)
             return
-        pieces = (
-            [(targets[0], bio)] if len(targets) == 1 else split_at_targets(table, bio, self._name)
-        )
-        if len(pieces) == 1:
-            target, piece = pieces[0]
-            if per_target_fallback:
-                await self._map_falling_back(target, piece)
-            else:
-                await target.map(piece)
-            return
+        ctx = piece.crypt_ctx
+        if ctx is None:
+            await target.map(piece)
+        elif target.passes_crypto:
+            c = self.counters
+            c["passthrough_bios"] += 1
+            c["passthrough_bytes"] += piece.length
+            await target.map(piece)
+        else:
+            await self._fall_back(target, piece)
+
+    async def _map_pieces(self, table: Table, bio: Bio, per_target_fallback: bool) -> None:
+        """A bio that crosses target boundaries: split, then every piece at once."""
+        pieces = split_at_targets(table, bio, self._name)
         self.counters["splits"] += len(pieces) - 1
         map_piece = self._map_falling_back if per_target_fallback else _map_piece
         await fan_out(
@@ -208,10 +242,14 @@ class MappedDevice(OpenCounter):
             c["passthrough_bytes"] += bio.length
             await target.map(bio)
         else:
-            c = self.counters
-            c["fallback_bios"] += 1
-            c["fallback_bytes"] += bio.length
-            await self._blk.fallback.submit(_TargetPiece(target), bio)
+            await self._fall_back(target, bio)
+
+    async def _fall_back(self, target: Target, bio: Bio) -> None:
+        """The fallback serves ``bio`` here, and ``target`` sees plain data."""
+        c = self.counters
+        c["fallback_bios"] += 1
+        c["fallback_bytes"] += bio.length
+        await self._blk.fallback.submit(_TargetPiece(target), bio)
 
     async def _flush(self, table: Table) -> None:
         """A FLUSH reaches every device below once, and every target that wants to see it."""
@@ -326,6 +364,7 @@ class MappedDevice(OpenCounter):
                 self._profile = CryptoProfile(caps, 0, ops=_EvictForwarder(self), name=self._name)
             else:  # only ever less restrictive: check_capabilities refused the rest
                 self._profile.caps = caps
+        self._native_key = None
         self.event_nr += 1
         if old is not None:
             await old.destroy()
@@ -356,6 +395,7 @@ class MappedDevice(OpenCounter):
             self._profile = CryptoProfile(caps, 0, ops=_EvictForwarder(self), name=self._name)
         else:
             self._profile.caps = caps
+        self._native_key = None
         self.counters.add("profile_changes")
         return True
 

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import errno
 
-from fuseblk.bio import Bio
+from fuseblk.bio import Bio, BioOp
 from fuseblk.device import BlockDevice
 from fuseblk.errors import FuseblkError
 from fuseblk.rangelock import RangeLock
+
+_READ, _WRITE = BioOp.READ, BioOp.WRITE
 
 
 class BlockIO:
@@ -35,17 +37,23 @@ class BlockIO:
 
     async def read(self, offset: int, size: int) -> memoryview:
         """Up to ``size`` bytes at ``offset``: short at the end of the device, empty past it."""
-        dev_size = self.device.size
+        device = self.device
+        dev_size = device.size
         if offset < 0:
             raise FuseblkError(errno.EINVAL, f"negative offset {offset}")
         if offset >= dev_size or size <= 0:
             return memoryview(b"")
+        bs = device.block_size
+        if offset % bs == 0 and size % bs == 0 and offset + size <= dev_size:
+            # whole blocks inside the device (nearly every request): the bio's buffer is the reply
+            view = memoryview(bytearray(size))
+            await device.submit(Bio(_READ, offset, size, view))
+            return view
         size = min(size, dev_size - offset)
-        bs = self.device.block_size
         start = offset - offset % bs
         end = min(-(-(offset + size) // bs) * bs, dev_size)
         buf = bytearray(end - start)
-        await self.device.submit(Bio.read(start, buf))
+        await device.submit(Bio.read(start, buf))
         view = memoryview(buf)
         if start == offset and end == offset + size:
             return view
@@ -57,7 +65,8 @@ class BlockIO:
         As for a block device, a write starting at or after the end is ``ENOSPC``.
         """
         length = len(data)
-        dev_size = self.device.size
+        device = self.device
+        dev_size = device.size
         if offset < 0:
             raise FuseblkError(errno.EINVAL, f"negative offset {offset}")
         if length == 0:
@@ -65,19 +74,19 @@ class BlockIO:
         if offset >= dev_size:
             raise FuseblkError(
                 errno.ENOSPC,
-                f"write at {offset} is past the end of {self.device.name} ({dev_size} bytes)",
+                f"write at {offset} is past the end of {device.name} ({dev_size} bytes)",
             )
         if offset + length > dev_size:
             length = dev_size - offset
             data = memoryview(data)[:length]
-        bs = self.device.block_size
+        bs = device.block_size
         start = offset - offset % bs
         end = min(-(-(offset + length) // bs) * bs, dev_size)
         locks = self.locks
         hold = locks.try_acquire(start, end) or await locks.acquire(start, end)
         try:
             if start == offset and end == offset + length:
-                await self.device.submit(Bio.write(offset, data))
+                await device.submit(Bio(_WRITE, offset, length, memoryview(data).cast("B")))
             else:
                 await self._read_modify_write(start, end, offset, data, bs)
         finally:

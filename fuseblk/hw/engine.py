@@ -46,6 +46,7 @@ from fuseblk.bio import Bio, BioOp
 from fuseblk.blkcrypto import wrapped_keys
 from fuseblk.blkcrypto.keyslot_manager import CryptoProfile, Keyslot
 from fuseblk.ciphers import DataUnitCipher, get_cipher
+from fuseblk.crypt_context import BioCryptContext
 from fuseblk.device import OpenCounter
 from fuseblk.errors import FuseblkError
 from fuseblk.hw.faults import FaultKind, FaultPlan
@@ -281,17 +282,14 @@ class InlineEncryptionEngine(OpenCounter):
                 f"({bio.op.value} {bio.offset}+{bio.length} > {self._size})",
             )
 
-    def _cached_keyslot(
-        self, bio: Bio
-    ) -> tuple[CryptoProfile, Keyslot | None, DataUnitCipher] | None:
+    def _cached_keyslot(self, ctx: BioCryptContext, length: int) -> Keyslot | None:
         """The hot path of :meth:`_get_keyslot`: a hit on a programmed slot for an aligned bio,
         taken without awaiting; None when :meth:`_get_keyslot` must decide (and maybe wait)."""
         profile = self._profile
-        ctx = bio.crypt_ctx
-        if profile is None or ctx is None or bio.length % ctx.key.data_unit_size:
+        key = ctx.key
+        if profile is None or length % key.data_unit_size:
             return None
-        slot = profile.get_cached_keyslot(ctx.key)
-        return None if slot is None else (profile, slot, slot.cipher)
+        return profile.get_cached_keyslot(key)
 
     async def _get_keyslot(self, bio: Bio) -> tuple[CryptoProfile, Keyslot | None, DataUnitCipher]:
         """The profile, a slot for ``bio``'s key (None for a direct engine) and the cipher to
@@ -342,7 +340,12 @@ class InlineEncryptionEngine(OpenCounter):
             else:
                 await self._write_elsewhere(buf, bio.offset)
             return
-        profile, slot, cipher = self._cached_keyslot(bio) or await self._get_keyslot(bio)
+        slot = self._cached_keyslot(ctx, bio.length)
+        if slot is not None:
+            profile, cipher = self._profile, slot.cipher
+        else:
+            profile, slot, cipher = await self._get_keyslot(bio)
+        assert profile is not None
         try:  # the slot stays in use while the request is in flight, as in hardware
             data = memoryview(cipher.encrypt(buf, ctx.dun_int))
             counters = self.counters
@@ -365,7 +368,12 @@ class InlineEncryptionEngine(OpenCounter):
             else:
                 await self._read_elsewhere(buf, bio.offset)
             return
-        profile, slot, cipher = self._cached_keyslot(bio) or await self._get_keyslot(bio)
+        slot = self._cached_keyslot(ctx, bio.length)
+        if slot is not None:
+            profile, cipher = self._profile, slot.cipher
+        else:
+            profile, slot, cipher = await self._get_keyslot(bio)
+        assert profile is not None
         try:
             if len(buf) <= INLINE_IO_MAX and self._network is None:
                 self._read_sync(buf, bio.offset)
