@@ -46,7 +46,7 @@ IV_SIZE = 16
 _IV_MASK = (1 << (8 * IV_SIZE)) - 1  # the IV is the DUN's low 16 bytes (fuseblk.dun.dun_iv)
 # Up to this many data units, one cryptography XTS call per unit beats the bulk path, whose
 # NumPy calls cost the same whatever the size (tools/bench_crypto.py shows the crossover).
-PER_UNIT_MAX_UNITS = 8
+PER_UNIT_MAX_UNITS = 32
 
 
 class XtsCipher:

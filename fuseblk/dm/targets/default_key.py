@@ -81,7 +81,8 @@ class DefaultKeyTarget(KeyTarget):
                     errno.EIO,
                     f"default-key: I/O at {offset} not aligned to sector_size {self.sector_size}",
                 )
-            ctx = BioCryptContext(self.key, self.dun_of(offset))
+            dun = (self.iv_offset + (offset >> SECTOR_SHIFT)) >> self._unit_shift  # dun_of
+            ctx = BioCryptContext(self.key, dun)
             await self.submit_bio(self.dev, Bio(op, self.offset + offset, length, buf, ctx))
             return
         if op is BioOp.FLUSH:
