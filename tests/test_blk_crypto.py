@@ -135,3 +135,16 @@ async def test_evict_key_in_use_is_ebusy_after_every_other_place_was_evicted() -
             await blk.evict_key(KEY, [inline])
     assert err.value.errno == errno.EBUSY
     assert blk.fallback.profile.find_slot(KEY) is None
+
+
+async def test_a_key_served_inline_falls_back_once_the_profile_stops_supporting_it() -> None:
+    blk, dev = BlockLayer(), inline_device()
+    ctx = BioCryptContext.at(KEY, 0)
+    await blk.submit_bio(dev, Bio.write(0, os.urandom(4096), ctx))
+    assert dev.bios[-1].crypt_ctx == ctx
+    profile = dev.crypto_profile
+    assert profile is not None
+    profile.caps = CryptoCapabilities({CryptoMode.AES_256_XTS: dus_mask(512)}, 8, KeyType.RAW)
+    await blk.submit_bio(dev, Bio.write(4096, os.urandom(4096), ctx))
+    assert dev.bios[-1].crypt_ctx is None
+    assert blk.fallback.counters["bios"] == 1

@@ -418,3 +418,14 @@ async def test_eviction_is_not_held_up_by_a_bio_waiting_for_a_slot() -> None:
             assert err.value.errno == errno.EBUSY
             nursery.cancel_scope.cancel()
     profile.put_keyslot(held)
+
+
+async def test_cached_hit_is_refused_once_the_capabilities_stop_supporting_the_key() -> None:
+    profile, _ = profile_with(2)
+    slot = await profile.get_keyslot(K1)
+    cached = profile.get_cached_keyslot(K1)
+    assert cached is slot
+    profile.put_keyslot(cached)
+    profile.caps = CryptoCapabilities({CryptoMode.AES_256_XTS: dus_mask(4096)}, 8, KeyType.RAW)
+    assert profile.get_cached_keyslot(K1) is None
+    profile.put_keyslot(slot)

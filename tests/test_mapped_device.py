@@ -287,3 +287,16 @@ async def test_block_size_is_the_largest_io_granularity_of_the_live_table():
     await dm.resume("d")
     assert md.block_size == 4096 and dm.info("d")["block_size"] == 4096
     assert key_hex not in dm.table("d") and key_hex in dm.table("d", show_keys=True)
+
+
+async def test_per_target_device_serves_inline_once_a_refreshed_profile_supports_the_key():
+    a, b = MemDevice("a", caps=UFS), MemDevice("b", caps=caps({XTS: (512,)}, 8))
+    dm = manager_over(a, b)
+    md = await dm.create("d", "0 16 linear a 0\n16 16 linear b 0", fallback="target")
+    key = make_key(9, dus=4096)
+    await write(md, 0, pattern(4096, 9), BioCryptContext.at(key, 0))
+    assert md.counters["passthrough_bios"] == 1 and "inline_bios" not in md.counters.snapshot()
+    b.crypto_profile.caps = UFS  # the hardware below grew (as `fuseblk hw set` does)
+    assert md.refresh_crypto_profile()
+    await write(md, 0, pattern(4096, 10), BioCryptContext.at(key, 0))
+    assert md.counters["inline_bios"] == 1 and md.counters["passthrough_bios"] == 1

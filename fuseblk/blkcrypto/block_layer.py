@@ -64,9 +64,7 @@ class BlockLayer:
         profile = dev.crypto_profile
         if profile is not None:
             caps = profile.caps
-            if (key is self._native_key and caps is self._native_caps) or caps.supports(
-                key.config
-            ):
+            if (key is self._native_key and caps is self._native_caps) or caps.supports(key.config):
                 self._native_key, self._native_caps = key, caps
                 await dev.submit(bio)
                 return
