@@ -54,10 +54,11 @@ class RangeLock:
         :meth:`acquire`): the uncontended case awaits nothing."""
         if end <= start:
             raise ValueError(f"empty range [{start}, {end})")
-        if self._blocker(start, end) is not None:
+        holds = self._holds
+        if holds and self._blocker(start, end) is not None:
             return None
         hold = _Hold(start, end)
-        self._holds.append(hold)
+        holds.append(hold)
         return hold
 
     async def acquire(self, start: int, end: int) -> _Hold:

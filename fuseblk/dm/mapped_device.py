@@ -158,9 +158,13 @@ class MappedDevice(OpenCounter):
                 )
             ctx = bio.crypt_ctx
             if ctx is not None:
-                if self.fallback_per_target and not self._supports_natively(ctx.key):
-                    await self._map(bio, per_target_fallback=True)
-                    return
+                if self.fallback_per_target:
+                    key = ctx.key
+                    if not (
+                        self._native if key is self._native_key else self._supports_natively(key)
+                    ):
+                        await self._map(bio, per_target_fallback=True)
+                        return
                 c["inline_bios"] += 1
                 c["inline_bytes"] += length
             if table is not None and len(table.targets) == 1:
