@@ -81,8 +81,7 @@ class DefaultKeyTarget(KeyTarget):
                     errno.EIO,
                     f"default-key: I/O at {offset} not aligned to sector_size {self.sector_size}",
                 )
-            dun = (self.iv_offset + (offset >> SECTOR_SHIFT)) >> self._unit_shift  # dun_of
-            ctx = BioCryptContext(self.key, dun)
+            ctx = BioCryptContext(self.key, self.dun_of(offset))
             await self.submit_bio(self.dev, Bio(op, self.offset + offset, length, buf, ctx))
             return
         if op is BioOp.FLUSH:
