@@ -14,9 +14,10 @@ tweaks are then the difference between ours and that sequence. SM4 (OpenSSL has 
 SM4-XTS) and AES keys with equal halves (OpenSSL refuses them; the kernel accepts them outside
 FIPS mode) use ECB contexts kept for the life of the key instead.
 
-Requests of a few data units go through ``cryptography``'s XTS one unit at a time, which is
-faster there (crossover measured with tools/bench_crypto.py). Data units are whole multiples of
-16 bytes: no ciphertext stealing is ever needed.
+Requests of up to ``PER_UNIT_MAX_UNITS`` data units (128 KiB of 4 KiB units) go through
+``cryptography``'s XTS one unit at a time, which is faster there (crossover measured with
+tools/bench_crypto.py). Data units are whole multiples of 16 bytes: no ciphertext stealing is
+ever needed.
 """
 
 from __future__ import annotations
