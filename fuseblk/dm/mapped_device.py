@@ -211,19 +211,10 @@ class MappedDevice(OpenCounter):
                 return
             op, offset, length, buf, ctx = bio
             piece = Bio(op, offset - begin, length, buf, ctx)
-        if not per_target_fallback:
-            await target.map(piece)
-            return
-        ctx = piece.crypt_ctx
-        if ctx is None:
-            await target.map(piece)
-        elif target.passes_crypto:
-            c = self.counters
-            c["passthrough_bios"] += 1
-            c["passthrough_bytes"] += piece.length
-            await target.map(piece)
+        if per_target_fallback:
+            await self._map_falling_back(target, piece)
         else:
-            await self._fall_back(target, piece)
+            await target.map(piece)
 
     async def _map_pieces(self, table: Table, bio: Bio, per_target_fallback: bool) -> None:
         """A bio that crosses target boundaries: split, then every piece at once."""
