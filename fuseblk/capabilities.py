@@ -45,6 +45,10 @@ class CryptoCapabilities:
     modes: Mapping[CryptoMode, int] = field(default_factory=dict)
     max_dun_bytes: int = 0
     key_types: KeyType = KeyType(0)
+    # The last configuration found supported: a stack's bios nearly all carry one key, whose
+    # config is one object (BlkCryptoKey.config). Capabilities never change (a changed profile
+    # gets new ones), so the answer never goes stale.
+    _supported: CryptoConfig | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         cleaned = {m: mask for m, mask in self.modes.items() if mask}
@@ -73,13 +77,19 @@ class CryptoCapabilities:
     def supports(self, config: CryptoConfig) -> bool:
         """``__blk_crypto_cfg_supported``: mode, data unit size, DUN width and key type.
 
-        Runs for every bio at every layer, so it compares plain ints (IntFlag's ``&`` is slow).
+        Runs for every bio at every layer, so the last configuration found supported is
+        answered by identity, and the others compare plain ints (IntFlag's ``&`` is slow).
         """
-        return (
+        if config is self._supported:
+            return True
+        if (
             self.modes.get(config.mode, 0) & config.data_unit_size != 0
             and config.dun_bytes <= self.max_dun_bytes
             and int(self.key_types) & int(config.key_type) != 0
-        )
+        ):
+            object.__setattr__(self, "_supported", config)
+            return True
+        return False
 
     def describe(self) -> str:
         if self.is_empty:

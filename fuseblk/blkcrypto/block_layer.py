@@ -21,7 +21,6 @@ from collections.abc import Iterable
 
 from fuseblk.bio import Bio
 from fuseblk.blkcrypto.fallback import CryptoFallback
-from fuseblk.capabilities import CryptoCapabilities
 from fuseblk.device import BlockDevice
 from fuseblk.errors import FuseblkError
 from fuseblk.key import BlkCryptoKey, CryptoConfig, KeyType
@@ -40,10 +39,6 @@ class BlockLayer:
 
     def __init__(self, fallback: CryptoFallback | None = None) -> None:
         self.fallback = fallback if fallback is not None else CryptoFallback()
-        # The last key found natively supported, and by which capabilities (an immutable
-        # value, replaced whenever a profile changes): a stack's bios nearly all carry one key.
-        self._native_key: BlkCryptoKey | None = None
-        self._native_caps: CryptoCapabilities | None = None
 
     async def submit_bio(self, dev: BlockDevice, bio: Bio) -> None:
         """Send ``bio`` to ``dev``, falling back to software crypto if ``dev`` cannot do it.
@@ -62,12 +57,9 @@ class BlockLayer:
             await dev.submit(bio)
             return
         profile = dev.crypto_profile
-        if profile is not None:
-            caps = profile.caps
-            if (key is self._native_key and caps is self._native_caps) or caps.supports(key.config):
-                self._native_key, self._native_caps = key, caps
-                await dev.submit(bio)
-                return
+        if profile is not None and profile.caps.supports(key.config):
+            await dev.submit(bio)
+            return
         # The fallback serves this bio on dev's behalf (blk_crypto_bio_prep on dev's queue), so
         # dev's counters say so: in a stack like default-key over a mapped device, the device
         # is where one sees which path served it.

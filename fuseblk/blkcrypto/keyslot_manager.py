@@ -113,11 +113,6 @@ class CryptoProfile:
     to ``ops.evict_key(key, None)``. A profile with keyslots needs ``ops`` to program them.
     """
 
-    # The last key :meth:`get_cached_keyslot` found supported, and by which capabilities (an
-    # immutable value, replaced whenever they change): the hit path asks once per key.
-    _supported_key: BlkCryptoKey | None = None
-    _supported_caps: CryptoCapabilities | None = None
-
     def __init__(
         self,
         caps: CryptoCapabilities,
@@ -203,11 +198,8 @@ class CryptoProfile:
         slot = self._by_key.get(key)
         if slot is None or (slot.refs == 0 and self._claiming):
             return None
-        caps = self.caps
-        if key is not self._supported_key or caps is not self._supported_caps:
-            if not caps.supports(key.config):
-                return None
-            self._supported_key, self._supported_caps = key, caps
+        if not self.caps.supports(key.config):
+            return None
         self.counters["hits"] += 1
         return self._grab(slot)
 

@@ -71,10 +71,6 @@ class MappedDevice(OpenCounter):
         self.inactive: Table | None = None
         self.event_nr = 0
         self._profile: CryptoProfile | None = None
-        # The last key :meth:`_supports_natively` answered for, and its answer: a device's
-        # bios nearly all carry one key. Forgotten whenever the profile changes.
-        self._native_key: BlkCryptoKey | None = None
-        self._native = False
         self._gate = SuspendGate()
         self._lock = trio.Lock()  # md->suspend_lock: one suspend/resume/swap at a time
         self._touched: dict[int, BlockDevice] = {}  # every device a live table ever reached
@@ -158,13 +154,9 @@ class MappedDevice(OpenCounter):
                 )
             ctx = bio.crypt_ctx
             if ctx is not None:
-                if self.fallback_per_target:
-                    key = ctx.key
-                    if not (
-                        self._native if key is self._native_key else self._supports_natively(key)
-                    ):
-                        await self._map(bio, per_target_fallback=True)
-                        return
+                if self.fallback_per_target and not supports_natively(self, ctx.key.config):
+                    await self._map(bio, per_target_fallback=True)
+                    return
                 c["inline_bios"] += 1
                 c["inline_bytes"] += length
             if table is not None and len(table.targets) == 1:
@@ -176,14 +168,6 @@ class MappedDevice(OpenCounter):
             raise
         finally:
             gate.leave()
-
-    def _supports_natively(self, key: BlkCryptoKey) -> bool:
-        """:func:`supports_natively` for this device, asked once per key until the profile
-        changes (:meth:`_swap`, :meth:`refresh_crypto_profile`)."""
-        if key is not self._native_key:
-            self._native = supports_natively(self, key.config)
-            self._native_key = key
-        return self._native
 
     # -- mapping ----------------------------------------------------------------------------------
 
@@ -359,7 +343,6 @@ class MappedDevice(OpenCounter):
                 self._profile = CryptoProfile(caps, 0, ops=_EvictForwarder(self), name=self._name)
             else:  # only ever less restrictive: check_capabilities refused the rest
                 self._profile.caps = caps
-        self._native_key = None
         self.event_nr += 1
         if old is not None:
             await old.destroy()
@@ -390,7 +373,6 @@ class MappedDevice(OpenCounter):
             self._profile = CryptoProfile(caps, 0, ops=_EvictForwarder(self), name=self._name)
         else:
             self._profile.caps = caps
-        self._native_key = None
         self.counters.add("profile_changes")
         return True
 
