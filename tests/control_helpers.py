@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import trio
 
+from fuseblk.cli import main
 from fuseblk.control.runtime import RUNTIME_DIR_ENV, socket_path_for
 from fuseblk.control.server import serve_control
 from fuseblk.dm.manager import DeviceManager
@@ -109,6 +110,15 @@ class DaemonThread:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+
+def cli_exit_status(argv: list[str]) -> int:
+    """``fuseblk ARGV``'s exit status in-process, argparse's own usage errors (SystemExit)
+    included."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
 
 
 def cli_env(runtime: Path) -> dict[str, str]:

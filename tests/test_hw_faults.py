@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import trio
+from control_helpers import cli_exit_status
 
 from fuseblk.bio import Bio
-from fuseblk.cli import main
 from fuseblk.cli.hw_cmd import status_lines
 from fuseblk.control.protocol import decode_request, encode_request
 from fuseblk.crypt_context import BioCryptContext
@@ -256,9 +256,5 @@ def test_hw_status_text_shows_faults_keyslots_and_counters() -> None:
 def test_bad_hw_fault_command_lines_are_usage_errors(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    try:
-        status = main(argv)
-    except SystemExit as exc:  # argparse's own errors
-        status = int(exc.code or 0)
-    assert status == 2
+    assert cli_exit_status(argv) == 2
     assert capsys.readouterr().err.count("\n") == 1

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from control_helpers import cli_exit_status
 from device_helpers import XTS, MiB, ciphertext
 from dm_helpers import image_manager, make_image, pattern, read, write
 
 from fuseblk.bio import Bio
-from fuseblk.cli import main
 from fuseblk.cli.hw_cmd import change_lines
 from fuseblk.control.protocol import RequestError, decode_request, encode_request
 from fuseblk.dm.events import CryptoProfileChanged
@@ -500,11 +500,7 @@ def test_hw_set_text_names_the_change_and_the_devices_that_followed() -> None:
 def test_bad_hw_set_command_lines_are_usage_errors(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    try:
-        status = main(argv)
-    except SystemExit as exc:  # argparse's own errors
-        status = int(exc.code or 0)
-    assert status == 2
+    assert cli_exit_status(argv) == 2
     assert capsys.readouterr().err.strip()
 
 

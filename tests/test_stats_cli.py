@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from control_helpers import DaemonThread, cli_env, manager_factory
+from control_helpers import DaemonThread, cli_env, cli_exit_status, manager_factory
 
 from fuseblk.bio import Bio
 from fuseblk.cli import main
@@ -277,11 +277,6 @@ def test_watch_prints_an_iostat_like_table_per_interval(
 def test_watch_options_out_of_range_are_usage_errors(
     daemon: DaemonThread, capsys: pytest.CaptureFixture[str], args: list[str]
 ) -> None:
-    status: object
-    try:
-        status = main(["stats", *args])
-    except SystemExit as exit_info:  # argparse's own usage errors
-        status = exit_info.code
-    assert status == 2
+    assert cli_exit_status(["stats", *args]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
