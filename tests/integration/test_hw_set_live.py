@@ -30,7 +30,7 @@ from harness import (
     require_tools,
 )
 from test_dm_live_changes import dd_read, dd_write
-from test_secure_ciphertext import data_offset, xts_reference
+from test_secure_ciphertext import cli_encrypt, stored, xts_reference
 
 pytestmark = pytest.mark.integration
 
@@ -136,28 +136,11 @@ def test_fio_verifies_across_shrink_growth_and_reset_and_the_image_matches_the_o
     image = m.image("inline.img")
     info = json.loads(fuseblk("image", "inspect", "--json", image).stdout)
     assert info["header"]["hardware"]["modes"] == {"AES-256-XTS": [512]}
-    with open(image, "rb") as f:
-        start = data_offset(image)
-        f.seek(start)
-        secure_disk = f.read(8 * MiB)
-        f.seek(start + STACKED_AT)
-        stacked_disk = f.read(8 * MiB)
+    secure_disk = stored(image, 0, 8 * MiB)
+    stacked_disk = stored(image, STACKED_AT, 8 * MiB)
     assert secure_disk == xts_reference(m.key_file.read_bytes(), secure_plain, first_dun=0)
     assert stacked_disk == xts_reference(stacked_key, stacked_plain, first_dun=0)
-    via_cli = fuseblk(
-        "crypt",
-        "encrypt",
-        "--mode",
-        "AES-256-XTS",
-        "--key-file",
-        m.key_file,
-        "--data-unit-size",
-        "4096",
-        "--dun",
-        "0",
-        input=secure_plain[:MiB],
-    ).stdout
-    assert via_cli == secure_disk[:MiB]
+    assert cli_encrypt(m.key_file, secure_plain[:MiB]) == secure_disk[:MiB]
 
 
 def test_no_drain_refuses_the_shrink_under_live_devices_and_the_image_keeps_its_hardware(

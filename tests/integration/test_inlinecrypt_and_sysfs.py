@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from harness import FuseblkMount, MiB, run
-from test_secure_ciphertext import data_offset, xts_reference
+from test_secure_ciphertext import stored, xts_reference
 
 pytestmark = pytest.mark.integration
 
@@ -42,9 +42,7 @@ def test_inlinecrypt_made_with_the_cli_writes_xts_at_its_duns(
     assert back.read_bytes() == plaintext
     m.dm("remove", "vault")
     m.umount()
-    with open(m.image("inline.img"), "rb") as f:
-        f.seek(data_offset(m.image("inline.img")) + VAULT_START)
-        on_disk = f.read(SIZE)
+    on_disk = stored(m.image("inline.img"), VAULT_START, SIZE)
     assert on_disk == xts_reference(KEY, plaintext, first_dun=1000)
 
 

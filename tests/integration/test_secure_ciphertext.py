@@ -36,6 +36,30 @@ def data_offset(image: os.PathLike[str]) -> int:
     return int(info["header"]["data_offset"])
 
 
+def stored(image: os.PathLike[str], at: int, size: int) -> bytes:
+    """``size`` bytes of the image's data area from byte ``at``: what the hardware stored."""
+    with open(image, "rb") as f:
+        f.seek(data_offset(image) + at)
+        return f.read(size)
+
+
+def cli_encrypt(key_file: os.PathLike[str], plaintext: bytes) -> bytes:
+    """``fuseblk crypt encrypt``'s AES-256-XTS of ``plaintext`` from DUN 0, 4096-byte units."""
+    return fuseblk(
+        "crypt",
+        "encrypt",
+        "--mode",
+        "AES-256-XTS",
+        "--key-file",
+        key_file,
+        "--data-unit-size",
+        str(UNIT),
+        "--dun",
+        "0",
+        input=plaintext,
+    ).stdout
+
+
 def test_dd_to_secure_reads_back_and_lands_as_xts_ciphertext_on_inline_img(
     default_setup: FuseblkMount, tmp_path: os.PathLike[str]
 ) -> None:
@@ -56,27 +80,11 @@ def test_dd_to_secure_reads_back_and_lands_as_xts_ciphertext_on_inline_img(
 
     m.umount()  # the daemon flushes every backend before it exits
 
-    with open(m.image("inline.img"), "rb") as f:
-        f.seek(data_offset(m.image("inline.img")))
-        on_disk = f.read(SIZE)
+    on_disk = stored(m.image("inline.img"), 0, SIZE)
     assert on_disk != plaintext
     key = m.key_file.read_bytes()
     assert on_disk == xts_reference(key, plaintext, first_dun=0)
-
-    via_cli = fuseblk(
-        "crypt",
-        "encrypt",
-        "--mode",
-        "AES-256-XTS",
-        "--key-file",
-        m.key_file,
-        "--data-unit-size",
-        str(UNIT),
-        "--dun",
-        "0",
-        input=plaintext,
-    ).stdout
-    assert via_cli == on_disk
+    assert cli_encrypt(m.key_file, plaintext) == on_disk
 
 
 def test_ciphertext_is_the_same_whether_hardware_or_fallback_encrypted_it(
@@ -106,12 +114,8 @@ def test_ciphertext_is_the_same_whether_hardware_or_fallback_encrypted_it(
 
     key = m.key_file.read_bytes()
     expected = xts_reference(key, plaintext, first_dun=(INLINE_PART - half) // UNIT)
-    with open(m.image("inline.img"), "rb") as f:
-        f.seek(data_offset(m.image("inline.img")) + INLINE_PART - half)
-        assert f.read(half) == expected[:half]
-    with open(m.image("legacy.img"), "rb") as f:
-        f.seek(data_offset(m.image("legacy.img")))
-        assert f.read(half) == expected[half:]
+    assert stored(m.image("inline.img"), INLINE_PART - half, half) == expected[:half]
+    assert stored(m.image("legacy.img"), 0, half) == expected[half:]
 
 
 def test_secure_key_is_made_once_and_private(default_setup: FuseblkMount) -> None:

@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.cmac import CMAC
 from harness import FuseblkMount, MiB, fuseblk, run
-from test_secure_ciphertext import data_offset, xts_reference
+from test_secure_ciphertext import stored, xts_reference
 
 pytestmark = pytest.mark.integration
 
@@ -91,12 +91,8 @@ def test_wrapped_key_devices_write_xts_under_the_kdf_inline_key_at_their_duns(
     m.umount()
 
     key = kdf_inline_key(RAW)
-    base = data_offset(image)
-    with open(image, "rb") as f:
-        f.seek(base + 16 * MiB)
-        android = f.read(SIZE)
-        f.seek(base + 32 * MiB)
-        upstream = f.read(SIZE)
+    android = stored(image, 16 * MiB, SIZE)
+    upstream = stored(image, 32 * MiB, SIZE)
     assert android == xts_reference(key, plaintext, first_dun=0)
     assert upstream == xts_reference(key, plaintext, first_dun=100)  # iv_offset 800 sectors
     everything = image.read_bytes() + log
