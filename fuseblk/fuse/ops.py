@@ -103,9 +103,7 @@ def _fuse_error(op_name: str, exc: Exception) -> pyfuse3.FUSEError:
 
 
 class _RequestCount:
-    """``with count:`` around a request; ``idle`` is set while none is running (cheap: hot path).
-
-    Read and write do what ``__enter__`` and ``__exit__`` do in their own frame."""
+    """``with count:`` around a request; ``idle`` is set while none is running (cheap: hot path)."""
 
     __slots__ = ("running", "idle")
 
@@ -420,8 +418,8 @@ class DeviceFiles(pyfuse3.Operations):
         except KeyError:
             raise FuseblkError(errno.EBADF, f"no open file with handle {fh}") from None
 
-    # read and write are the hot path: _fuse_errors and the request count are written out in
-    # them rather than wrapped around them, which saves a frame and a context manager each.
+    # read and write are the hot path: _fuse_errors is written out in them rather than wrapped
+    # around them, which saves a frame each.
 
     async def read(self, fh: int, off: int, size: int) -> memoryview:  # type: ignore[override]
         # pyfuse3 replies with any contiguous buffer; a view avoids copying the block buffer.
@@ -429,16 +427,8 @@ class DeviceFiles(pyfuse3.Operations):
             if self.sys.owns(fh):
                 return memoryview(self.sys.read(fh, off, size))
             entry = self._handles.get(fh) or self._handle(fh)
-            count = self._serving_io
-            if count.running == 0:
-                count.idle = trio.Event()
-            count.running += 1
-            try:
+            with self._serving_io:
                 return await entry.io.read(off, size)
-            finally:
-                count.running -= 1
-                if count.running == 0:
-                    count.idle.set()
         except pyfuse3.FUSEError:
             raise
         except Exception as exc:
@@ -447,16 +437,8 @@ class DeviceFiles(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         try:
             entry = self._handles.get(fh) or self._handle(fh)
-            count = self._serving_io
-            if count.running == 0:
-                count.idle = trio.Event()
-            count.running += 1
-            try:
+            with self._serving_io:
                 written = await entry.io.write(off, buf)
-            finally:
-                count.running -= 1
-                if count.running == 0:
-                    count.idle.set()
             entry.mtime_ns = time.time_ns()
             return written
         except pyfuse3.FUSEError:
