@@ -295,9 +295,8 @@ class InlineEncryptionEngine(OpenCounter):
         """The profile, a slot for ``bio``'s key (None for a direct engine) and the cipher to
         use, or EIO/EINVAL. The caller puts the slot back once the request is done.
 
-        The profile checks support itself
-        (EOPNOTSUPP); checking again here would double the cost of the capability lookup on the
-        hot path, so its refusal is translated instead.
+        The profile checks support itself (EOPNOTSUPP); checking again here would double the
+        cost of the capability lookup on the hot path, so its refusal is translated instead.
         """
         ctx = bio.crypt_ctx
         assert ctx is not None
