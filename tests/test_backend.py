@@ -169,6 +169,47 @@ async def test_large_bios_go_through_worker_threads_and_still_round_trip(
     await tiny.close()
 
 
+async def test_large_encrypted_bios_split_between_threads_store_one_calls_ciphertext(
+    tiny: InlineEncryptionEngine,
+) -> None:
+    """The trio thread and a worker each take part of a large bio: the image holds what one
+    cipher call over the whole bio gives, and it reads back whole."""
+    key = new_key()
+    size = 3 * engine_mod.INLINE_IO_MAX + 8192  # the parts meet off any power of two
+    data = os.urandom(size)
+    await tiny.submit(Bio.write(4096, data, BioCryptContext.at(key, 5)))
+    assert stored(tiny.path, 4096, size) == get_cipher(key).encrypt(data, 5)
+    back = bytearray(size)
+    await tiny.submit(Bio.read(4096, back, BioCryptContext.at(key, 5)))
+    assert back == data
+    await tiny.close()
+
+
+@pytest.mark.parametrize("part", ["worker", "trio thread"])
+async def test_failed_part_of_a_large_encrypted_read_is_eio_and_frees_the_slot(
+    tiny: InlineEncryptionEngine, monkeypatch: pytest.MonkeyPatch, part: str
+) -> None:
+    key = new_key()
+    size = 2 * engine_mod.INLINE_IO_MAX
+    await tiny.submit(Bio.write(0, os.urandom(size), BioCryptContext.at(key, 0)))
+    real_read = tiny._read_storage  # noqa: SLF001 — failing one part of the request
+    on_worker = part == "worker"
+
+    def failing_read(buf: memoryview, offset: int) -> None:
+        if (threading.current_thread() is not threading.main_thread()) == on_worker:
+            raise OSError(errno.EIO, "medium error")
+        real_read(buf, offset)
+
+    monkeypatch.setattr(tiny, "_read_storage", failing_read)
+    with pytest.raises(FuseblkError) as err:
+        await tiny.submit(Bio.read(0, bytearray(size), BioCryptContext.at(key, 0)))
+    assert err.value.errno == errno.EIO and "read failed" in err.value.message
+    profile = tiny.crypto_profile
+    assert profile is not None
+    assert all(slot.refs == 0 for slot in profile.slot_table())
+    await tiny.close()
+
+
 async def test_counters_count_bios_bytes_and_inline_work(tiny: InlineEncryptionEngine) -> None:
     key = new_key()
     await tiny.submit(Bio.write(0, bytes(8192), BioCryptContext.at(key, 0)))

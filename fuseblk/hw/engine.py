@@ -37,6 +37,7 @@ import errno
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import trio
@@ -49,6 +50,7 @@ from fuseblk.ciphers import DataUnitCipher, get_cipher
 from fuseblk.crypt_context import BioCryptContext
 from fuseblk.device import OpenCounter
 from fuseblk.errors import FuseblkError
+from fuseblk.hw.background_call import BackgroundCall
 from fuseblk.hw.faults import FaultKind, FaultPlan
 from fuseblk.hw.header_store import Attached, HeaderStore, attach_header
 from fuseblk.hw.image_format import ImageHeader, SlotRecord, SlotRecordState
@@ -64,10 +66,18 @@ log = logging.getLogger(__name__)
 # measures both sides: a cached pread grows with its size, while one trip through trio.to_thread
 # costs several 4 KiB preads plus the copy. A hop never pays for small cached copies; it pays when
 # a copy may block on the disk or is long enough to stall every other request on the loop. FUSE
-# requests (128 KiB by default) all stay inline.
+# requests (128 KiB by default) all stay inline. A larger encrypted bio splits its I/O: the trio
+# thread does this much of it, next to its cipher work, and a worker thread the rest meanwhile.
 INLINE_IO_MAX = 256 * 1024
 _READ, _WRITE = BioOp.READ, BioOp.WRITE
 DIRECT_CIPHER_CACHE = 32  # expanded keys a direct engine keeps, least recently used evicted
+
+
+def _inline_part(cipher: DataUnitCipher) -> int:
+    """The bytes of a large encrypted bio done on the trio thread: ``INLINE_IO_MAX``, in whole
+    data units of ``cipher`` (at least one)."""
+    unit = cipher.data_unit_size
+    return max(unit, INLINE_IO_MAX - INLINE_IO_MAX % unit)
 
 
 def attach(storage: Storage, name: str | None = None) -> InlineEncryptionEngine:
@@ -346,13 +356,15 @@ class InlineEncryptionEngine(OpenCounter):
             profile, slot, cipher = await self._get_keyslot(bio)
         assert profile is not None
         try:  # the slot stays in use while the request is in flight, as in hardware
-            data = memoryview(cipher.encrypt(buf, ctx.dun_int))
             counters = self.counters
             counters["inline_bios"] += 1
             counters["inline_bytes"] += bio.length
-            if len(data) <= INLINE_IO_MAX and self._network is None:
-                self._write_sync(data, bio.offset)
+            if len(buf) <= INLINE_IO_MAX and self._network is None:
+                self._write_sync(memoryview(cipher.encrypt(buf, ctx.dun_int)), bio.offset)
+            elif self._network is None:
+                await self._write_overlapped(cipher, buf, ctx.dun_int, bio.offset)
             else:
+                data = memoryview(cipher.encrypt(buf, ctx.dun_int))
                 await self._write_elsewhere(data, bio.offset)
         finally:
             profile.put_keyslot(slot)
@@ -376,14 +388,53 @@ class InlineEncryptionEngine(OpenCounter):
         try:
             if len(buf) <= INLINE_IO_MAX and self._network is None:
                 self._read_sync(buf, bio.offset)
+                cipher.decrypt_into(buf, ctx.dun_int)
+            elif self._network is None:
+                await self._read_overlapped(cipher, buf, ctx.dun_int, bio.offset)
             else:
                 await self._read_elsewhere(buf, bio.offset)
-            cipher.decrypt_into(buf, ctx.dun_int)
+                cipher.decrypt_into(buf, ctx.dun_int)
             counters = self.counters
             counters["inline_bios"] += 1
             counters["inline_bytes"] += bio.length
         finally:
             profile.put_keyslot(slot)
+
+    async def _write_overlapped(
+        self, cipher: DataUnitCipher, buf: memoryview, dun: int, offset: int
+    ) -> None:
+        """A large encrypted write: all but its last ``INLINE_IO_MAX`` bytes are written by a
+        worker thread while the trio thread encrypts the rest, which it then writes inline, so
+        the thread's round trip and most of the I/O hide behind the cipher work."""
+        split = len(buf) - _inline_part(cipher)
+        if split <= 0:
+            await self._write_elsewhere(memoryview(cipher.encrypt(buf, dun)), offset)
+            return
+        head = memoryview(cipher.encrypt(buf[:split], dun))
+        writing = BackgroundCall(partial(self._write_sync, head, offset))
+        try:
+            tail = memoryview(cipher.encrypt(buf[split:], dun + split // cipher.data_unit_size))
+            self._write_sync(tail, offset + split)
+        finally:
+            await writing.wait()
+
+    async def _read_overlapped(
+        self, cipher: DataUnitCipher, buf: memoryview, dun: int, offset: int
+    ) -> None:
+        """A large encrypted read: the trio thread reads the first ``INLINE_IO_MAX`` bytes and
+        decrypts them while a worker thread reads the rest, then decrypts that."""
+        split = _inline_part(cipher)
+        if split >= len(buf):
+            await self._read_elsewhere(buf, offset)
+            cipher.decrypt_into(buf, dun)
+            return
+        reading = BackgroundCall(partial(self._read_sync, buf[split:], offset + split))
+        try:
+            self._read_sync(buf[:split], offset)
+            cipher.decrypt_into(buf[:split], dun)
+        finally:
+            await reading.wait()
+        cipher.decrypt_into(buf[split:], dun + split // cipher.data_unit_size)
 
     async def _write_elsewhere(self, buf: memoryview, offset: int) -> None:
         """What :meth:`_write` does not do inline: large I/O in a worker thread
