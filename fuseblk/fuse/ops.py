@@ -103,24 +103,32 @@ def _fuse_error(op_name: str, exc: Exception) -> pyfuse3.FUSEError:
 
 
 class _RequestCount:
-    """``with count:`` around a request; ``idle`` is set while none is running (cheap: hot path)."""
+    """``with count:`` around a request; :meth:`wait_idle` until none is running.
 
-    __slots__ = ("running", "idle")
+    Every request pays ``with``, so the event is made only when someone waits (at shutdown):
+    at queue depth 1 the count drops to zero after every request.
+    """
+
+    __slots__ = ("running", "_idle")
 
     def __init__(self) -> None:
         self.running = 0
-        self.idle = trio.Event()
-        self.idle.set()
+        self._idle: trio.Event | None = None
 
     def __enter__(self) -> None:
-        if self.running == 0:
-            self.idle = trio.Event()
         self.running += 1
 
     def __exit__(self, *exc: object) -> None:
         self.running -= 1
-        if self.running == 0:
-            self.idle.set()
+        if self.running == 0 and self._idle is not None:
+            self._idle.set()
+            self._idle = None
+
+    async def wait_idle(self) -> None:
+        if self.running:
+            if self._idle is None:
+                self._idle = trio.Event()
+            await self._idle.wait()
 
 
 def _file_name(name: str) -> bytes | None:
@@ -460,7 +468,7 @@ class DeviceFiles(pyfuse3.Operations):
     async def wait_io_idle(self) -> None:
         """Until no read, write or flush is being served: the daemon's shutdown waits here, so
         that terminating the FUSE session never aborts a request that is still completing."""
-        await self._serving_io.idle.wait()
+        await self._serving_io.wait_idle()
 
     async def release(self, fh: int) -> None:
         if self.sys.owns(fh):
