@@ -17,7 +17,11 @@ queue depth 1, 4 KiB random read with 4 jobs; all O_DIRECT) on:
   docs/nbd.md), and the same over an identical image attached as a local file: what the NBD
   storage costs;
 * ``raw-image`` / ``raw-cached`` (with ``--raw``) — the image file itself with and without
-  O_DIRECT: the disk and the page cache below fuseblk.
+  O_DIRECT: the disk and the page cache below fuseblk;
+* ``secure@REV`` / ``plain@REV`` (with ``--against REV``) — the same devices served by the code
+  of git revision ``REV`` (its ``fuseblk`` and ``backends`` folders, in a second mount of a fresh
+  default setup): the A/B of a change, measured round by round beside the change itself, which
+  on a noisy machine says more than two runs an hour apart.
 
 Every job runs ``--rounds`` times on every target, the rounds interleaved so that a noisy
 neighbour hits all targets alike; the tables show medians. The ratios compare like with like
@@ -25,7 +29,7 @@ from the same run: MB/s for the sequential jobs, IOPS for the random ones. The f
 peak RSS (VmHWM) is read before it unmounts. Usage::
 
     sudo .venv/bin/python tools/bench.py [--size 512M] [--runtime 5] [--rounds 3] [--peers] [--nbd]
-                                         [--json FILE]
+                                         [--against REV] [--json FILE]
 """
 
 from __future__ import annotations
@@ -60,9 +64,27 @@ class Result:
     p99_us: float
 
 
-def fuseblk(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def fuseblk(
+    *args: str, check: bool = True, code: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI; ``code`` is a folder whose ``fuseblk`` package runs instead of this tree's.
+
+    ``python -m`` puts the working directory first on the module path, and the daemon later
+    changes directory: ``code`` is both, so that no import can reach the installed package.
+    """
+    env = None
+    if code is not None:
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH")])),
+        )
     return subprocess.run(
-        [sys.executable, "-m", "fuseblk", *args], capture_output=True, text=True, check=check
+        [sys.executable, "-m", "fuseblk", *args],
+        capture_output=True,
+        text=True,
+        check=check,
+        cwd=code,
+        env=env,
     )
 
 
@@ -144,16 +166,37 @@ def stop(proc: subprocess.Popen[str], unmount: Path | None = None) -> None:
 
 
 @contextlib.contextmanager
-def default_mount(workdir: Path) -> Iterator[tuple[Path, Path]]:
-    mnt, state = workdir / "mnt", workdir / "state"
+def default_mount(
+    workdir: Path, label: str = "", code: Path | None = None
+) -> Iterator[tuple[Path, Path]]:
+    """A fresh default setup mounted under ``workdir`` (names suffixed ``label``), served by
+    this tree's code or by ``code``'s."""
+    mnt, state = workdir / f"mnt{label}", workdir / f"state{label}"
     mnt.mkdir()
-    proc = fuseblk("mount", str(mnt), "--state-dir", str(state), check=False)
+    proc = fuseblk("mount", str(mnt), "--state-dir", str(state), check=False, code=code)
     if proc.returncode != 0:
         raise SystemExit(f"fuseblk mount failed: {proc.stderr.strip()}")
     try:
         yield mnt, state
     finally:
-        fuseblk("umount", str(mnt), check=False)
+        fuseblk("umount", str(mnt), check=False, code=code)
+
+
+def revision_code(rev: str, workdir: Path) -> Path:
+    """The ``fuseblk`` and ``backends`` folders of git revision ``rev``, extracted under
+    ``workdir``; exits with git's message if ``rev`` names nothing."""
+    dest = workdir / "code-against"
+    dest.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(HERE.parent), "archive", "--format=tar", rev, "fuseblk", "backends"],
+        capture_output=True,
+        check=False,
+    )
+    if archive.returncode != 0:
+        raise SystemExit(f"--against {rev}: {archive.stderr.decode(errors='replace').strip()}")
+    # our own tree's files: tar(1) rather than tarfile, whose safe filter not every 3.11 has
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest
 
 
 @contextlib.contextmanager
@@ -302,11 +345,18 @@ RATIOS = (
 )
 
 
-def ratios(median: list[Result]) -> dict[str, dict[str, float]]:
+def against_ratios(rev: str) -> tuple[tuple[str, str], ...]:
+    """The change against revision ``rev``: each device over its twin served by ``rev``'s code."""
+    return (("secure", f"secure@{rev}"), ("plain", f"plain@{rev}"))
+
+
+def ratios(
+    median: list[Result], pairs: tuple[tuple[str, str], ...] = RATIOS
+) -> dict[str, dict[str, float]]:
     """``{"secure/floor": {job: ratio}}`` for every pair both of whose targets ran."""
     by = {(r.target, r.job): metric(r) for r in median}
     out: dict[str, dict[str, float]] = {}
-    for top, base in RATIOS:
+    for top, base in pairs:
         row = {
             job: by[(top, job)] / by[(base, job)]
             for job in JOBS
@@ -317,21 +367,32 @@ def ratios(median: list[Result]) -> dict[str, dict[str, float]]:
     return out
 
 
-def print_report(median: list[Result], rounds: int, rss: float | None) -> None:
-    header = f"{'target':<12} {'job':<16} {'MB/s':>9} {'IOPS':>9} {'p50 us':>9} {'p99 us':>9}"
+def print_report(
+    median: list[Result],
+    rounds: int,
+    rss: float | None,
+    pairs: tuple[tuple[str, str], ...] = RATIOS,
+) -> None:
+    width = max([12, *(len(r.target) for r in median)])
+    header = f"{'target':<{width}} {'job':<16} {'MB/s':>9} {'IOPS':>9} {'p50 us':>9} {'p99 us':>9}"
     print(f"medians of {rounds} round(s)")
     print(header)
     print("-" * len(header))
     for r in median:
         print(
-            f"{r.target:<12} {r.job:<16} {r.mb_s:>9.1f} {r.iops:>9.0f} {r.p50_us:>9.1f} {r.p99_us:>9.1f}"
+            f"{r.target:<{width}} {r.job:<16} {r.mb_s:>9.1f} {r.iops:>9.0f} "
+            f"{r.p50_us:>9.1f} {r.p99_us:>9.1f}"
         )
-    table = ratios(median)
+    table = ratios(median, pairs)
     if table:
+        cell = max([17, *(len(name) for name in table)])
         print("\nratios (MB/s for sequential jobs, IOPS for random ones)")
-        print(f"{'job':<16}" + "".join(f" {name:>17}" for name in table))
+        print(f"{'job':<16}" + "".join(f" {name:>{cell}}" for name in table))
         for job in JOBS:
-            cells = [f"{table[n][job]:>17.2f}" if job in table[n] else f"{'-':>17}" for n in table]
+            cells = [
+                f"{table[n][job]:>{cell}.2f}" if job in table[n] else f"{'-':>{cell}}"
+                for n in table
+            ]
             print(f"{job:<16}" + "".join(f" {c}" for c in cells))
     if rss is not None:
         print(f"\nfuseblk daemon peak RSS (VmHWM): {rss:.1f} MB")
@@ -349,6 +410,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw", action="store_true", help="also run the raw image file")
     parser.add_argument(
         "--nbd", action="store_true", help="also run secure-like devices over nbdkit and a file"
+    )
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        help="also run secure and plain on git revision REV's code, interleaved: the A/B of a change",
     )
     parser.add_argument("--only", help="comma-separated targets to run (default: all)")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -396,6 +462,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.raw:
                 targets["raw-image"] = (str(image), DATA_OFFSET, True)
                 targets["raw-cached"] = (str(image), DATA_OFFSET, False)
+            if args.against:
+                code = revision_code(args.against, workdir)
+                old_mnt, _ = stack.enter_context(default_mount(workdir, "-against", code))
+                for device in ("secure", "plain"):
+                    targets[f"{device}@{args.against}"] = (str(old_mnt / device), 0, True)
             if args.only:
                 wanted = set(args.only.split(","))
                 targets = {n: t for n, t in targets.items() if n in wanted}
@@ -405,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
                     runs += bench(name, filename, offset, size, args.runtime, direct)
             rss = peak_rss_mb(pid)
     median = medians(runs)
-    print_report(median, args.rounds, rss)
+    pairs = RATIOS + (against_ratios(args.against) if args.against else ())
+    print_report(median, args.rounds, rss, pairs)
     if args.json:
         report = {
             "rounds": args.rounds,
@@ -413,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
             "size": size,
             "medians": [asdict(r) for r in median],
             "runs": [asdict(r) for r in runs],
-            "ratios": ratios(median),
+            "ratios": ratios(median, pairs),
             "peak_rss_mb": rss,
         }
         args.json.write_text(json.dumps(report, indent=2) + "\n")
