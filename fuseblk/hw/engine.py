@@ -65,9 +65,10 @@ log = logging.getLogger(__name__)
 # Requests up to this size do their storage I/O inline on the trio thread. tools/bench_backend.py
 # measures both sides: a cached pread grows with its size, while one trip through trio.to_thread
 # costs several 4 KiB preads plus the copy. A hop never pays for small cached copies; it pays when
-# a copy may block on the disk or is long enough to stall every other request on the loop. FUSE
-# requests (128 KiB by default) all stay inline. A larger encrypted bio splits its I/O: the trio
-# thread does this much of it, next to its cipher work, and a worker thread the rest meanwhile.
+# a copy may block on the disk or is long enough to stall every other request on the loop. Random
+# I/O stays inline; FUSE's sequential requests (up to 1 MiB) are larger. A larger encrypted bio
+# splits its I/O: the trio thread does this much of it, next to its cipher work, and a worker
+# thread the rest meanwhile.
 INLINE_IO_MAX = 256 * 1024
 _READ, _WRITE = BioOp.READ, BioOp.WRITE
 DIRECT_CIPHER_CACHE = 32  # expanded keys a direct engine keeps, least recently used evicted
