@@ -112,6 +112,13 @@ class DaemonThread:
         return self._thread.is_alive()
 
 
+def cli_run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """``fuseblk ARGV`` in-process: its exit status and what it printed to stdout and stderr."""
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
 def cli_exit_status(argv: list[str]) -> int:
     """``fuseblk ARGV``'s exit status in-process, argparse's own usage errors (SystemExit)
     included."""

@@ -8,13 +8,12 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from control_helpers import DaemonThread
+from control_helpers import DaemonThread, cli_run
 from device_helpers import MemDevice, MemKeyslotHardware
 
 from fuseblk.blkcrypto.crypto_sysfs import crypto_sysfs, grep_lines
 from fuseblk.blkcrypto.keyslot_manager import CryptoProfile
 from fuseblk.capabilities import CryptoCapabilities, dus_mask
-from fuseblk.cli import main
 from fuseblk.dm.manager import DeviceManager
 from fuseblk.hw.factory import create_backend
 from fuseblk.hw.profiles import load_profile
@@ -211,9 +210,7 @@ async def test_the_view_follows_a_reload_and_resume(manager: DeviceManager, tmp_
 
 
 def dm(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    status = main(["dm", *argv])
-    out, err = capsys.readouterr()
-    return status, out, err
+    return cli_run(capsys, "dm", *argv)
 
 
 def test_cli_prints_grep_lines_for_a_backend(

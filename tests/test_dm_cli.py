@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from control_helpers import DaemonThread, cli_env, manager_factory
+from control_helpers import DaemonThread, cli_env, cli_run, manager_factory
 from fuse_helpers import needs_fuse
 
 from fuseblk.bio import Bio
@@ -44,9 +44,7 @@ def fuseblk(rundir: Path, *argv: str, stdin: str | None = None) -> subprocess.Co
 
 
 def dm(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    status = main(["dm", *argv])
-    out, err = capsys.readouterr()
-    return status, out, err
+    return cli_run(capsys, "dm", *argv)
 
 
 # --- as a user runs it (subprocess) --------------------------------------------------------------

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from control_helpers import DaemonThread, cli_env
+from control_helpers import DaemonThread, cli_env, cli_run
 
 from fuseblk.bio import Bio
 from fuseblk.ciphers.hw_kdf import sw_secret
@@ -63,9 +63,7 @@ def keyd(rundir: Path, tmp_path: Path) -> Iterator[DaemonThread]:
 
 
 def key(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    status = main(["key", *argv])
-    out, err = capsys.readouterr()
-    return status, out, err
+    return cli_run(capsys, "key", *argv)
 
 
 def file_with(tmp_path: Path, name: str, data: bytes) -> str:
