@@ -44,6 +44,13 @@ def caps(modes: dict[CryptoMode, tuple[int, ...]], max_dun_bytes: int = 8) -> Cr
     )
 
 
+def xts_hardware() -> CryptoProfile:
+    """Keyslot hardware (4 slots) for raw AES-256-XTS keys, 512- to 4096-byte units, 8-byte DUNs:
+    what a key target's bios go down to inline."""
+    caps = CryptoCapabilities({XTS: dus_mask(512, 4096)}, 8, KeyType.RAW)
+    return CryptoProfile(caps, 4, MemKeyslotHardware(4), name="memhw")
+
+
 def make_key(
     seed: int, mode: CryptoMode = XTS, dus: int = 4096, dun_bytes: int | None = 8
 ) -> BlkCryptoKey:

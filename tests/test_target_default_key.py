@@ -8,13 +8,11 @@ import os
 from pathlib import Path
 
 import pytest
-from device_helpers import MemDevice, MemKeyslotHardware, make_key
+from device_helpers import MemDevice, make_key, xts_hardware
 from dm_helpers import DeviceEnv, image_manager
 
 from fuseblk.bio import Bio, BioOp
 from fuseblk.blkcrypto.block_layer import BlockLayer
-from fuseblk.blkcrypto.keyslot_manager import CryptoProfile
-from fuseblk.capabilities import CryptoCapabilities, dus_mask
 from fuseblk.ciphers import get_cipher
 from fuseblk.crypt_context import BioCryptContext
 from fuseblk.dm.manager import DeviceManager
@@ -24,17 +22,12 @@ from fuseblk.dm.targets.registry import get_target
 from fuseblk.errors import FuseblkError, TableError
 from fuseblk.hw.factory import create_backend
 from fuseblk.hw.profiles import load_profile
-from fuseblk.key import BlkCryptoKey, KeyType
+from fuseblk.key import BlkCryptoKey
 from fuseblk.modes import CryptoMode
 
 KEY64 = bytes(range(100, 164))
 HEX64 = KEY64.hex()
 DEV_SIZE = 1 << 20
-
-
-def xts_hardware() -> CryptoProfile:
-    caps = CryptoCapabilities({CryptoMode.AES_256_XTS: dus_mask(512, 4096)}, 8, KeyType.RAW)
-    return CryptoProfile(caps, 4, MemKeyslotHardware(4), name="memhw")
 
 
 def default_key(

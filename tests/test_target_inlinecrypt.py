@@ -8,14 +8,12 @@ from pathlib import Path
 
 import pytest
 from cipher_helpers import openssl_xts
-from device_helpers import MemDevice, MemKeyslotHardware
+from device_helpers import MemDevice, xts_hardware
 from dm_helpers import DeviceEnv, image_manager
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fuseblk.bio import Bio
-from fuseblk.blkcrypto.keyslot_manager import CryptoProfile
-from fuseblk.capabilities import CryptoCapabilities, dus_mask
 from fuseblk.crypt_context import BioCryptContext
 from fuseblk.dm.targets.base import TargetArgError
 from fuseblk.dm.targets.inlinecrypt import InlineCryptTarget
@@ -27,11 +25,6 @@ from fuseblk.modes import CryptoMode
 KEY64 = bytes(range(7, 71))
 HEX64 = KEY64.hex()
 DEV_SIZE = 1 << 20
-
-
-def xts_hardware() -> CryptoProfile:
-    caps = CryptoCapabilities({CryptoMode.AES_256_XTS: dus_mask(512, 4096)}, 8, KeyType.RAW)
-    return CryptoProfile(caps, 4, MemKeyslotHardware(4), name="memhw")
 
 
 def inlinecrypt(
