@@ -31,6 +31,7 @@ from harness import (
     write_tree,
 )
 from nbd_helpers import NbdServer, NbdServers, nbd_servers, read_at, require_libnbd, sparse_file
+from test_secure_ciphertext import cli_encrypt
 
 from fuseblk.hw.factory import open_storage
 from fuseblk.hw.image_format import read_headers, write_headers
@@ -209,19 +210,7 @@ def test_default_key_over_an_export_stores_the_ciphertext_fuseblk_crypt_makes(
 
     key_file = tmp_path / "key"
     key_file.write_bytes(KEY)
-    expected = fuseblk(
-        "crypt",
-        "encrypt",
-        "--mode",
-        "AES-256-XTS",
-        "--key-file",
-        key_file,
-        "--data-unit-size",
-        "4096",
-        "--dun",
-        "0",
-        input=plaintext,
-    ).stdout
+    expected = cli_encrypt(key_file, plaintext)
     assert read_at(disk, DATA_OFFSET, len(plaintext)) == expected != plaintext
 
 
